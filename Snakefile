@@ -1,0 +1,23 @@
+# featint: reproduce and check "Feature Integration Spaces" (Claflin, arXiv 2507.00269).
+#   snakemake --cores 8                       # the embedded default (config/config.yaml)
+#   snakemake --cores 8 --configfile config/tiny.yaml
+# Rules are thin: each calls one `python -m featint <stage>` command; all logic lives in src/featint/.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/lm.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/activations.smk"
+
+
+rule all:
+    input:
+        activation_targets(),
+    default_target: True

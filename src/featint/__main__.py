@@ -1,0 +1,5 @@
+import sys
+
+from featint.cli import main
+
+sys.exit(main())

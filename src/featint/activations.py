@@ -1,0 +1,439 @@
+"""Activation extraction and the shard store.
+
+One directory per split::
+
+    activations/<split>/shard-00000.safetensors   float32|float16 [rows, d], tensor "activations"
+    activations/<split>/manifest.parquet          one row per shard (file, rows, first_row, bytes, sha256,
+                                                  doc ids); the store's metadata (hook, d, model, BOS
+                                                  convention, outlier threshold) in the Parquet schema
+    activations/<split>/tokens.parquet            one row per stored token: row, shard, doc_id, window,
+                                                  position, token_id, norm, is_position_zero, is_outlier,
+                                                  selected
+
+Every position of every window is stored; ``selected`` marks the tokens used by default for training and
+metrics (position 0 and massive-norm outliers excluded unless the config says otherwise), so any later
+metric can also be computed on all tokens. A split directory is written under a ``.partial-*`` name and
+renamed when complete; a killed extraction restarts that split from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from featint.config import ExtractionSettings, HookSettings, ModelSettings
+from featint.errors import ShardError, SplitError
+from featint.io import atomic_directory, read_parquet_metadata, sha256_file, write_parquet
+from featint.lm import HookPoint, bos_token_id, encode_document, load_bridge, model_key
+from featint.normaliser import Normaliser
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.parquet"
+TOKENS = "tokens.parquet"
+TENSOR_NAME = "activations"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    split: str
+    hook_name: str
+    layer: int
+    site: str
+    d_model: int
+    dtype: str
+    model_key: str
+    context_length: int
+    bos_token_id: int
+    n_rows: int
+    n_windows: int
+    n_documents: int
+    median_norm: float
+    outlier_threshold: float
+    outlier_norm_factor: float
+    exclude_position_zero: bool
+    exclude_outliers: bool
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+class ShardWriter:
+    """Buffers token vectors and writes fixed-size safetensors shards, recording their checksums."""
+
+    def __init__(self, directory: Path, shard_rows: int, dtype: str) -> None:
+        self.directory = directory
+        self.shard_rows = shard_rows
+        self.dtype = STORAGE_DTYPES[dtype]
+        self._buffer: list[torch.Tensor] = []
+        self._buffered = 0
+        self._doc_ids: list[np.ndarray] = []
+        self.rows_written = 0
+        self.manifest: list[dict[str, Any]] = []
+
+    def add(self, vectors: torch.Tensor, doc_ids: np.ndarray) -> None:
+        start = 0
+        while start < vectors.shape[0]:
+            take = min(self.shard_rows - self._buffered, vectors.shape[0] - start)
+            self._buffer.append(vectors[start : start + take].to(self.dtype))
+            self._doc_ids.append(doc_ids[start : start + take])
+            self._buffered += take
+            start += take
+            if self._buffered == self.shard_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        index = len(self.manifest)
+        name = f"shard-{index:05d}.safetensors"
+        path = self.directory / name
+        save_file({TENSOR_NAME: torch.cat(self._buffer).contiguous()}, str(path))
+        docs = np.unique(np.concatenate(self._doc_ids))
+        self.manifest.append(
+            {
+                "shard": index,
+                "file": name,
+                "first_row": self.rows_written,
+                "rows": self._buffered,
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "doc_ids": docs.astype(np.int32).tolist(),
+            }
+        )
+        self.rows_written += self._buffered
+        self._buffer, self._doc_ids, self._buffered = [], [], 0
+
+    def close(self) -> pd.DataFrame:
+        self._flush()
+        return pd.DataFrame(self.manifest)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+class ActivationStore:
+    """Read-only view of one split's shards; shards are verified (size + sha256) as they are read."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise ShardError(
+                f"{manifest_path} does not exist; the activations of this split were never extracted or the "
+                "extraction did not finish. Rerun the extract rule (snakemake re-creates it)."
+            )
+        self.manifest = pd.read_parquet(manifest_path)
+        self.meta = StoreMeta(**read_parquet_metadata(manifest_path))
+        self._tokens: pd.DataFrame | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return self.meta.n_rows
+
+    def tokens(self) -> pd.DataFrame:
+        if self._tokens is None:
+            self._tokens = pd.read_parquet(self.directory / TOKENS)
+        return self._tokens
+
+    def selected_mask(self) -> np.ndarray:
+        return self.tokens()["selected"].to_numpy()
+
+    def read_shard(self, index: int, verify: bool = True) -> torch.Tensor:
+        """Shard ``index`` as float32 [rows, d]; raises :class:`ShardError` if truncated or corrupt."""
+        entry = self.manifest.iloc[index]
+        path = self.directory / entry["file"]
+        fix = f"delete {self.directory} and rerun the workflow to extract this split again."
+        if not path.is_file():
+            raise ShardError(f"activation shard {path} is missing; {fix}")
+        size = path.stat().st_size
+        if size != int(entry["bytes"]):
+            raise ShardError(
+                f"activation shard {path} is truncated or altered ({size} bytes, manifest says "
+                f"{int(entry['bytes'])}); {fix}"
+            )
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise ShardError(f"activation shard {path} fails its sha256 checksum; {fix}")
+        try:
+            tensor = load_file(str(path))[TENSOR_NAME]
+        except (SafetensorError, KeyError, OSError) as exc:
+            raise ShardError(f"activation shard {path} cannot be read ({exc}); {fix}") from exc
+        if tensor.shape != (int(entry["rows"]), self.meta.d_model):
+            raise ShardError(f"activation shard {path} has shape {tuple(tensor.shape)}; {fix}")
+        return tensor.float()
+
+    def iter_shards(
+        self, mask: np.ndarray | None = None, verify: bool = True
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield (global row indices, float32 vectors) per shard, restricted to ``mask`` if given.
+
+        Memory holds one shard at a time whatever the split's size."""
+        for index in range(len(self.manifest)):
+            entry = self.manifest.iloc[index]
+            first, rows = int(entry["first_row"]), int(entry["rows"])
+            row_ids = np.arange(first, first + rows)
+            if mask is not None:
+                keep = mask[first : first + rows]
+                if not keep.any():
+                    continue
+                row_ids = row_ids[keep]
+                yield row_ids, self.read_shard(index, verify)[torch.from_numpy(keep)]
+            else:
+                yield row_ids, self.read_shard(index, verify)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extraction
+
+
+@dataclass(frozen=True)
+class Window:
+    doc_id: int
+    index_in_doc: int
+    token_ids: list[int]  # BOS first
+
+
+def plan_windows(
+    documents: pd.DataFrame, bridge: Any, context_length: int, max_tokens: int | None
+) -> tuple[list[Window], dict[str, int]]:
+    """Cut each document (in doc_id order) into non-overlapping windows of BOS + (context_length - 1)
+    tokens until ``max_tokens`` stored tokens are reached. A trailing piece shorter than a window is dropped."""
+    bos = bos_token_id(bridge)
+    body = context_length - 1
+    windows: list[Window] = []
+    stats = {"documents_used": 0, "tokens_dropped_tail": 0, "documents_too_short": 0}
+    budget_windows = None if max_tokens is None else max(1, max_tokens // context_length)
+    for doc in documents.sort_values("doc_id").itertuples():
+        if budget_windows is not None and len(windows) >= budget_windows:
+            break
+        ids = encode_document(bridge, doc.text)
+        n_full = len(ids) // body
+        stats["tokens_dropped_tail"] += len(ids) - n_full * body
+        if n_full == 0:
+            stats["documents_too_short"] += 1
+            continue
+        stats["documents_used"] += 1
+        for w in range(n_full):
+            if budget_windows is not None and len(windows) >= budget_windows:
+                break
+            windows.append(Window(int(doc.doc_id), w, [bos] + ids[w * body : (w + 1) * body]))
+    return windows, stats
+
+
+def train_norm_threshold(train_dir: str | Path) -> tuple[float, float]:
+    """(median norm, outlier threshold) recorded by the train split's extraction."""
+    meta = ActivationStore(train_dir).meta
+    return meta.median_norm, meta.outlier_threshold
+
+
+@torch.no_grad()
+def extract_split(
+    *,
+    split: str,
+    documents_path: str | Path,
+    model_directory: str | Path,
+    out_dir: str | Path,
+    model: ModelSettings,
+    hook: HookSettings,
+    extraction: ExtractionSettings,
+    device: torch.device | str = "cpu",
+    train_dir: str | Path | None = None,
+) -> StoreMeta:
+    """Stage entry point: extract one split's activations at the hook into checksummed shards.
+
+    The outlier threshold is ``outlier_norm_factor`` x the median train norm (position 0 excluded): the train
+    split computes it, validation and test read it from ``train_dir``.
+    """
+    documents = pd.read_parquet(documents_path)
+    documents = documents[documents["split"] == split]
+    if documents.empty:
+        raise SplitError(f"split '{split}' has no document in {documents_path}; see split.fractions.")
+    if split != "train" and train_dir is None:
+        raise ValueError("validation/test extraction needs the train split's directory for the outlier threshold")
+
+    bridge = load_bridge(model_directory, model.dtype, device)
+    hook_point = HookPoint.from_settings(hook)
+    hook_point.check(bridge.cfg.n_layers, where=str(model_directory))
+    d_model = int(bridge.cfg.d_model)
+
+    windows, plan_stats = plan_windows(
+        documents, bridge, extraction.context_length, extraction.max_tokens[split]
+    )
+    if not windows:
+        raise SplitError(
+            f"split '{split}' yields zero tokens: none of its {len(documents)} documents fills one window of "
+            f"{extraction.context_length} tokens; lower extraction.context_length or add documents."
+        )
+    T = extraction.context_length
+    n_rows = len(windows) * T
+    log.info("%s: %d windows x %d tokens = %d rows from %d documents", split, len(windows), T, n_rows,
+             plan_stats["documents_used"])
+
+    norms = np.empty(n_rows, dtype=np.float32)
+    with atomic_directory(out_dir) as tmp:
+        writer = ShardWriter(tmp, extraction.shard_rows, extraction.dtype)
+        batch = extraction.batch_size
+        for start in tqdm(range(0, len(windows), batch), desc=f"extract {split}", unit="batch", mininterval=5):
+            chunk = windows[start : start + batch]
+            tokens = torch.tensor([w.token_ids for w in chunk], dtype=torch.long, device=device)
+            acts = bridge(tokens, stop_at_layer=hook_point.stop_at_layer)
+            flat = acts.reshape(-1, d_model).float().cpu()
+            row0 = start * T
+            norms[row0 : row0 + flat.shape[0]] = flat.norm(dim=1).numpy()
+            doc_ids = np.repeat(np.array([w.doc_id for w in chunk], dtype=np.int32), T)
+            writer.add(flat, doc_ids)
+        manifest = writer.close()
+
+        positions = np.tile(np.arange(T, dtype=np.int16), len(windows))
+        is_position_zero = positions == 0
+        if split == "train":
+            median = float(np.median(norms[~is_position_zero]))
+            threshold = extraction.outlier_norm_factor * median
+        else:
+            median, threshold = train_norm_threshold(train_dir)  # type: ignore[arg-type]
+        is_outlier = (~is_position_zero) & (norms > threshold)
+        selected = np.ones(n_rows, dtype=bool)
+        if extraction.exclude_position_zero:
+            selected &= ~is_position_zero
+        if extraction.exclude_outliers:
+            selected &= ~is_outlier
+        if not selected.any():
+            raise SplitError(f"split '{split}' has no selected token after excluding position 0 and outliers.")
+        rows = np.arange(n_rows, dtype=np.int64)
+        tokens_table = pd.DataFrame(
+            {
+                "row": rows,
+                "shard": (rows // extraction.shard_rows).astype(np.int32),
+                "doc_id": np.repeat(np.array([w.doc_id for w in windows], dtype=np.int32), T),
+                "window": np.repeat(np.arange(len(windows), dtype=np.int32), T),
+                "window_in_doc": np.repeat(np.array([w.index_in_doc for w in windows], dtype=np.int32), T),
+                "position": positions,
+                "token_id": np.array([t for w in windows for t in w.token_ids], dtype=np.int32),
+                "norm": norms,
+                "is_position_zero": is_position_zero,
+                "is_outlier": is_outlier,
+                "selected": selected,
+            }
+        )
+        meta = StoreMeta(
+            split=split,
+            hook_name=hook_point.name,
+            layer=hook_point.layer,
+            site=hook_point.site,
+            d_model=d_model,
+            dtype=extraction.dtype,
+            model_key=model_key(model),
+            context_length=T,
+            bos_token_id=bos_token_id(bridge),
+            n_rows=n_rows,
+            n_windows=len(windows),
+            n_documents=int(plan_stats["documents_used"]),
+            median_norm=median,
+            outlier_threshold=threshold,
+            outlier_norm_factor=extraction.outlier_norm_factor,
+            exclude_position_zero=extraction.exclude_position_zero,
+            exclude_outliers=extraction.exclude_outliers,
+        )
+        write_parquet(tokens_table, tmp / TOKENS, metadata={"split": split, **plan_stats})
+        write_parquet(manifest, tmp / MANIFEST, metadata=asdict(meta))
+    log.info("%s: %d outliers (> %.1f = %.1f x median %.1f), %d selected tokens", split, int(is_outlier.sum()),
+             threshold, extraction.outlier_norm_factor, median, int(selected.sum()))
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Normaliser fit and summaries
+
+
+def fit_normaliser(train_dir: str | Path, kind: str, min_std: float, out_path: str | Path) -> Normaliser:
+    """Stage entry point: fit the normaliser on the train split's selected tokens, streaming shards."""
+    store = ActivationStore(train_dir)
+    mask = store.selected_mask()
+    batches = (vectors for _, vectors in tqdm(store.iter_shards(mask), desc="fit normaliser",
+                                               total=len(store.manifest), unit="shard"))
+    normaliser = Normaliser.fit(batches, kind=kind, hook_name=store.meta.hook_name, min_std=min_std)
+    normaliser.save(out_path)
+    return normaliser
+
+
+def summarise_split(store: ActivationStore, normaliser: Normaliser) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Counts for one split and per-position norm statistics before and after normalisation."""
+    tokens = store.tokens()
+    normalised_norm = np.empty(store.n_rows, dtype=np.float32)
+    for row_ids, vectors in store.iter_shards():
+        normalised_norm[row_ids] = normaliser.apply(vectors).norm(dim=1).numpy()
+    frame = pd.DataFrame(
+        {
+            "position": tokens["position"].to_numpy(),
+            "raw": tokens["norm"].to_numpy(),
+            "normalised": normalised_norm,
+            "is_outlier": tokens["is_outlier"].to_numpy(),
+        }
+    )
+    long = frame.melt(id_vars=["position", "is_outlier"], value_vars=["raw", "normalised"],
+                      var_name="space", value_name="norm")
+    by_position = (
+        long.groupby(["space", "position"])["norm"]
+        .agg(median="median", p99=lambda s: float(np.quantile(s, 0.99)), max="max", count="size")
+        .reset_index()
+    )
+    by_position.insert(0, "split", store.meta.split)
+    selected = tokens["selected"].to_numpy()
+    raw = tokens["norm"].to_numpy().astype(np.float64)
+    sq = raw**2
+    counts = {
+        "split": store.meta.split,
+        "documents": store.meta.n_documents,
+        "windows": store.meta.n_windows,
+        "tokens_stored": store.n_rows,
+        "tokens_position_zero": int(tokens["is_position_zero"].sum()),
+        "tokens_outlier": int(tokens["is_outlier"].sum()),
+        "tokens_selected": int(selected.sum()),
+        "median_norm": float(np.median(raw[~tokens["is_position_zero"].to_numpy()])),
+        "outlier_threshold": store.meta.outlier_threshold,
+        "outlier_share_of_sq_norm": float(sq[tokens["is_outlier"].to_numpy()].sum() /
+                                          sq[~tokens["is_position_zero"].to_numpy()].sum()),
+        "selected_mean_normalised_norm": float(normalised_norm[selected].mean()),
+        "hook_name": store.meta.hook_name,
+        "d_model": store.meta.d_model,
+        "shards": len(store.manifest),
+    }
+    return counts, by_position
+
+
+def run_summary(
+    split_dirs: dict[str, str | Path], normaliser_path: str | Path, table_path: str | Path,
+    by_position_path: str | Path, figure_path: str | Path,
+) -> pd.DataFrame:
+    """Stage entry point: activation summary table, per-position norm table and figure."""
+    from featint import plots
+
+    normaliser = Normaliser.load(normaliser_path)
+    summaries, positions = [], []
+    for split, directory in split_dirs.items():
+        store = ActivationStore(directory)
+        if store.meta.hook_name != normaliser.hook_name:
+            raise ShardError(f"{directory} was extracted at {store.meta.hook_name}, the normaliser at "
+                             f"{normaliser.hook_name}; rerun the workflow from extraction.")
+        counts, by_position = summarise_split(store, normaliser)
+        summaries.append(counts)
+        positions.append(by_position)
+    summary = pd.DataFrame(summaries)
+    by_pos = pd.concat(positions, ignore_index=True)
+    write_parquet(summary, table_path, metadata={"normaliser": normaliser.kind})
+    write_parquet(by_pos, by_position_path)
+    plots.norm_by_position(by_pos, figure_path)
+    return summary

@@ -1,0 +1,148 @@
+"""Command line: ``python -m featint <stage> ...``; every Snakemake rule calls one of these.
+
+Each stage takes the configuration either as a YAML file (``--config config/config.yaml``, for users) or as
+a JSON string (``--config-json``, what rules pass: only the sections the stage reads, so Snakemake reruns a
+rule when, and only when, settings it depends on change; see :data:`STAGE_SECTIONS`). Errors of the
+:class:`~featint.errors.FeatintError` family print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from featint.config import SPLITS, Settings, load_settings
+from featint.errors import FeatintError
+from featint.runtime import configure_logging, resolve_device, seed_everything, set_threads
+
+log = logging.getLogger("featint")
+
+#: Config sections each stage reads (besides ``run`` and ``seed``).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare-lm": ("model",),
+    "corpus": ("corpus", "split"),
+    "extract": ("model", "hook", "extraction"),
+    "normaliser": ("normaliser",),
+    "summarise": (),
+}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(path=args.config, json_text=args.config_json)
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    print(json.dumps(settings.raw, indent=2, sort_keys=True))
+
+
+def cmd_prepare_lm(args: argparse.Namespace) -> None:
+    from featint.lm import prepare_model
+
+    settings = _settings(args)
+    prepare_model(settings.model, args.out)
+
+
+def cmd_corpus(args: argparse.Namespace) -> None:
+    from featint.corpus import run_corpus
+
+    settings = _settings(args)
+    documents = run_corpus(settings.corpus, settings.split, args.out)
+    log.info("documents per split: %s", documents["split"].value_counts().to_dict())
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from featint.activations import extract_split
+
+    settings = _settings(args)
+    meta = extract_split(
+        split=args.split,
+        documents_path=args.documents,
+        model_directory=args.lm,
+        out_dir=args.out,
+        model=settings.model,
+        hook=settings.hook,
+        extraction=settings.extraction,
+        device=resolve_device(settings.model.device),
+        train_dir=args.train,
+    )
+    log.info("extracted %s: %d rows at %s", meta.split, meta.n_rows, meta.hook_name)
+
+
+def cmd_normaliser(args: argparse.Namespace) -> None:
+    from featint.activations import fit_normaliser
+
+    settings = _settings(args)
+    normaliser = fit_normaliser(args.train, settings.normaliser.kind, settings.normaliser.min_std, args.out)
+    log.info("normaliser: %s", normaliser.describe())
+
+
+def cmd_summarise(args: argparse.Namespace) -> None:
+    from featint.activations import run_summary
+
+    split_dirs = {split: Path(args.activations) / split for split in SPLITS}
+    summary = run_summary(split_dirs, args.normaliser, args.out_table, args.out_positions, args.out_figure)
+    log.info("summary:\n%s", summary.to_string(index=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_text: str,
+            config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        if config:
+            group = p.add_mutually_exclusive_group(required=True)
+            group.add_argument("--config", help="YAML config file (e.g. config/config.yaml)")
+            group.add_argument("--config-json", help="config as a JSON string (what Snakemake rules pass)")
+        p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (capped at the CPUs)")
+        p.set_defaults(func=func)
+        return p
+
+    add("check-config", cmd_check_config, "validate a config and print it with defaults filled in")
+    p = add("prepare-lm", cmd_prepare_lm, "write the embedded/hub model as a Hugging Face directory")
+    p.add_argument("--out", required=True)
+    p = add("corpus", cmd_corpus, "read, clean and split the corpus into documents.parquet")
+    p.add_argument("--out", required=True)
+    p = add("extract", cmd_extract, "extract one split's activations at the hook into shards")
+    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--documents", required=True)
+    p.add_argument("--lm", required=True, help="Hugging Face model directory")
+    p.add_argument("--train", help="train split directory (validation/test read its outlier threshold)")
+    p.add_argument("--out", required=True)
+    p = add("normaliser", cmd_normaliser, "fit the normaliser on train activations")
+    p.add_argument("--train", required=True)
+    p.add_argument("--out", required=True)
+    p = add("summarise", cmd_summarise, "activation summary table and norm-by-position figure", config=False)
+    p.add_argument("--activations", required=True, help="directory holding one folder per split")
+    p.add_argument("--normaliser", required=True)
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-positions", required=True)
+    p.add_argument("--out-figure", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    threads = set_threads(args.threads)
+    started = time.perf_counter()
+    try:
+        if getattr(args, "config", None) or getattr(args, "config_json", None):
+            seed_everything(_settings(args).seed)
+        args.func(args)
+    except FeatintError as exc:
+        print(f"featint {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    log.info("%s finished in %.1f s on %d thread(s)", args.command, time.perf_counter() - started, threads)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Configuration: loading, JSON-schema validation with defaults, typed settings.
+
+The schema (``featint/schema.yaml``, also reachable as ``config/schema.yaml``) is the single description of
+every key. Snakemake validates the workflow config against it at DAG start; the CLI validates again with
+:func:`load_settings`, so each stage run without Snakemake gets the same checks and defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from featint.errors import ConfigError
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+def schema_path() -> Path:
+    """Path of the JSON schema shipped with the package."""
+    return Path(str(resources.files("featint").joinpath("schema.yaml")))
+
+
+def load_schema() -> dict[str, Any]:
+    with open(schema_path(), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills ``default`` values of missing properties before validating them."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` against the schema, fill defaults, and return the completed copy.
+
+    Raises :class:`ConfigError` naming the offending key (and the file) for unknown keys and wrong types.
+    """
+    completed = copy.deepcopy(dict(config))
+    validator = _DefaultFillingValidator(load_schema())
+    errors = sorted(validator.iter_errors(completed), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            where = _key_path(error)
+            if error.validator == "additionalProperties":
+                allowed = sorted(error.schema.get("properties", {}))
+                unknown = sorted(set(error.instance) - set(allowed))
+                parent = where if where != "<top level>" else ""
+                for key in unknown:
+                    full = f"{parent}.{key}" if parent else key
+                    lines.append(
+                        f"unknown config key '{full}'; allowed keys here: {', '.join(allowed)}"
+                    )
+            else:
+                lines.append(f"config key '{where}': {error.message}")
+        raise ConfigError(
+            f"{source} is not a valid featint configuration:\n  - "
+            + "\n  - ".join(lines)
+            + f"\nFix the key(s) above; every key is documented in {schema_path()}."
+        )
+    fractions = completed["split"]["fractions"]
+    total = sum(fractions[s] for s in SPLITS)
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"{source}: split.fractions must sum to 1 (they sum to {total:g}); adjust train/validation/test."
+        )
+    model = completed["model"]
+    if model["source"] == "local" and not model["path"]:
+        raise ConfigError(f"{source}: model.source is 'local' but model.path is not set; set model.path.")
+    if model["source"] == "hub" and not model["name"]:
+        raise ConfigError(f"{source}: model.source is 'hub' but model.name is not set; set model.name.")
+    corpus = completed["corpus"]
+    if corpus["source"] == "text_files" and not corpus["path"]:
+        raise ConfigError(f"{source}: corpus.source is 'text_files' needs corpus.path (a glob).")
+    if corpus["source"] == "hf_dataset" and not corpus["hf"]["path"]:
+        raise ConfigError(f"{source}: corpus.source is 'hf_dataset' needs corpus.hf.path.")
+    return completed
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file.")
+    with open(path, encoding="utf-8") as handle:
+        loaded = yaml.safe_load(handle) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level.")
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Typed settings
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    source: str
+    name: str | None
+    path: str | None
+    revision: str | None
+    dtype: str
+    device: str
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    layer: int
+    site: str
+
+
+@dataclass(frozen=True)
+class HFCorpusSettings:
+    path: str | None
+    name: str | None
+    data_files: dict[str, Any] | None
+    text_column: str
+    wikitext_articles: bool
+    splits: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    source: str
+    path: str | None
+    hf: HFCorpusSettings
+    max_documents: int | None
+    min_chars: int
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    salt: str
+    fractions: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    context_length: int
+    batch_size: int
+    shard_rows: int
+    dtype: str
+    max_tokens: dict[str, int | None]
+    exclude_position_zero: bool
+    outlier_norm_factor: float
+    exclude_outliers: bool
+
+
+@dataclass(frozen=True)
+class NormaliserSettings:
+    kind: str
+    min_std: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    run: str
+    seed: int
+    model: ModelSettings
+    hook: HookSettings
+    corpus: CorpusSettings
+    split: SplitSettings
+    extraction: ExtractionSettings
+    normaliser: NormaliserSettings
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], source: str = "config") -> "Settings":
+        c = validate_config(config, source)
+        corpus = dict(c["corpus"])
+        corpus["hf"] = HFCorpusSettings(**corpus["hf"])
+        return cls(
+            run=c["run"],
+            seed=c["seed"],
+            model=ModelSettings(**c["model"]),
+            hook=HookSettings(**c["hook"]),
+            corpus=CorpusSettings(**corpus),
+            split=SplitSettings(**c["split"]),
+            extraction=ExtractionSettings(**c["extraction"]),
+            normaliser=NormaliserSettings(**c["normaliser"]),
+            raw=c,
+        )
+
+
+def load_settings(path: str | Path | None = None, json_text: str | None = None) -> Settings:
+    """Settings from a YAML file or a JSON string (what Snakemake rules pass), validated, defaults filled."""
+    if (path is None) == (json_text is None):
+        raise ConfigError("give exactly one of a config file or a JSON config string")
+    if path is not None:
+        return Settings.from_dict(read_config_file(path), source=str(path))
+    try:
+        loaded = json.loads(json_text)  # type: ignore[arg-type]
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
+    return Settings.from_dict(loaded, source="--config-json")

@@ -1,0 +1,89 @@
+"""Atomic file output, checksums and Parquet helpers shared by every stage.
+
+A stage never leaves a half-written file under its final name: files are written next to their target and
+renamed into place (``os.replace`` is atomic on one filesystem); directories are built under a ``.partial-*``
+name and renamed at the end, so a killed job leaves only a ``.partial-*`` leftover that the next run deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METADATA_KEY = b"featint"
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it to ``target`` if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh ``<target>.partial-<pid>`` directory; it replaces ``target`` if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f"{target.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = target.parent / f"{target.name}.partial-{os.getpid()}"
+    partial.mkdir()
+    try:
+        yield partial
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_parquet(frame: pd.DataFrame, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``frame`` atomically (zstd-compressed), with optional JSON metadata in the schema."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata is not None:
+        existing = dict(table.schema.metadata or {})
+        existing[METADATA_KEY] = json.dumps(metadata, sort_keys=True).encode()
+        table = table.replace_schema_metadata(existing)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata written by :func:`write_parquet` (empty if none)."""
+    schema = pq.read_schema(path)
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")

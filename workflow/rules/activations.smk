@@ -1,0 +1,83 @@
+# Residual-stream activations at the hook, per split, in checksummed shards; the normaliser fitted on train;
+# a summary table and the norm-by-position figure.
+
+
+def activation_targets():
+    return [
+        f"{RESULTS}/activations/normaliser.safetensors",
+        f"{RESULTS}/activations/summary.parquet",
+        f"{RESULTS}/activations/norm_by_position.parquet",
+        f"{RESULTS}/activations/figures/norm_by_position.png",
+    ]
+
+
+rule extract:
+    input:
+        documents=f"{RESULTS}/corpus/documents.parquet",
+        lm=LM_DIR,
+        # validation/test reuse the train split's outlier threshold (median train norm x factor)
+        train=lambda wc: [] if wc.split == "train" else f"{RESULTS}/activations/train",
+    output:
+        directory(f"{RESULTS}/activations/{{split}}"),
+    wildcard_constraints:
+        split="|".join(SPLITS),
+    params:
+        config=stage_config("extract"),
+        train=lambda wc, input: f"--train {input.train}" if input.train else "",
+    log:
+        f"{LOGS}/extract_{{split}}.log",
+    benchmark:
+        f"{BENCH}/extract_{{split}}.tsv"
+    threads: 8
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    shell:
+        "python -m featint extract --config-json {params.config:q} --threads {threads} --split {wildcards.split}"
+        " --documents {input.documents} --lm {input.lm} {params.train} --out {output} > {log} 2>&1"
+
+
+rule fit_normaliser:
+    input:
+        train=f"{RESULTS}/activations/train",
+    output:
+        f"{RESULTS}/activations/normaliser.safetensors",
+    params:
+        config=stage_config("normaliser"),
+    log:
+        f"{LOGS}/fit_normaliser.log",
+    benchmark:
+        f"{BENCH}/fit_normaliser.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m featint normaliser --config-json {params.config:q} --threads {threads}"
+        " --train {input.train} --out {output} > {log} 2>&1"
+
+
+rule summarise_activations:
+    input:
+        splits=expand(f"{RESULTS}/activations/{{split}}", split=SPLITS),
+        normaliser=f"{RESULTS}/activations/normaliser.safetensors",
+    output:
+        table=f"{RESULTS}/activations/summary.parquet",
+        positions=f"{RESULTS}/activations/norm_by_position.parquet",
+        figure=report(
+            f"{RESULTS}/activations/figures/norm_by_position.png",
+            caption="../report/norm_by_position.rst",
+            category="Activations",
+        ),
+    log:
+        f"{LOGS}/summarise_activations.log",
+    benchmark:
+        f"{BENCH}/summarise_activations.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "python -m featint summarise --threads {threads} --activations {RESULTS}/activations"
+        " --normaliser {input.normaliser} --out-table {output.table} --out-positions {output.positions}"
+        " --out-figure {output.figure} > {log} 2>&1"

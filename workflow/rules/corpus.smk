@@ -1,0 +1,18 @@
+# Documents from the corpus source, markup stripped, each assigned to train / validation / test by hash.
+
+
+rule corpus:
+    output:
+        f"{RESULTS}/corpus/documents.parquet",
+    params:
+        config=stage_config("corpus"),
+    log:
+        f"{LOGS}/corpus.log",
+    benchmark:
+        f"{BENCH}/corpus.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m featint corpus --config-json {params.config:q} --out {output} > {log} 2>&1"
