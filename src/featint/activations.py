@@ -186,7 +186,7 @@ class ActivationStore:
             first, rows = int(entry["first_row"]), int(entry["rows"])
             row_ids = np.arange(first, first + rows)
             if mask is not None:
-                keep = mask[first : first + rows]
+                keep = np.array(mask[first : first + rows], dtype=bool)
                 if not keep.any():
                     continue
                 row_ids = row_ids[keep]

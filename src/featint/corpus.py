@@ -88,6 +88,13 @@ def iter_wikipedia_xml(path: str | Path) -> Iterator[tuple[str, str]]:
 
 _BACK_MATTER = {"see also", "references", "external links", "further reading", "notes", "bibliography",
                 "sources", "footnotes", "citations", "notes and references"}
+_WIKI_TABLE = re.compile(r"^\{\|.*?^\|\}", re.DOTALL | re.MULTILINE)
+_MARKUP_LINE = re.compile(r"^(\||!|\{\||\|\}|\[\[|\{\{)")
+_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.DOTALL | re.IGNORECASE)
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_LINK = re.compile(r"\[\[([^\[\]|]*)(?:\|([^\[\]]*))?\]\]")
+_HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
 _MULTI_NEWLINES = re.compile(r"\n{3,}")
 _SPACES = re.compile(r"[ \t]+")
 
@@ -96,6 +103,9 @@ def clean_wikitext(raw: str) -> str:
     """Plain text of a wikitext page: templates, tags, tables, references and link markup removed."""
     import mwparserfromhell
 
+    # Wiki tables the parser cannot resolve (malformed ones) would survive as markup: drop every table block.
+    raw = _WIKI_TABLE.sub("", raw)
+    raw = _REF.sub("", _COMMENT.sub("", raw))
     code = mwparserfromhell.parse(raw)
     # Back-matter sections are lists of links and citations, not prose.
     for section in code.get_sections(levels=[2]):
@@ -121,8 +131,14 @@ def clean_wikitext(raw: str) -> str:
             except ValueError:
                 pass
     text = code.strip_code(normalize=True, collapse=True)
+    # The parser leaves a page's rest unparsed after unbalanced markup: sweep what survived.
+    previous = None
+    while previous != text:
+        previous, text = text, _TEMPLATE.sub("", text)
+    text = _LINK.sub(lambda m: m.group(2) or m.group(1), text)
+    text = _HTML_TAG.sub("", text)
     lines = [_SPACES.sub(" ", line).strip() for line in text.splitlines()]
-    text = "\n".join(line for line in lines if line not in ("", "thumb"))
+    text = "\n".join(line for line in lines if line not in ("", "thumb") and not _MARKUP_LINE.match(line))
     return _MULTI_NEWLINES.sub("\n\n", text).strip()
 
 
@@ -142,7 +158,7 @@ def iter_hf_dataset(corpus: CorpusSettings) -> Iterator[tuple[str, str, str]]:
     import datasets
 
     hf = corpus.hf
-    wanted = sorted(set(hf.splits.values())) if hf.splits else None
+    wanted = list(dict.fromkeys(hf.splits[s] for s in SPLITS if s in hf.splits)) if hf.splits else None
     try:
         loaded = datasets.load_dataset(hf.path, hf.name, data_files=hf.data_files)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load"

@@ -28,6 +28,8 @@ rule extract:
         f"{LOGS}/extract_{{split}}.log",
     benchmark:
         f"{BENCH}/extract_{{split}}.tsv"
+    conda:
+        FEATINT_ENV
     threads: 8
     resources:
         mem_mb=6000,
@@ -48,6 +50,8 @@ rule fit_normaliser:
         f"{LOGS}/fit_normaliser.log",
     benchmark:
         f"{BENCH}/fit_normaliser.tsv"
+    conda:
+        FEATINT_ENV
     threads: 2
     resources:
         mem_mb=2000,
@@ -73,6 +77,8 @@ rule summarise_activations:
         f"{LOGS}/summarise_activations.log",
     benchmark:
         f"{BENCH}/summarise_activations.tsv"
+    conda:
+        FEATINT_ENV
     threads: 2
     resources:
         mem_mb=3000,

@@ -12,6 +12,9 @@ from featint.config import SPLITS
 validate(config, featint.config.schema_path())
 SETTINGS = featint.config.Settings.from_dict(config, source="workflow config")
 
+# Conda env for `--sdm conda` (ignored otherwise); rules run `python -m featint` from it.
+FEATINT_ENV = "../../envs/featint.yaml"
+
 RUN = SETTINGS.run
 RESULTS = f"results/{RUN}"
 LOGS = f"logs/{RUN}"

@@ -10,6 +10,8 @@ rule corpus:
         f"{LOGS}/corpus.log",
     benchmark:
         f"{BENCH}/corpus.tsv"
+    conda:
+        FEATINT_ENV
     threads: 1
     resources:
         mem_mb=2000,

@@ -11,6 +11,8 @@ rule prepare_lm:
         f"{LOGS}/prepare_lm.log",
     benchmark:
         f"{BENCH}/prepare_lm.tsv"
+    conda:
+        FEATINT_ENV
     threads: 2
     resources:
         mem_mb=4000,

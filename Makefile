@@ -1,0 +1,37 @@
+# Two commands for a fresh clone:
+#   make reproduce   install everything (pinned) into .venv and run the default workflow (snakemake --cores 8)
+#   make test        install everything and run the test suite
+# Both are idempotent: the install step reruns only when a requirements file changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.featint-installed
+CORES  ?= 8
+PYTEST_ARGS ?=
+
+.PHONY: install reproduce test bench clean-results
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# CPU wheel of torch first and pinned: an unpinned torch would pull several GB of CUDA.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+reproduce: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_extraction.py
+
+clean-results:
+	rm -rf results logs benchmarks/results .snakemake

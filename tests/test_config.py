@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from featint.config import Settings, load_settings, schema_path, validate_config
+from featint.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_filled_in() -> None:
+    settings = Settings.from_dict({})
+    assert settings.run == "default"
+    assert settings.hook.layer == 15 and settings.hook.site == "resid_pre"
+    assert settings.extraction.context_length == 128
+    assert settings.split.fractions == {"train": 0.8, "validation": 0.1, "test": 0.1}
+    assert settings.normaliser.kind == "zscore"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    if path.name == "schema.yaml":
+        pytest.skip("the schema itself")
+    settings = load_settings(path=path)
+    assert settings.run
+
+
+def test_config_schema_file_is_the_package_schema() -> None:
+    assert (REPO / "config" / "schema.yaml").read_text() == schema_path().read_text()
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'extraction\.context_lenght'"):
+        validate_config({"extraction": {"context_lenght": 64}})
+
+
+def test_unknown_top_level_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainng'"):
+        validate_config({"trainng": {}})
+
+
+def test_wrong_type_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"config key 'hook\.layer'.*not of type 'integer'"):
+        validate_config({"hook": {"layer": "fifteen"}})
+
+
+def test_negative_layer_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"hook\.layer"):
+        validate_config({"hook": {"layer": -1}})
+
+
+def test_fractions_must_sum_to_one() -> None:
+    with pytest.raises(ConfigError, match="sum to 1"):
+        validate_config({"split": {"fractions": {"train": 0.5, "validation": 0.1, "test": 0.1}}})
+
+
+def test_local_model_needs_path() -> None:
+    with pytest.raises(ConfigError, match="model.path"):
+        validate_config({"model": {"source": "local"}})
+
+
+def test_json_and_yaml_give_the_same_settings(tmp_path: Path) -> None:
+    raw = {"run": "x", "hook": {"layer": 2}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    import json
+
+    assert load_settings(path=path).raw == load_settings(json_text=json.dumps(raw)).raw
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(path="no/such/config.yaml")

@@ -1,0 +1,94 @@
+"""End-to-end: the Snakemake DAG on the tiny config, in a temporary copy of the workflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from featint.activations import ActivationStore
+from featint.normaliser import Normaliser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def workflow_copy(dest: Path) -> Path:
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name)
+        else:
+            shutil.copy(source, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
+    workdir = workflow_copy(tmp_path)
+    dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
+    assert dry.returncode == 0, dry.stderr
+    for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations"):
+        assert rule in dry.stdout + dry.stderr
+
+    run = snakemake(workdir, "--configfile", "config/tiny.yaml")
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    results = workdir / "results" / "tiny"
+    summary = pd.read_parquet(results / "activations" / "summary.parquet")
+    assert list(summary["split"]) == ["train", "validation", "test"]
+    assert (summary["tokens_selected"] > 0).all()
+    assert (summary["tokens_position_zero"] == summary["windows"]).all()
+    assert summary["outlier_threshold"].nunique() == 1  # one threshold, from train
+    assert summary["hook_name"].eq("blocks.3.hook_resid_pre").all()
+    normaliser = Normaliser.load(results / "activations" / "normaliser.safetensors")
+    train = summary.set_index("split").loc["train"]
+    assert normaliser.n_tokens == train["tokens_selected"]
+    # normalised selected train tokens have mean norm ~ sqrt(d) under a z-score
+    assert 0.8 * 576**0.5 < train["selected_mean_normalised_norm"] < 1.2 * 576**0.5
+
+    documents = pd.read_parquet(results / "corpus" / "documents.parquet")
+    split_of = dict(zip(documents["doc_id"], documents["split"]))
+    for split in ("train", "validation", "test"):
+        store = ActivationStore(results / "activations" / split)
+        assert {split_of[d] for d in store.tokens()["doc_id"].unique()} == {split}
+        assert sum(1 for _ in store.iter_shards()) == len(store.manifest)  # every shard verifies
+
+    assert (results / "activations" / "figures" / "norm_by_position.png").stat().st_size > 10_000
+    logs = workdir / "logs" / "tiny"
+    assert {p.name for p in logs.iterdir()} >= {"prepare_lm.log", "corpus.log", "extract_train.log",
+                                                 "extract_test.log", "fit_normaliser.log",
+                                                 "summarise_activations.log"}
+    assert (workdir / "benchmarks" / "results" / "tiny" / "extract_train.tsv").is_file()
+
+    again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_bad_config_stops_at_dag_start(tmp_path: Path) -> None:
+    workdir = workflow_copy(tmp_path)
+    (workdir / "config" / "bad.yaml").write_text("run: bad\nextraction:\n  context_lenght: 64\n")
+    result = snakemake(workdir, "--configfile", "config/bad.yaml", "-n")
+    assert result.returncode != 0
+    assert "context_lenght" in result.stdout + result.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_missing_local_model_stops_at_dag_start(tmp_path: Path) -> None:
+    workdir = workflow_copy(tmp_path)
+    (workdir / "config" / "local.yaml").write_text("run: local\nmodel: {source: local, path: /no/such/model}\n")
+    result = snakemake(workdir, "--configfile", "config/local.yaml", "-n")
+    assert result.returncode != 0
+    assert "model directory /no/such/model does not exist" in result.stdout + result.stderr
