@@ -251,11 +251,13 @@ def extract_split(
     extraction: ExtractionSettings,
     device: torch.device | str = "cpu",
     train_dir: str | Path | None = None,
+    bridge: Any | None = None,
 ) -> StoreMeta:
     """Stage entry point: extract one split's activations at the hook into checksummed shards.
 
     The outlier threshold is ``outlier_norm_factor`` x the median train norm (position 0 excluded): the train
-    split computes it, validation and test read it from ``train_dir``.
+    split computes it, validation and test read it from ``train_dir``. ``bridge`` may be passed already
+    loaded from ``model_directory`` (benchmarks, notebooks).
     """
     documents = pd.read_parquet(documents_path)
     documents = documents[documents["split"] == split]
@@ -264,7 +266,8 @@ def extract_split(
     if split != "train" and train_dir is None:
         raise ValueError("validation/test extraction needs the train split's directory for the outlier threshold")
 
-    bridge = load_bridge(model_directory, model.dtype, device)
+    if bridge is None:
+        bridge = load_bridge(model_directory, model.dtype, device)
     hook_point = HookPoint.from_settings(hook)
     hook_point.check(bridge.cfg.n_layers, where=str(model_directory))
     d_model = int(bridge.cfg.d_model)

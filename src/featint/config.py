@@ -98,6 +98,14 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
         raise ConfigError(f"{source}: corpus.source is 'text_files' needs corpus.path (a glob).")
     if corpus["source"] == "hf_dataset" and not corpus["hf"]["path"]:
         raise ConfigError(f"{source}: corpus.source is 'hf_dataset' needs corpus.hf.path.")
+    sae = completed["sae"]
+    if sae["k"] > sae["n_features"]:
+        raise ConfigError(f"{source}: sae.k={sae['k']} exceeds sae.n_features={sae['n_features']}.")
+    if completed["nfm"]["truncated_k"] > sae["k"]:
+        raise ConfigError(f"{source}: nfm.truncated_k must not exceed sae.k={sae['k']}.")
+    needs_standard = {"sequential", "sequential_truncated", "standard_refit"} & set(completed["models"])
+    if needs_standard and "standard" not in completed["models"]:
+        raise ConfigError(f"{source}: models {sorted(needs_standard)} start from the standard SAE; add 'standard'.")
     return completed
 
 
@@ -176,6 +184,59 @@ class NormaliserSettings:
 
 
 @dataclass(frozen=True)
+class AuxKSettings:
+    enabled: bool
+    k_aux: int
+    coefficient: float
+    dead_after_tokens: int
+
+
+@dataclass(frozen=True)
+class SAESettings:
+    n_features: int
+    k: int
+    decoder_norm: str
+    pre_encoder_bias: bool
+    tied_init: bool
+    auxk: AuxKSettings
+
+
+@dataclass(frozen=True)
+class NFMSettings:
+    embed_dim: int
+    dropout: float
+    embedding_std: float
+    linear_std: float
+    mlp_std: float
+    truncated_k: int
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    seeds: list[int]
+    tokens: int
+    batch_size: int
+    lr: float | None
+    lr_grid: list[float]
+    lr_selection_tokens: int
+    betas: list[float]
+    eps: float
+    lr_final_factor: float
+    lr_decay_fraction: float
+    grad_clip: float
+    shuffle_shards: int
+    checkpoint_every: int
+    log_every: int
+    validate_every: int
+    validation_tokens: int
+    bf16_autocast: bool
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
+
+
+@dataclass(frozen=True)
 class Settings:
     run: str
     seed: int
@@ -185,6 +246,10 @@ class Settings:
     split: SplitSettings
     extraction: ExtractionSettings
     normaliser: NormaliserSettings
+    sae: SAESettings
+    nfm: NFMSettings
+    models: list[str]
+    training: TrainingSettings
     raw: dict[str, Any]
 
     @classmethod
@@ -192,6 +257,8 @@ class Settings:
         c = validate_config(config, source)
         corpus = dict(c["corpus"])
         corpus["hf"] = HFCorpusSettings(**corpus["hf"])
+        sae = dict(c["sae"])
+        sae["auxk"] = AuxKSettings(**sae["auxk"])
         return cls(
             run=c["run"],
             seed=c["seed"],
@@ -201,6 +268,10 @@ class Settings:
             split=SplitSettings(**c["split"]),
             extraction=ExtractionSettings(**c["extraction"]),
             normaliser=NormaliserSettings(**c["normaliser"]),
+            sae=SAESettings(**sae),
+            nfm=NFMSettings(**c["nfm"]),
+            models=list(c["models"]),
+            training=TrainingSettings(**c["training"]),
             raw=c,
         )
 

@@ -29,7 +29,7 @@ def norm_by_position(by_position: pd.DataFrame, path: str | Path) -> None:
     )
     grid = sns.relplot(
         data=long, x="position", y="norm", hue="split", style="statistic", col="space", kind="line",
-        facet_kws={"sharey": False}, height=3.6, aspect=1.3,
+        col_order=["raw", "normalised"], facet_kws={"sharey": False}, height=3.6, aspect=1.3,
     )
     grid.set(yscale="log")
     grid.set_axis_labels("position in window (0 = BOS)", "token norm (log scale)")

@@ -1,0 +1,307 @@
+"""The one training loop (every model kind, and later the secondary SAE), checkpoints and exact resume.
+
+Data: :class:`ShuffledBatches` streams the train split's selected tokens from disk, a few shards at a time,
+normalised by the saved normaliser, in an order that depends only on (seed, epoch) — so a resumed run
+regenerates the same batches from the step index alone.
+
+Loop (:func:`train`): Adam with fp32 master weights, LR decaying linearly to ``lr_final_factor`` over
+``lr_decay_fraction`` of the *actual* number of steps (the author's schedule decayed over a wrong count),
+gradient clipping, AuxK for dead latents, NaN/Inf detection, validation on held-out documents, and a
+checkpoint every N steps holding model, optimiser, schedule, step, dead-latent counters, log and RNG states.
+A killed run resumes from its last checkpoint and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from featint.activations import ActivationStore
+from featint.config import AuxKSettings, TrainingSettings
+from featint.errors import FeatintError
+from featint.io import atomic_path
+from featint.models import FeatureModel, SparseCode, gather_sum
+from featint.normaliser import Normaliser
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(FeatintError):
+    """Training cannot go on (non-finite loss, incompatible checkpoint)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+class ShuffledBatches:
+    """Shuffled, normalised batches of selected train tokens, streamed a group of shards at a time.
+
+    Epoch ``e`` permutes the shards with a generator seeded by (seed, e), groups consecutive shards until a
+    group holds ``shuffle_shards`` shards and at least one batch, permutes the rows of each group, and yields
+    ``rows // batch_size`` full batches per group (the few leftover rows of a group are skipped that epoch;
+    another permutation uses them next epoch). Batch ``n`` of the whole stream is therefore a function of
+    (seed, n) only, and :meth:`iterate` can start at any step without reading the skipped shards.
+    """
+
+    def __init__(self, store: ActivationStore, normaliser: Normaliser, batch_size: int, shuffle_shards: int,
+                 seed: int, device: torch.device | str = "cpu") -> None:
+        self.store, self.normaliser = store, normaliser
+        self.batch_size, self.shuffle_shards, self.seed = batch_size, shuffle_shards, seed
+        self.device = torch.device(device)
+        self.mask = store.selected_mask()
+        firsts = store.manifest["first_row"].to_numpy()
+        rows = store.manifest["rows"].to_numpy()
+        self.shard_counts = np.array([int(self.mask[f : f + r].sum()) for f, r in zip(firsts, rows)])
+        self.n_tokens = int(self.shard_counts.sum())
+        if self.n_tokens < batch_size:
+            raise TrainingError(
+                f"the train split {store.directory} has {self.n_tokens} selected tokens, fewer than one batch "
+                f"({batch_size}); lower training.batch_size or extract more tokens."
+            )
+
+    def _generator(self, *keys: int) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, *keys)) % (2**63))
+
+    def epoch_groups(self, epoch: int) -> list[tuple[list[int], int]]:
+        """[(shard indices, number of batches)] of ``epoch``."""
+        order = torch.randperm(len(self.shard_counts), generator=self._generator(epoch, -1)).tolist()
+        groups: list[tuple[list[int], int]] = []
+        current: list[int] = []
+        for shard in order:
+            current.append(shard)
+            rows = int(self.shard_counts[current].sum())
+            if len(current) >= self.shuffle_shards and rows >= self.batch_size:
+                groups.append((current, rows // self.batch_size))
+                current = []
+        if current:  # leftover shards join the last group
+            if groups:
+                merged = groups[-1][0] + current
+                groups[-1] = (merged, int(self.shard_counts[merged].sum()) // self.batch_size)
+            else:
+                groups.append((current, int(self.shard_counts[current].sum()) // self.batch_size))
+        return groups
+
+    def batches_per_epoch(self, epoch: int) -> int:
+        return sum(n for _, n in self.epoch_groups(epoch))
+
+    def _load_group(self, shards: list[int], epoch: int, group: int) -> torch.Tensor:
+        parts = []
+        for shard in shards:
+            entry = self.store.manifest.iloc[shard]
+            first, rows = int(entry["first_row"]), int(entry["rows"])
+            keep = torch.from_numpy(np.array(self.mask[first : first + rows], dtype=bool))
+            parts.append(self.store.read_shard(shard)[keep])
+        data = torch.cat(parts)
+        perm = torch.randperm(data.shape[0], generator=self._generator(epoch, group))
+        return self.normaliser.apply(data[perm])
+
+    def iterate(self, start_step: int = 0) -> Iterator[torch.Tensor]:
+        """Endless batches [batch_size, d], beginning with global batch ``start_step``."""
+        step, epoch = 0, 0
+        while True:
+            for group, (shards, n_batches) in enumerate(self.epoch_groups(epoch)):
+                if step + n_batches <= start_step:
+                    step += n_batches
+                    continue
+                data = self._load_group(shards, epoch, group)
+                for b in range(n_batches):
+                    if step >= start_step:
+                        yield data[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
+                    step += 1
+            epoch += 1
+
+
+def load_selected(store: ActivationStore, normaliser: Normaliser, max_tokens: int | None = None,
+                  include_outliers: bool = False) -> torch.Tensor:
+    """The first ``max_tokens`` selected tokens of a split, normalised (for validation and evaluation).
+
+    ``include_outliers`` also keeps massive-norm tokens (position 0 stays out)."""
+    tokens = store.tokens()
+    mask = (~tokens["is_position_zero"].to_numpy()) if include_outliers else store.selected_mask()
+    parts, have = [], 0
+    for _, vectors in store.iter_shards(mask):
+        parts.append(vectors)
+        have += vectors.shape[0]
+        if max_tokens is not None and have >= max_tokens:
+            break
+    data = torch.cat(parts)
+    return normaliser.apply(data[:max_tokens] if max_tokens is not None else data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loop
+
+
+def lr_lambda(total_steps: int, final_factor: float, decay_fraction: float) -> Callable[[int], float]:
+    decay_steps = max(1, int(decay_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        return 1.0 - (1.0 - final_factor) * min(1.0, step / decay_steps)
+
+    return factor
+
+
+def fraction_of_variance_unexplained(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """||x - x_hat||^2 / ||x - mean(x)||^2 over a batch."""
+    return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def auxk_loss(model: FeatureModel, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
+              dead: torch.Tensor, settings: AuxKSettings) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): the top ``k_aux`` dead latents reconstruct the error, normalised by its variance."""
+    n_dead = int(dead.sum())
+    error = (x - x_hat).detach()
+    masked = pre.masked_fill(~dead, float("-inf"))
+    values, indices = masked.topk(min(settings.k_aux, n_dead), dim=-1, sorted=False)
+    error_hat = gather_sum(model.sae.W_dec, SparseCode(indices, torch.relu(values)))
+    denominator = ((error - error.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-12)
+    return settings.coefficient * ((error - error_hat) ** 2).sum(-1).mean() / denominator
+
+
+@dataclass
+class TrainResult:
+    log: pd.DataFrame
+    steps: int
+    lr: float
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].copy(),
+                             "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"], state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def evaluate_mse(model: FeatureModel, x: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """(MSE per element, FVU) of the full reconstruction on ``x``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    sq_err = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk):
+            batch = x[start : start + chunk]
+            hat = model(batch).total
+            sq_err += float(((batch - hat) ** 2).sum())
+    model.train(was_training)
+    total_var = float(((x - x.mean(0)) ** 2).sum())
+    return sq_err / x.numel(), sq_err / total_var
+
+
+def train(
+    model: FeatureModel,
+    data: ShuffledBatches,
+    validation: torch.Tensor,
+    training: TrainingSettings,
+    auxk: AuxKSettings,
+    lr: float,
+    checkpoint_path: str | Path,
+    name: str = "model",
+    steps: int | None = None,
+    stop_after_step: int | None = None,
+) -> TrainResult:
+    """Train ``model.trainable_parameters()`` for ``steps`` (default ``training.steps``) batches.
+
+    Resumes from ``checkpoint_path`` when it exists. ``stop_after_step`` simulates a kill right after the
+    checkpoint of that step (tests).
+    """
+    device = data.device
+    total_steps = steps or training.steps
+    params = list(model.trainable_parameters())
+    trains_encoder = any(p is model.sae.W_enc for p in params)
+    use_auxk = auxk.enabled and trains_encoder
+    optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(training.betas), eps=training.eps)  # type: ignore[arg-type]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, training.lr_final_factor, training.lr_decay_fraction))
+    n_features = model.sae.n_features
+    since_fired = torch.zeros(n_features, dtype=torch.long, device=device)
+    rows: list[dict[str, float]] = []
+    start_step = 0
+    checkpoint_path = Path(checkpoint_path)
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["total_steps"] != total_steps or state["name"] != name:
+            raise TrainingError(f"checkpoint {checkpoint_path} belongs to another run ({state['name']}, "
+                                f"{state['total_steps']} steps); delete it to start afresh.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        since_fired = state["since_fired"].to(device)
+        rows = list(state["log"])
+        start_step = int(state["step"])
+        _set_rng_state(state["rng"])
+        log.info("%s: resumed from %s at step %d", name, checkpoint_path, start_step)
+
+    autocast = training.bf16_autocast and device.type == "cuda"
+    model.train()
+    batches = data.iterate(start_step)
+    progress = tqdm(range(start_step, total_steps), desc=f"train {name}", unit="step", mininterval=10,
+                    initial=start_step, total=total_steps)
+    for step in progress:
+        x = next(batches)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            rec = model(x)
+            x_hat = rec.total.float()
+            mse = ((x_hat - x) ** 2).mean()
+            dead = since_fired > auxk.dead_after_tokens
+            aux = auxk_loss(model, x, x_hat, rec.pre, dead, auxk) if use_auxk and bool(dead.any()) \
+                else torch.zeros((), device=device)
+            loss = mse + aux
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{name}: non-finite loss ({float(loss)}) at step {step} (lr {lr:g}); lower the learning rate "
+                f"(training.lr / training.lr_grid) or check the activations for NaN/Inf."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        model.sae.project_decoder_grad()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, training.grad_clip))
+        if not math.isfinite(grad_norm):
+            raise TrainingError(f"{name}: non-finite gradient norm at step {step} (lr {lr:g}); lower the learning "
+                                "rate or check the activations.")
+        optimizer.step()
+        scheduler.step()
+        model.sae.normalise_decoder()
+        with torch.no_grad():
+            since_fired += x.shape[0]
+            fired = rec.code.indices[rec.code.values > 0]
+            since_fired[fired] = 0
+        done = step + 1
+        if done % training.log_every == 0 or done == total_steps:
+            rows.append({"step": done, "tokens": done * x.shape[0], "split": "train", "loss": float(loss),
+                         "mse": float(mse), "auxk": float(aux), "fvu": fraction_of_variance_unexplained(x, x_hat),
+                         "l0": float(rec.code.l0.float().mean()),
+                         "dead_fraction": float((since_fired > auxk.dead_after_tokens).float().mean()),
+                         "lr": float(scheduler.get_last_lr()[0]), "grad_norm": grad_norm})
+        if done % training.validate_every == 0 or done == total_steps:
+            val_mse, val_fvu = evaluate_mse(model, validation)
+            rows.append({"step": done, "tokens": done * x.shape[0], "split": "validation", "loss": val_mse,
+                         "mse": val_mse, "fvu": val_fvu})
+            progress.set_postfix(val_fvu=f"{val_fvu:.3f}")
+        if done % training.checkpoint_every == 0 and done < total_steps:
+            with atomic_path(checkpoint_path) as tmp:
+                torch.save({"name": name, "total_steps": total_steps, "step": done, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "since_fired": since_fired, "log": rows, "rng": _rng_state()}, tmp)
+            if stop_after_step is not None and done >= stop_after_step:
+                raise KeyboardInterrupt(f"simulated kill after step {done}")
+    model.eval()
+    return TrainResult(log=pd.DataFrame(rows), steps=total_steps, lr=lr)
