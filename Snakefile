@@ -15,9 +15,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/lm.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/activations.smk"
+include: "workflow/rules/training.smk"
 
 
 rule all:
     input:
         activation_targets(),
+        training_targets(),
     default_target: True

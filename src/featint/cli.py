@@ -22,13 +22,17 @@ from featint.runtime import configure_logging, resolve_device, seed_everything, 
 
 log = logging.getLogger("featint")
 
-#: Config sections each stage reads (besides ``run`` and ``seed``).
+#: Config sections each stage reads (a rule passes only these, so only their changes rerun it).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare-lm": ("model",),
     "corpus": ("corpus", "split"),
     "extract": ("model", "hook", "extraction"),
     "normaliser": ("normaliser",),
     "summarise": (),
+    "select-lr": ("sae", "nfm", "training"),
+    "train": ("sae", "nfm", "training"),
+    "evaluate": (),
+    "gather-metrics": (),
 }
 
 
@@ -90,6 +94,42 @@ def cmd_summarise(args: argparse.Namespace) -> None:
     log.info("summary:\n%s", summary.to_string(index=False))
 
 
+def cmd_select_lr(args: argparse.Namespace) -> None:
+    from featint.training import run_lr_selection
+
+    settings = _settings(args)
+    run_lr_selection(settings, args.family, args.activations, args.out,
+                     device=resolve_device(settings.model.device))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from featint.training import chosen_lr, run_train
+
+    settings = _settings(args)
+    lr = chosen_lr(settings, args.kind, args.lr_table)
+    result = run_train(settings, args.kind, args.seed, args.activations, args.out, lr,
+                       device=resolve_device(settings.model.device), standard_weights=args.standard)
+    final = result.log[result.log["split"] == "validation"].iloc[-1]
+    log.info("%s seed %d: %d steps at lr %g, validation FVU %.4f", args.kind, args.seed, result.steps, lr,
+             final["fvu"])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from featint.evaluation import run_evaluate
+
+    run_evaluate(args.weights, args.activations, args.out, run=args.run)
+
+
+def cmd_gather_metrics(args: argparse.Namespace) -> None:
+    from featint.evaluation import gather
+
+    summary = gather(args.tables, args.parameters, args.out_metrics, args.out_summary, args.out_parameters,
+                     args.out_figure)
+    view = summary[(summary["metric"].isin(["fvu", "improvement_vs_standard_mse"]))
+                   & summary["component"].isin(["full", "model"]) & (summary["token_set"] == "selected")]
+    log.info("test reconstruction:\n%s", view.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normaliser", required=True)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-positions", required=True)
+    p.add_argument("--out-figure", required=True)
+    p = add("select-lr", cmd_select_lr, "choose a model family's learning rate on the validation split")
+    p.add_argument("--family", required=True, choices=("sae", "nfm"))
+    p.add_argument("--activations", required=True, help="activations directory (splits + normaliser)")
+    p.add_argument("--out", required=True)
+    p = add("train", cmd_train, "train one model kind for one seed")
+    p.add_argument("--kind", required=True)
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--lr-table", help="lr-selection table of the kind's family (when training.lr is null)")
+    p.add_argument("--standard", help="weights of the standard SAE (sequential kinds and the refit)")
+    p.add_argument("--out", required=True, help="model directory")
+    p = add("evaluate", cmd_evaluate, "reconstruction metrics of one model on the test split", config=False)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("gather-metrics", cmd_gather_metrics, "one tidy table and figure over models and seeds", config=False)
+    p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--parameters", nargs="+", required=True)
+    p.add_argument("--out-metrics", required=True)
+    p.add_argument("--out-summary", required=True)
+    p.add_argument("--out-parameters", required=True)
     p.add_argument("--out-figure", required=True)
     return parser
 

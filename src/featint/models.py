@@ -20,12 +20,23 @@ Composite models (:data:`MODEL_KINDS`), all trained with one loss ``MSE(x, sae +
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+
+from featint.config import NFMSettings, SAESettings
+from featint.errors import ShardError
+from featint.io import atomic_path
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 MODEL_KINDS: tuple[str, ...] = (
     "standard",
@@ -68,6 +79,50 @@ def gather_sum(table: torch.Tensor, code: SparseCode) -> torch.Tensor:
 # TopK SAE
 
 
+class TopKEncoderFunction(torch.autograd.Function):
+    """pre = x W^T + b; values, indices = TopK(pre) (and the AuxK selection), with a sparse backward.
+
+    Only the selected pre-activations receive gradient, so the backward gathers the selected rows of W for
+    dL/dx (``embedding_bag``) and multiplies a sparse [N, F] gradient by x for dL/dW: O(N k d) instead of the
+    two dense O(N F d) products autograd would do through ``topk``."""
+
+    @staticmethod
+    def forward(ctx, x_in, W, b, k, aux_mask, k_aux):  # type: ignore[no-untyped-def, override]
+        pre = torch.addmm(b, x_in, W.t())
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        aux_values = aux_indices = None
+        if aux_mask is not None and k_aux > 0:
+            masked = pre.masked_fill(~aux_mask, float("-inf"))
+            aux_values, aux_indices = masked.topk(min(k_aux, int(aux_mask.sum())), dim=-1, sorted=False)
+            ctx.mark_non_differentiable(aux_indices)
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(x_in, W, indices, aux_indices if aux_indices is not None else indices[:, :0])
+        return values, indices, aux_values, aux_indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices, grad_aux_values, _grad_aux_indices):  # type: ignore[no-untyped-def, override]
+        x_in, W, indices, aux_indices = ctx.saved_tensors
+        if grad_aux_values is not None and aux_indices.shape[1] > 0:
+            grad = torch.cat([grad_values, grad_aux_values], dim=1)
+            idx = torch.cat([indices, aux_indices], dim=1)
+        else:
+            grad, idx = grad_values, indices
+        grad = grad.contiguous()
+        n, width = idx.shape
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(idx, W, per_sample_weights=grad.to(W.dtype), mode="sum")
+        if ctx.needs_input_grad[1]:
+            crow = torch.arange(0, n * width + 1, width, device=idx.device)
+            sparse_grad = torch.sparse_csr_tensor(crow, idx.reshape(-1), grad.reshape(-1), (n, W.shape[0]),
+                                                  check_invariants=False)
+            grad_W = sparse_grad.t() @ x_in
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W.shape[0], dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, idx.reshape(-1), grad.reshape(-1))
+        return grad_x, grad_W, grad_b, None, None, None
+
+
 class TopKSAE(nn.Module):
     """f = TopK_k(ReLU(W_enc (x - b_dec) + b_enc)); x_hat = W_dec^T f + b_dec.
 
@@ -100,14 +155,23 @@ class TopKSAE(nn.Module):
         x_in = x - self.b_dec if self.pre_encoder_bias else x
         return F.linear(x_in, self.W_enc, self.b_enc)
 
-    def encode(self, x: torch.Tensor, k: int | None = None) -> SparseCode:
-        return self.encode_with_pre(x, k)[0]
+    def encode(self, x: torch.Tensor, k: int | None = None, aux_mask: torch.Tensor | None = None,
+               k_aux: int = 0) -> tuple[SparseCode, SparseCode | None]:
+        """The top-k code, and (for AuxK) the top ``k_aux`` code among latents where ``aux_mask`` is true.
 
-    def encode_with_pre(self, x: torch.Tensor, k: int | None = None) -> tuple[SparseCode, torch.Tensor]:
-        """The code and the pre-activations [N, F] it was selected from (AuxK reuses them)."""
-        pre = self.pre_activations(x)
-        values, indices = pre.topk(k or self.k, dim=-1, sorted=False)
-        return SparseCode(indices, F.relu(values)), pre
+        The encoder product is dense (every pre-activation is needed to pick the top k); its backward is
+        sparse (:class:`TopKEncoderFunction`)."""
+        x_in = x - self.b_dec if self.pre_encoder_bias else x
+        values, indices, aux_values, aux_indices = TopKEncoderFunction.apply(
+            x_in, self.W_enc, self.b_enc, k or self.k, aux_mask, k_aux)
+        code = SparseCode(indices, F.relu(values))
+        aux = SparseCode(aux_indices, F.relu(aux_values)) if aux_indices is not None else None
+        return code, aux
+
+    def encode_dense_reference(self, x: torch.Tensor, k: int | None = None) -> SparseCode:
+        """Plain-autograd reference of :meth:`encode` (dense backward; tests and benchmarks only)."""
+        values, indices = self.pre_activations(x).topk(k or self.k, dim=-1, sorted=False)
+        return SparseCode(indices, F.relu(values))
 
     def decode(self, code: SparseCode) -> torch.Tensor:
         return gather_sum(self.W_dec, code) + self.b_dec
@@ -170,9 +234,10 @@ class NFM(nn.Module):
             self.dropout = nn.Dropout(dropout)
 
     def bi_interaction(self, code: SparseCode) -> torch.Tensor:
-        fv = code.values.unsqueeze(-1) * self.V[code.indices]  # [N, k, K]: the k active rows only
-        summed = fv.sum(dim=1)
-        return 0.5 * (summed * summed - (fv * fv).sum(dim=1))
+        """Both sums gather the k active rows: sum_i f_i v_i from V, sum_i f_i^2 v_i^2 from V*V."""
+        summed = gather_sum(self.V, code)
+        squares = gather_sum(self.V * self.V, SparseCode(code.indices, code.values * code.values))
+        return 0.5 * (summed * summed - squares)
 
     def bi_interaction_dense(self, f: torch.Tensor) -> torch.Tensor:
         """Dense reference of :meth:`bi_interaction` (tests and benchmarks only)."""
@@ -212,7 +277,7 @@ class Reconstruction:
     linear: torch.Tensor | None
     interaction: torch.Tensor | None
     embedding: torch.Tensor | None
-    pre: torch.Tensor  # encoder pre-activations [N, F]
+    aux_code: SparseCode | None = None  # AuxK selection among dead latents (training only)
 
     @property
     def total(self) -> torch.Tensor:
@@ -245,23 +310,23 @@ class FeatureModel(nn.Module):
         self.kind, self.sae, self.nfm = kind, sae, nfm
         self.infer_k = infer_k or sae.k
 
-    def forward(self, x: torch.Tensor) -> Reconstruction:
-        code, pre = self.sae.encode_with_pre(x, self.infer_k)
+    def forward(self, x: torch.Tensor, aux_mask: torch.Tensor | None = None, k_aux: int = 0) -> Reconstruction:
+        code, aux_code = self.sae.encode(x, self.infer_k, aux_mask, k_aux)
         sae_out = self.sae.decode(code)
         if self.nfm is None:
-            return Reconstruction(code, sae_out, None, None, None, pre)
+            return Reconstruction(code, sae_out, None, None, None, aux_code)
         out = self.nfm(code)
-        return Reconstruction(code, sae_out, out.linear, out.interaction, out.embedding, pre)
+        return Reconstruction(code, sae_out, out.linear, out.interaction, out.embedding, aux_code)
 
     def forward_dense(self, x: torch.Tensor) -> Reconstruction:
         """Dense reference of :meth:`forward` (tests and benchmarks only)."""
-        code, pre = self.sae.encode_with_pre(x, self.infer_k)
+        code = self.sae.encode_dense_reference(x, self.infer_k)
         f = code.dense(self.sae.n_features)
         sae_out = self.sae.decode_dense(f)
         if self.nfm is None:
-            return Reconstruction(code, sae_out, None, None, None, pre)
+            return Reconstruction(code, sae_out, None, None, None)
         out = self.nfm.forward_dense(f)
-        return Reconstruction(code, sae_out, out.linear, out.interaction, out.embedding, pre)
+        return Reconstruction(code, sae_out, out.linear, out.interaction, out.embedding)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """What the kind trains: sequential kinds train the NFM only; the refit trains the decoder only."""
@@ -290,3 +355,83 @@ class FeatureModel(nn.Module):
 def param_matched_width(d_model: int, target_parameters: int) -> int:
     """Width F' of a TopK SAE (2 d F' + F' + d parameters) closest to ``target_parameters``."""
     return max(1, round((target_parameters - d_model) / (2 * d_model + 1)))
+
+
+def joint_parameter_count(d_model: int, sae: SAESettings, nfm: NFMSettings) -> int:
+    F_, K = sae.n_features, nfm.embed_dim
+    return TopKSAE.n_parameters_for(d_model, F_) + (F_ * d_model + d_model) + F_ * K + (K * K + K) + (K * d_model + d_model)
+
+
+def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
+                standard: FeatureModel | None = None) -> FeatureModel:
+    """A fresh model of ``kind`` (seed the RNG first). Kinds in :data:`FROM_STANDARD` copy ``standard``'s SAE."""
+    if kind in FROM_STANDARD:
+        if standard is None:
+            raise ValueError(f"{kind} starts from a trained standard SAE")
+        base = standard.sae
+        decoder_norm = "free" if kind == "standard_refit" else base.decoder_norm
+        copy = TopKSAE(d_model, base.n_features, base.k, decoder_norm, base.pre_encoder_bias)
+        copy.load_state_dict(base.state_dict())
+        if kind == "standard_refit":
+            return FeatureModel(kind, copy)
+        for parameter in copy.parameters():
+            parameter.requires_grad_(False)
+        infer_k = nfm.truncated_k if kind == "sequential_truncated" else base.k
+        return FeatureModel(kind, copy, _nfm(base.n_features, d_model, nfm), infer_k=infer_k)
+    width = sae.n_features
+    if kind == "param_matched":
+        width = param_matched_width(d_model, joint_parameter_count(d_model, sae, nfm))
+    primary = TopKSAE(d_model, width, sae.k, sae.decoder_norm, sae.pre_encoder_bias, sae.tied_init)
+    if kind in ("standard", "param_matched"):
+        return FeatureModel(kind, primary)
+    return FeatureModel(kind, primary, _nfm(width, d_model, nfm, use_linear=kind != "joint_no_linear",
+                                           use_interaction=kind != "joint_no_interaction"))
+
+
+def _nfm(n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool = True,
+         use_interaction: bool = True) -> NFM:
+    return NFM(n_features, d_model, nfm.embed_dim, nfm.dropout, use_linear, use_interaction, nfm.embedding_std,
+               nfm.linear_std, nfm.mlp_std)
+
+
+def model_metadata(model: FeatureModel) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "kind": model.kind, "d_model": model.sae.d_model, "n_features": model.sae.n_features, "k": model.sae.k,
+        "infer_k": model.infer_k, "decoder_norm": model.sae.decoder_norm,
+        "pre_encoder_bias": model.sae.pre_encoder_bias, "nfm": None,
+    }
+    if model.nfm is not None:
+        embed_dim = model.nfm.V.shape[1] if model.nfm.use_interaction else 0
+        dropout = model.nfm.dropout.p if model.nfm.use_interaction else 0.0
+        meta["nfm"] = {"embed_dim": int(embed_dim), "dropout": float(dropout), "use_linear": model.nfm.use_linear,
+                       "use_interaction": model.nfm.use_interaction}
+    return meta
+
+
+def save_model(model: FeatureModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Weights as safetensors, architecture (and ``extra``, e.g. the hook name) in its metadata."""
+    meta = {"featint_model": json.dumps(model_metadata(model)), "extra": json.dumps(extra or {})}
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[FeatureModel, dict[str, Any]]:
+    """(model in eval mode, the ``extra`` metadata saved with it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"model weights {path} do not exist; run the train rule for this model first.")
+    with safe_open(str(path), framework="pt", device=str(device)) as handle:
+        raw = handle.metadata() or {}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    meta = json.loads(raw["featint_model"])
+    sae = TopKSAE(meta["d_model"], meta["n_features"], meta["k"], meta["decoder_norm"], meta["pre_encoder_bias"])
+    nfm = None
+    if meta["nfm"] is not None:
+        n = meta["nfm"]
+        nfm = NFM(meta["n_features"], meta["d_model"], max(1, n["embed_dim"]), n["dropout"], n["use_linear"],
+                  n["use_interaction"])
+    model = FeatureModel(meta["kind"], sae, nfm, infer_k=meta["infer_k"])
+    model.load_state_dict(tensors)
+    model.to(device).eval()
+    return model, json.loads(raw.get("extra", "{}"))

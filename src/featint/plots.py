@@ -35,3 +35,48 @@ def norm_by_position(by_position: pd.DataFrame, path: str | Path) -> None:
     grid.set_axis_labels("position in window (0 = BOS)", "token norm (log scale)")
     grid.figure.suptitle("Residual-stream norm by position, raw and normalised", y=1.03)
     _save(grid.figure, path)
+
+
+def training_curves(train_log: pd.DataFrame, path: str | Path, title: str) -> None:
+    """FVU (train batches and validation), L0 and dead fraction against tokens seen."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    sns.lineplot(data=train_log, x="tokens", y="fvu", hue="split", ax=axes[0])
+    axes[0].set(yscale="log", ylabel="FVU (normalised space)")
+    train_rows = train_log[train_log["split"] == "train"]
+    sns.lineplot(data=train_rows, x="tokens", y="l0", ax=axes[1])
+    axes[1].set(ylabel="L0 (active features / token)")
+    sns.lineplot(data=train_rows, x="tokens", y="dead_fraction", ax=axes[2])
+    axes[2].set(ylabel="dead fraction (rolling window)", ylim=(-0.02, 1.02))
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def reconstruction_comparison(metrics: pd.DataFrame, path: str | Path) -> None:
+    """Test FVU of every model's final reconstruction (bars: mean over seeds; dots: seeds), per token set,
+    and the improvement over the standard SAE of the same seed."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fvu = metrics[(metrics["metric"] == "fvu") & metrics["component"].isin(["full", "sae"])]
+    fvu = fvu.sort_values("component").groupby(["model", "seed", "token_set"]).first().reset_index()
+    improvement = metrics[metrics["metric"] == "improvement_vs_standard_mse"]
+    order = [m for m in ["standard", "standard_refit", "param_matched", "sequential", "sequential_truncated",
+                         "joint", "joint_no_interaction", "joint_no_linear"] if m in set(fvu["model"])]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+    sns.barplot(data=fvu, x="model", y="value", hue="token_set", order=order, errorbar=None, ax=axes[0], alpha=0.6)
+    sns.stripplot(data=fvu, x="model", y="value", hue="token_set", order=order, dodge=True, ax=axes[0],
+                  legend=False, color="black", size=4)
+    axes[0].set(ylabel="test FVU (normalised space)", xlabel="")
+    sns.barplot(data=improvement, x="model", y="value", hue="token_set", order=order, errorbar=None, ax=axes[1],
+                alpha=0.6)
+    sns.stripplot(data=improvement, x="model", y="value", hue="token_set", order=order, dodge=True, ax=axes[1],
+                  legend=False, color="black", size=4)
+    axes[1].axhline(0, color="grey", lw=1)
+    axes[1].set(ylabel="1 - MSE / MSE(standard SAE, same seed)", xlabel="")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    fig.suptitle("Reconstruction on held-out test documents")
+    fig.tight_layout()
+    _save(fig, path)

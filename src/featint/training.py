@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,11 +27,12 @@ import torch
 from tqdm import tqdm
 
 from featint.activations import ActivationStore
-from featint.config import AuxKSettings, TrainingSettings
+from featint.config import AuxKSettings, Settings, TrainingSettings
 from featint.errors import FeatintError
-from featint.io import atomic_path
+from featint.io import atomic_path, write_parquet
 from featint.models import FeatureModel, SparseCode, gather_sum
 from featint.normaliser import Normaliser
+from featint.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +158,11 @@ def fraction_of_variance_unexplained(x: torch.Tensor, x_hat: torch.Tensor) -> fl
     return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
 
 
-def auxk_loss(model: FeatureModel, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
-              dead: torch.Tensor, settings: AuxKSettings) -> torch.Tensor:
+def auxk_loss(model: FeatureModel, x: torch.Tensor, x_hat: torch.Tensor, aux_code: SparseCode,
+              settings: AuxKSettings) -> torch.Tensor:
     """AuxK (Gao et al. 2024): the top ``k_aux`` dead latents reconstruct the error, normalised by its variance."""
-    n_dead = int(dead.sum())
     error = (x - x_hat).detach()
-    masked = pre.masked_fill(~dead, float("-inf"))
-    values, indices = masked.topk(min(settings.k_aux, n_dead), dim=-1, sorted=False)
-    error_hat = gather_sum(model.sae.W_dec, SparseCode(indices, torch.relu(values)))
+    error_hat = gather_sum(model.sae.W_dec, aux_code)
     denominator = ((error - error.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-12)
     return settings.coefficient * ((error - error_hat) ** 2).sum(-1).mean() / denominator
 
@@ -258,11 +257,12 @@ def train(
     for step in progress:
         x = next(batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            rec = model(x)
+            dead = since_fired > auxk.dead_after_tokens
+            with_aux = use_auxk and bool(dead.any())
+            rec = model(x, aux_mask=dead if with_aux else None, k_aux=auxk.k_aux if with_aux else 0)
             x_hat = rec.total.float()
             mse = ((x_hat - x) ** 2).mean()
-            dead = since_fired > auxk.dead_after_tokens
-            aux = auxk_loss(model, x, x_hat, rec.pre, dead, auxk) if use_auxk and bool(dead.any()) \
+            aux = auxk_loss(model, x, x_hat, rec.aux_code, auxk) if rec.aux_code is not None \
                 else torch.zeros((), device=device)
             loss = mse + aux
         if not torch.isfinite(loss):
@@ -305,3 +305,126 @@ def train(
                 raise KeyboardInterrupt(f"simulated kill after step {done}")
     model.eval()
     return TrainResult(log=pd.DataFrame(rows), steps=total_steps, lr=lr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage entry points
+
+#: Which learning-rate family each kind uses when the LR is chosen on the validation split.
+LR_FAMILY: dict[str, str] = {
+    "standard": "sae", "param_matched": "sae", "standard_refit": "sae",
+    "joint": "nfm", "joint_no_interaction": "nfm", "joint_no_linear": "nfm",
+    "sequential": "nfm", "sequential_truncated": "nfm",
+}
+#: The kind trained to choose each family's learning rate.
+LR_FAMILY_PROBE: dict[str, str] = {"sae": "standard", "nfm": "joint"}
+
+
+@dataclass
+class TrainingData:
+    normaliser: Normaliser
+    train: ActivationStore
+    validation: ActivationStore
+
+    @classmethod
+    def open(cls, activations_dir: str | Path) -> "TrainingData":
+        activations_dir = Path(activations_dir)
+        normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
+        train_store = ActivationStore(activations_dir / "train")
+        validation_store = ActivationStore(activations_dir / "validation")
+        for store in (train_store, validation_store):
+            if store.meta.hook_name != normaliser.hook_name:
+                raise TrainingError(f"{store.directory} holds {store.meta.hook_name} activations but the normaliser "
+                                    f"was fitted at {normaliser.hook_name}; rerun the workflow from extraction.")
+        return cls(normaliser, train_store, validation_store)
+
+    @property
+    def d_model(self) -> int:
+        return self.train.meta.d_model
+
+
+def _fresh_model(kind: str, seed: int, settings: Settings, data: TrainingData,
+                 standard: FeatureModel | None, batches: ShuffledBatches) -> FeatureModel:
+    from featint.models import FROM_STANDARD, build_model
+
+    seed_everything(seed)
+    model = build_model(kind, data.d_model, settings.sae, settings.nfm, standard)
+    if kind not in FROM_STANDARD:  # start the decoder bias at the mean of the first batch (normalised space)
+        with torch.no_grad():
+            model.sae.b_dec.copy_(next(batches.iterate(0)).mean(0).cpu())
+    return model.to(batches.device)
+
+
+def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | Path, out_dir: str | Path,
+              lr: float, device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
+              stop_after_step: int | None = None) -> TrainResult:
+    """Stage entry point: train one model kind for one seed; write weights, init weights, log, parameters, figure."""
+    from featint import plots
+    from featint.models import FROM_STANDARD, load_model, save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = TrainingData.open(activations_dir)
+    training = settings.training
+    standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
+    batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards, seed, device)
+    model = _fresh_model(kind, seed, settings, data, standard, batches)
+    extra = {"hook_name": data.normaliser.hook_name, "normaliser_kind": data.normaliser.kind, "seed": seed, "lr": lr,
+             "tokens": training.steps * training.batch_size}
+    if not (out_dir / "init.safetensors").is_file():
+        save_model(model, out_dir / "init.safetensors", extra)
+    validation = load_selected(data.validation, data.normaliser, training.validation_tokens).to(batches.device)
+    result = train(model, batches, validation, training, settings.sae.auxk, lr, out_dir / "checkpoint.pt",
+                   name=f"{kind}/seed~{seed}", stop_after_step=stop_after_step)
+    counts = model.parameter_counts()
+    counts_frame = pd.DataFrame([{"model": kind, "seed": seed, "component": c, "parameters": n}
+                                 for c, n in counts.items()])
+    counts_frame["share"] = counts_frame["parameters"] / counts["total"]
+    counts_frame.loc[counts_frame["component"] == "total", "share"] = 1.0
+    counts_frame["trainable"] = sum(p.numel() for p in model.trainable_parameters())
+    result.log.insert(0, "model", kind)
+    result.log.insert(1, "seed", seed)
+    write_parquet(result.log, out_dir / "train_log.parquet", metadata={"lr": lr, "steps": result.steps})
+    write_parquet(counts_frame, out_dir / "parameters.parquet")
+    plots.training_curves(result.log, out_dir / "figures" / "loss.png", title=f"{kind}, seed {seed}, lr {lr:g}")
+    save_model(model, out_dir / "weights.safetensors", extra)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return result
+
+
+def run_lr_selection(settings: Settings, family: str, activations_dir: str | Path, out_path: str | Path,
+                     device: torch.device | str = "cpu") -> pd.DataFrame:
+    """Stage entry point: train the family's probe kind at every LR of the grid on the same short budget and
+    seed; choose the LR with the lowest validation FVU."""
+    kind = LR_FAMILY_PROBE[family]
+    data = TrainingData.open(activations_dir)
+    training = settings.training
+    seed = training.seeds[0]
+    steps = max(1, training.lr_selection_tokens // training.batch_size)
+    validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for lr in training.lr_grid:
+            batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards,
+                                      seed, device)
+            model = _fresh_model(kind, seed, settings, data, None, batches)
+            result = train(model, batches, validation.to(batches.device), training, settings.sae.auxk, lr,
+                           Path(tmp) / f"lr{lr:g}.pt", name=f"lr-selection {kind} lr={lr:g}", steps=steps)
+            final = result.log[result.log["split"] == "validation"].iloc[-1]
+            rows.append({"family": family, "probe_model": kind, "lr": lr, "steps": steps, "seed": seed,
+                         "validation_fvu": float(final["fvu"]), "validation_mse": float(final["mse"])})
+    frame = pd.DataFrame(rows)
+    frame["chosen"] = frame["validation_fvu"] == frame["validation_fvu"].min()
+    write_parquet(frame, out_path)
+    log.info("lr selection (%s):\n%s", family, frame.to_string(index=False))
+    return frame
+
+
+def chosen_lr(settings: Settings, kind: str, selection_path: str | Path | None) -> float:
+    """The LR of ``kind``: ``training.lr`` when set, else its family's choice on the validation split."""
+    if settings.training.lr is not None:
+        return settings.training.lr
+    if selection_path is None:
+        raise TrainingError("training.lr is null, so the learning rate comes from the lr-selection table; pass it.")
+    frame = pd.read_parquet(selection_path)
+    return float(frame.loc[frame["chosen"], "lr"].iloc[0])

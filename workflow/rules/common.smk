@@ -5,6 +5,8 @@ from snakemake.utils import validate
 
 import featint.config
 import featint.lm
+import featint.models as featint_models
+import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS
 from featint.config import SPLITS
 
@@ -29,5 +31,5 @@ if not featint.lm.needs_preparation(SETTINGS.model):
 
 def stage_config(stage):
     """JSON of the config sections `stage` reads, for `params`: a rule reruns when these change."""
-    sections = ("run", "seed") + STAGE_SECTIONS[stage]
+    sections = STAGE_SECTIONS[stage]
     return json.dumps({key: config[key] for key in sections}, sort_keys=True)
