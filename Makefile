@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_extraction.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_training.py
 
 clean-results:
 	rm -rf results logs benchmarks/results .snakemake

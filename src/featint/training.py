@@ -175,7 +175,7 @@ class TrainResult:
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].copy(),
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                              "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -184,7 +184,7 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"], state["numpy_pos"], 0, 0.0))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -267,7 +267,7 @@ def train(
             loss = mse + aux
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"{name}: non-finite loss ({float(loss)}) at step {step} (lr {lr:g}); lower the learning rate "
+                f"{name}: non-finite loss ({loss.item()}) at step {step} (lr {lr:g}); lower the learning rate "
                 f"(training.lr / training.lr_grid) or check the activations for NaN/Inf."
             )
         optimizer.zero_grad(set_to_none=True)
@@ -286,8 +286,8 @@ def train(
             since_fired[fired] = 0
         done = step + 1
         if done % training.log_every == 0 or done == total_steps:
-            rows.append({"step": done, "tokens": done * x.shape[0], "split": "train", "loss": float(loss),
-                         "mse": float(mse), "auxk": float(aux), "fvu": fraction_of_variance_unexplained(x, x_hat),
+            rows.append({"step": done, "tokens": done * x.shape[0], "split": "train", "loss": loss.item(),
+                         "mse": mse.item(), "auxk": aux.item(), "fvu": fraction_of_variance_unexplained(x, x_hat),
                          "l0": float(rec.code.l0.float().mean()),
                          "dead_fraction": float((since_fired > auxk.dead_after_tokens).float().mean()),
                          "lr": float(scheduler.get_last_lr()[0]), "grad_norm": grad_norm})

@@ -1,0 +1,97 @@
+"""Training-step benchmarks on one set of shapes, printed as ratios measured in this run.
+
+    python benchmarks/bench_training.py [--threads 2]
+
+1. NFM forward+backward, sparse (gather the k active rows) vs dense (products over all F features), at
+   F=16384, k=64, K=64, d=576 (target >= 20x).
+2. Joint (SAE + NFM) training step time / standard SAE step time at the default shapes (target <= 1.5).
+3. Standard SAE training throughput in tokens/s, with the sparse encoder backward and with plain autograd.
+Not a test: nothing gates on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import torch
+
+from featint.models import NFM, FeatureModel, TopKSAE
+from featint.runtime import set_threads
+
+
+def seconds_per_call(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def nfm_sparse_vs_dense(batch: int) -> tuple[float, float]:
+    d, n_features, k, embed = 576, 16384, 64, 64
+    torch.manual_seed(0)
+    sae = TopKSAE(d, n_features, k)
+    nfm = NFM(n_features, d, embed, dropout=0.0)
+    with torch.no_grad():
+        code, _ = sae.encode(torch.randn(batch, d))
+    dense_f = code.dense(n_features)
+
+    def sparse() -> None:
+        nfm.zero_grad()
+        out = nfm(code)
+        (out.linear.square().mean() + out.interaction.square().mean()).backward()  # type: ignore[union-attr]
+
+    def dense() -> None:
+        nfm.zero_grad()
+        out = nfm.forward_dense(dense_f)
+        (out.linear.square().mean() + out.interaction.square().mean()).backward()  # type: ignore[union-attr]
+
+    return seconds_per_call(sparse, 5), seconds_per_call(dense, 3)
+
+
+def training_step(model: FeatureModel, x: torch.Tensor, dense_reference: bool = False) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        rec = model.forward_dense(x) if dense_reference else model(x)
+        loss = (rec.total - x).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4096)
+    args = parser.parse_args()
+    threads = set_threads(args.threads)
+    print(f"{threads} threads, batch {args.batch}")
+
+    sparse_s, dense_s = nfm_sparse_vs_dense(args.batch)
+    print(f"NFM fwd+bwd, F=16384 k=64 K=64 d=576: sparse {sparse_s * 1e3:.1f} ms, dense {dense_s * 1e3:.1f} ms, "
+          f"ratio dense/sparse {dense_s / sparse_s:.1f}x (target >= 20x)")
+
+    d, n_features, k, embed = 576, 4608, 92, 52  # the embedded default shapes
+    x = torch.randn(args.batch, d)
+    torch.manual_seed(0)
+    standard = FeatureModel("standard", TopKSAE(d, n_features, k))
+    torch.manual_seed(0)
+    joint = FeatureModel("joint", TopKSAE(d, n_features, k), NFM(n_features, d, embed))
+    standard_s = seconds_per_call(training_step(standard, x), 6)
+    joint_s = seconds_per_call(training_step(joint, x), 6)
+    autograd_s = seconds_per_call(training_step(standard, x, dense_reference=True), 4)
+    print(f"default shapes d={d} F={n_features} k={k} K={embed}: standard step {standard_s * 1e3:.0f} ms, "
+          f"joint step {joint_s * 1e3:.0f} ms, ratio joint/standard {joint_s / standard_s:.2f} (target <= 1.5)")
+    print(f"standard SAE training throughput: {args.batch / standard_s:.0f} tokens/s "
+          f"(dense reference with plain autograd: {args.batch / autograd_s:.0f} tokens/s, "
+          f"sparse speed-up {autograd_s / standard_s:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

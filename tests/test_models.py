@@ -1,0 +1,185 @@
+"""Known answers of the TopK SAE, the NFM and the composite models (sparse vs dense, identities)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from featint.config import Settings
+from featint.models import (
+    MODEL_KINDS,
+    NFM,
+    FeatureModel,
+    TopKSAE,
+    build_model,
+    joint_parameter_count,
+    load_model,
+    param_matched_width,
+    save_model,
+)
+
+D, F_, K_TOP, EMB = 24, 96, 6, 8
+
+
+def joint(seed: int = 0, dropout: float = 0.0) -> FeatureModel:
+    torch.manual_seed(seed)
+    return FeatureModel("joint", TopKSAE(D, F_, K_TOP), NFM(F_, D, EMB, dropout=dropout))
+
+
+def test_topk_keeps_exactly_k() -> None:
+    torch.manual_seed(0)
+    sae = TopKSAE(D, F_, K_TOP)
+    with torch.no_grad():
+        sae.b_enc += 1.0  # every pre-activation positive: exactly k survive the ReLU
+    code, _ = sae.encode(torch.randn(50, D))
+    assert code.indices.shape == (50, K_TOP)
+    assert (code.l0 == K_TOP).all()
+    dense = code.dense(F_)
+    assert ((dense != 0).sum(1) == K_TOP).all()
+
+
+def test_topk_selects_the_largest_relu_values() -> None:
+    torch.manual_seed(1)
+    sae = TopKSAE(D, F_, K_TOP)
+    x = torch.randn(20, D)
+    code, _ = sae.encode(x)
+    pre = torch.relu(sae.pre_activations(x))
+    expected = pre.topk(K_TOP, dim=1).values.sort(dim=1).values
+    assert torch.allclose(code.values.sort(dim=1).values, expected)
+    assert torch.allclose(code.dense(F_).gather(1, code.indices), code.values)
+
+
+def test_sparse_and_dense_give_equal_outputs_and_gradients() -> None:
+    model = joint()
+    x = torch.randn(64, D)
+    grads, outs = [], []
+    for forward in (model.forward, model.forward_dense):
+        model.zero_grad()
+        rec = forward(x)
+        loss = ((rec.total - x) ** 2).mean() + rec.embedding.pow(2).mean()  # type: ignore[union-attr]
+        loss.backward()
+        outs.append((rec.total.detach(), rec.embedding.detach()))  # type: ignore[union-attr]
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-7)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-8, msg=name)
+
+
+def test_bi_interaction_known_answer() -> None:
+    """p = 0.5 * ((sum f v)^2 - sum (f v)^2) = sum_{i<j} f_i f_j v_i * v_j (element-wise)."""
+    torch.manual_seed(2)
+    nfm = NFM(F_, D, EMB, dropout=0.0)
+    model = FeatureModel("joint", TopKSAE(D, F_, K_TOP), nfm)
+    code, _ = model.sae.encode(torch.randn(5, D))
+    pooled = nfm.bi_interaction(code)
+    expected = torch.zeros(5, EMB)
+    for n in range(5):
+        for a in range(K_TOP):
+            for b in range(a + 1, K_TOP):
+                i, j = code.indices[n, a], code.indices[n, b]
+                expected[n] += code.values[n, a] * code.values[n, b] * nfm.V[i] * nfm.V[j]
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_joint_with_zero_nfm_equals_its_sae() -> None:
+    model = joint()
+    with torch.no_grad():
+        model.nfm.V.zero_()  # type: ignore[union-attr]
+        model.nfm.W_lin.zero_()  # type: ignore[union-attr]
+        model.nfm.b_lin.zero_()  # type: ignore[union-attr]
+        model.nfm.mlp2.bias.zero_()  # type: ignore[union-attr]
+    x = torch.randn(30, D)
+    rec = model(x)
+    standalone = FeatureModel("standard", model.sae)(x)
+    assert torch.equal(rec.total, standalone.total)
+    assert torch.equal(rec.component("sae"), rec.total)
+
+
+def test_unit_norm_decoder_stays_unit_and_grad_is_projected() -> None:
+    torch.manual_seed(3)
+    sae = TopKSAE(D, F_, K_TOP, decoder_norm="unit")
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F_))
+    x = torch.randn(40, D)
+    loss = ((FeatureModel("standard", sae)(x).total - x) ** 2).mean()
+    loss.backward()
+    sae.project_decoder_grad()
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-7  # type: ignore[operator]
+    with torch.no_grad():
+        sae.W_dec -= 0.5 * sae.W_dec.grad  # type: ignore[operator]
+    sae.normalise_decoder()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F_))
+
+
+def test_free_decoder_init_matches_the_papers_scale() -> None:
+    torch.manual_seed(4)
+    sae = TopKSAE(576, 4608, 92)
+    # U(+-1/sqrt(F)) per entry: E||d_i||^2 = d / (3 F)
+    assert sae.W_dec.pow(2).sum(1).mean().item() == pytest.approx(576 / (3 * 4608), rel=0.02)
+    assert torch.equal(sae.W_enc, sae.W_dec)  # tied initialisation
+
+
+def test_auxk_selection_only_uses_dead_latents() -> None:
+    torch.manual_seed(5)
+    sae = TopKSAE(D, F_, K_TOP)
+    dead = torch.zeros(F_, dtype=torch.bool)
+    dead[:10] = True
+    code, aux = sae.encode(torch.randn(8, D), aux_mask=dead, k_aux=4)
+    assert aux is not None and aux.indices.shape == (8, 4)
+    assert (aux.indices < 10).all()
+
+
+def test_parameter_counts_and_param_matched_width() -> None:
+    settings = Settings.from_dict({"sae": {"n_features": F_, "k": K_TOP}, "nfm": {"embed_dim": EMB,
+                                                                                "truncated_k": 2}})
+    torch.manual_seed(0)
+    standard = build_model("standard", D, settings.sae, settings.nfm)
+    counts = {kind: build_model(kind, D, settings.sae, settings.nfm, standard).parameter_counts()
+              for kind in MODEL_KINDS}
+    assert counts["joint"]["total"] == joint_parameter_count(D, settings.sae, settings.nfm)
+    assert counts["joint"]["sae"] == 2 * D * F_ + F_ + D
+    assert counts["joint"]["nfm_linear"] == F_ * D + D
+    assert counts["joint"]["nfm_embeddings"] == F_ * EMB
+    assert counts["joint"]["nfm_interaction_mlp"] == EMB * EMB + EMB + EMB * D + D
+    assert counts["joint_no_linear"]["nfm_linear"] == 0 and counts["joint_no_interaction"]["nfm_embeddings"] == 0
+    matched = counts["param_matched"]["total"]
+    assert abs(matched - counts["joint"]["total"]) <= 2 * D + 1
+    assert param_matched_width(D, counts["joint"]["total"]) > F_
+
+
+def test_paper_parameter_breakdown() -> None:
+    """The paper's 496,106,700 parameters (d=3200, F=50,000, K=300) from the same formula."""
+    settings = Settings.from_dict({"sae": {"n_features": 50_000, "k": 1024}, "nfm": {"embed_dim": 300}})
+    paper_sae_without_b_dec = 2 * 3200 * 50_000 + 50_000  # the author's SAE had no decoder bias
+    assert joint_parameter_count(3200, settings.sae, settings.nfm) - 3200 == paper_sae_without_b_dec + 176_056_700
+    assert paper_sae_without_b_dec + 176_056_700 == 496_106_700
+
+
+def test_sequential_freezes_the_sae_and_truncation_is_named(tmp_path: Path) -> None:
+    settings = Settings.from_dict({"sae": {"n_features": F_, "k": K_TOP}, "nfm": {"embed_dim": EMB,
+                                                                                "truncated_k": 2}})
+    torch.manual_seed(0)
+    standard = build_model("standard", D, settings.sae, settings.nfm)
+    sequential = build_model("sequential", D, settings.sae, settings.nfm, standard)
+    truncated = build_model("sequential_truncated", D, settings.sae, settings.nfm, standard)
+    assert sequential.infer_k == K_TOP and truncated.infer_k == 2
+    trainable = {id(p) for p in sequential.trainable_parameters()}
+    assert trainable == {id(p) for p in sequential.nfm.parameters()}  # type: ignore[union-attr]
+    assert not any(p.requires_grad for p in sequential.sae.parameters())
+    refit = build_model("standard_refit", D, settings.sae, settings.nfm, standard)
+    assert {id(p) for p in refit.trainable_parameters()} == {id(refit.sae.W_dec), id(refit.sae.b_dec)}
+    x = torch.randn(10, D)
+    assert torch.equal(sequential(x).sae, standard(x).total)
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = joint(dropout=0.15)
+    save_model(model, tmp_path / "w.safetensors", {"hook_name": "blocks.15.hook_resid_pre", "seed": 3})
+    loaded, extra = load_model(tmp_path / "w.safetensors")
+    assert extra == {"hook_name": "blocks.15.hook_resid_pre", "seed": 3}
+    model.eval()
+    x = torch.randn(7, D)
+    assert torch.equal(loaded(x).total, model(x).total)
+    assert loaded.nfm.dropout.p == 0.15  # type: ignore[union-attr]

@@ -1,0 +1,146 @@
+"""The training loop: data stream, LR schedule, exact resume, NaN stop, and planted-structure recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featint.activations import ActivationStore, write_store_from_tensor
+from featint.config import Settings
+from featint.evaluation import reconstruction_metrics
+from featint.models import build_model
+from featint.normaliser import Normaliser
+from featint.training import ShuffledBatches, TrainingError, lr_lambda, train
+
+D, F_, K_TOP = 16, 24, 3
+
+
+def toy_data(n: int, seed: int, interaction_scale: float) -> torch.Tensor:
+    """k-sparse combinations of fixed unit atoms, plus f_i f_j w_ij for 12 planted feature pairs."""
+    atoms = torch.nn.functional.normalize(torch.randn(F_, D, generator=torch.Generator().manual_seed(7)), dim=1)
+    directions = torch.nn.functional.normalize(torch.randn(12, D, generator=torch.Generator().manual_seed(8)), dim=1)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(F_, generator=g)[:K_TOP] for _ in range(n)])
+    f = torch.zeros(n, F_).scatter(1, idx, 0.5 + torch.rand(n, K_TOP, generator=g))
+    x = f @ atoms
+    for pair in range(12):
+        x += interaction_scale * (f[:, 2 * pair] * f[:, 2 * pair + 1])[:, None] * directions[pair]
+    return x
+
+
+def settings(dropout: float = 0.1, **training: object) -> Settings:
+    base = {"tokens": 256 * 40, "batch_size": 256, "log_every": 5, "validate_every": 10, "checkpoint_every": 10,
+            "validation_tokens": 512, "shuffle_shards": 1}
+    base.update(training)
+    return Settings.from_dict({"sae": {"n_features": F_, "k": K_TOP, "auxk": {"k_aux": 8, "dead_after_tokens": 2048}},
+                               "nfm": {"embed_dim": 16, "truncated_k": 1, "dropout": dropout}, "training": base})
+
+
+@pytest.fixture()
+def toy_store(tmp_path: Path) -> tuple[ActivationStore, Normaliser, torch.Tensor]:
+    x = toy_data(6000, 0, 1.0)
+    write_store_from_tensor(tmp_path / "train", x, "train", "toy", shard_rows=1000)
+    return ActivationStore(tmp_path / "train"), Normaliser.fit([x], "zscore", "toy"), x
+
+
+def test_batches_cover_the_data_and_restart_anywhere(toy_store) -> None:  # type: ignore[no-untyped-def]
+    store, normaliser, x = toy_store
+    data = ShuffledBatches(store, normaliser, batch_size=256, shuffle_shards=2, seed=3)
+    per_epoch = data.batches_per_epoch(0)
+    assert per_epoch == sum(n for _, n in data.epoch_groups(0)) >= 6000 // 256 - 3
+    stream = data.iterate(0)
+    first_epoch = torch.cat([next(stream) for _ in range(per_epoch)])
+    # every batch row is a distinct normalised training vector
+    assert torch.unique(first_epoch, dim=0).shape[0] == first_epoch.shape[0]
+    assert torch.isin(first_epoch[:, 0], normaliser.apply(x)[:, 0]).all()
+    again = ShuffledBatches(store, normaliser, batch_size=256, shuffle_shards=2, seed=3)
+    restarted = again.iterate(per_epoch - 2)
+    full = data.iterate(0)
+    expected = [next(full) for _ in range(per_epoch + 3)][per_epoch - 2:]
+    for batch in expected:
+        assert torch.equal(next(restarted), batch)
+    other_seed = next(ShuffledBatches(store, normaliser, 256, 2, seed=4).iterate(0))
+    assert not torch.equal(other_seed, expected[0])
+
+
+def test_lr_schedule_decays_over_80_percent_of_actual_steps() -> None:
+    factor = lr_lambda(total_steps=1000, final_factor=0.1, decay_fraction=0.8)
+    assert factor(0) == 1.0
+    assert factor(400) == pytest.approx(0.55)
+    assert factor(800) == pytest.approx(0.1) and factor(999) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kind", ["joint", "standard"])
+def test_resume_equals_uninterrupted(kind: str, toy_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, normaliser, x = toy_store
+    s = settings()
+    validation = normaliser.apply(x[:512])
+
+    def fresh():  # type: ignore[no-untyped-def]
+        torch.manual_seed(11)
+        return build_model(kind, D, s.sae, s.nfm), ShuffledBatches(store, normaliser, 256, 1, seed=11)
+
+    model_a, data_a = fresh()
+    log_a = train(model_a, data_a, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "a.pt", name=kind).log
+    model_b, data_b = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        train(model_b, data_b, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind,
+              stop_after_step=20)
+    torch.manual_seed(999)  # a resumed process starts with other RNG state; the checkpoint restores it
+    model_c, data_c = fresh()
+    log_c = train(model_c, data_c, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind).log
+    for (name, a), (_, c) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
+        assert torch.equal(a, c), name
+    assert log_a.equals(log_c)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path: Path) -> None:
+    x = toy_data(2000, 0, 0.0)
+    x[5, 3] = float("nan")
+    write_store_from_tensor(tmp_path / "train", x, "train", "toy", shard_rows=2000)
+    normaliser = Normaliser.fit([toy_data(100, 1, 0.0)], "zscore", "toy")
+    s = settings(tokens=256 * 8)
+    model = build_model("standard", D, s.sae, s.nfm)
+    data = ShuffledBatches(ActivationStore(tmp_path / "train"), normaliser, 256, 1, seed=0)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d+ \(lr 0.003\); lower the learning rate"):
+        train(model, data, normaliser.apply(x[100:200]), s.training, s.sae.auxk, 3e-3, tmp_path / "c.pt")
+
+
+def test_too_few_tokens_for_a_batch(tmp_path: Path) -> None:
+    write_store_from_tensor(tmp_path / "train", torch.randn(100, D), "train", "toy")
+    with pytest.raises(TrainingError, match="fewer than one batch"):
+        ShuffledBatches(ActivationStore(tmp_path / "train"), Normaliser.fit([torch.randn(50, D)], "zscore", "t"),
+                        batch_size=256, shuffle_shards=1, seed=0)
+
+
+@pytest.mark.slow
+def test_planted_interactions_are_fit_by_the_interaction_term_only_when_present(tmp_path: Path) -> None:
+    """Joint beats the standard SAE and its own no-interaction ablation when x contains f_i f_j terms; on
+    purely linear data the interaction term buys nothing beyond noise."""
+    s = settings(dropout=0.0, tokens=256 * 1200, log_every=100, validate_every=600, checkpoint_every=100000)
+    fvu: dict[tuple[float, str], float] = {}
+    for scale in (0.0, 2.0):
+        x, test = toy_data(24000, 0, scale), toy_data(4000, 1, scale)
+        write_store_from_tensor(tmp_path / f"train{scale}", x, "train", "toy", shard_rows=4096)
+        write_store_from_tensor(tmp_path / f"test{scale}", test, "test", "toy", shard_rows=4096)
+        normaliser = Normaliser.fit([x], "zscore", "toy")
+        for kind in ("standard", "joint", "joint_no_interaction"):
+            values = []
+            for seed in (0, 1):
+                torch.manual_seed(seed)
+                model = build_model(kind, D, s.sae, s.nfm)
+                data = ShuffledBatches(ActivationStore(tmp_path / f"train{scale}"), normaliser, 256, 1, seed)
+                train(model, data, normaliser.apply(test[:512]), s.training, s.sae.auxk, 3e-3,
+                      tmp_path / f"{kind}{scale}{seed}.pt", name=kind)
+                result = reconstruction_metrics(model, normaliser, ActivationStore(tmp_path / f"test{scale}"),
+                                                "selected")
+                values.append(result["components"]["sae" if kind == "standard" else "full"]["fvu"])  # type: ignore[index]
+            fvu[(scale, kind)] = float(np.mean(values))
+    planted_gain = fvu[(2.0, "joint_no_interaction")] - fvu[(2.0, "joint")]
+    linear_gain = fvu[(0.0, "joint_no_interaction")] - fvu[(0.0, "joint")]
+    assert fvu[(2.0, "joint")] < 0.9 * fvu[(2.0, "standard")], fvu
+    assert planted_gain > 0.01, fvu
+    assert abs(linear_gain) < 0.5 * planted_gain, fvu
