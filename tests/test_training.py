@@ -144,3 +144,22 @@ def test_planted_interactions_are_fit_by_the_interaction_term_only_when_present(
     assert fvu[(2.0, "joint")] < 0.9 * fvu[(2.0, "standard")], fvu
     assert planted_gain > 0.01, fvu
     assert abs(linear_gain) < 0.5 * planted_gain, fvu
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(toy_store, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    store, normaliser, x = toy_store
+    s = settings()
+    validation = normaliser.apply(x[:512])
+    torch.manual_seed(0)
+    model = build_model("standard", D, s.sae, s.nfm)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, ShuffledBatches(store, normaliser, 256, 1, seed=0), validation, s.training, s.sae.auxk, 3e-3,
+              tmp_path / "c.pt", name="standard", stop_after_step=10)
+    torch.manual_seed(0)
+    model = build_model("standard", D, s.sae, s.nfm)
+    with caplog.at_level("WARNING"):
+        result = train(model, ShuffledBatches(store, normaliser, 256, 1, seed=0), validation, s.training,
+                       s.sae.auxk, 1e-3, tmp_path / "c.pt", name="standard")
+    assert "ignoring checkpoint" in caplog.text
+    assert result.log["step"].iloc[0] == 5  # started from step 0, not from the checkpoint's step 10

@@ -235,11 +235,13 @@ def train(
     rows: list[dict[str, float]] = []
     start_step = 0
     checkpoint_path = Path(checkpoint_path)
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["total_steps"] != total_steps or state["name"] != name:
-            raise TrainingError(f"checkpoint {checkpoint_path} belongs to another run ({state['name']}, "
-                                f"{state['total_steps']} steps); delete it to start afresh.")
+    identity = f"{name}|steps={total_steps}|lr={lr!r}|batch={data.batch_size}|seed={data.seed}"
+    state = torch.load(checkpoint_path, map_location=device, weights_only=True) if checkpoint_path.is_file() else None
+    if state is not None and state.get("identity") != identity:
+        log.warning("%s: ignoring checkpoint %s of another configuration (%s); starting afresh", name,
+                    checkpoint_path, state.get("identity"))
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -298,7 +300,7 @@ def train(
             progress.set_postfix(val_fvu=f"{val_fvu:.3f}")
         if done % training.checkpoint_every == 0 and done < total_steps:
             with atomic_path(checkpoint_path) as tmp:
-                torch.save({"name": name, "total_steps": total_steps, "step": done, "model": model.state_dict(),
+                torch.save({"identity": identity, "step": done, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "since_fired": since_fired, "log": rows, "rng": _rng_state()}, tmp)
             if stop_after_step is not None and done >= stop_after_step:
