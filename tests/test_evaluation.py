@@ -1,0 +1,93 @@
+"""Reconstruction metrics: streaming equals direct computation; definitions on known cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from featint.activations import ActivationStore, write_store_from_tensor
+from featint.evaluation import _Accumulator, gather, reconstruction_metrics, run_evaluate
+from featint.models import NFM, FeatureModel, TopKSAE, save_model
+from featint.normaliser import Normaliser
+
+D, F_, K_TOP = 12, 40, 4
+
+
+def test_fvu_and_paper_variance_explained_on_known_residuals() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(500, D) * 3 + 1
+    acc = _Accumulator(D)
+    acc.add_inputs(x, x)
+    acc.add_residual("perfect", torch.zeros_like(x), torch.zeros_like(x))
+    acc.add_residual("mean", x - x.mean(0), x - x.mean(0))
+    offset = torch.full_like(x, 0.5)
+    acc.add_residual("offset", offset, offset)
+    m = acc.metrics()
+    assert m["perfect"]["fvu"] == 0 and m["perfect"]["variance_explained_paper"] == 1
+    assert m["mean"]["fvu"] == pytest.approx(1.0)
+    assert m["mean"]["variance_explained_paper"] == pytest.approx(0.0, abs=1e-8)
+    # a constant offset is an error for FVU but not for the paper's centred definition
+    assert m["offset"]["fvu"] > 0.01 and m["offset"]["variance_explained_paper"] == pytest.approx(1.0)
+    assert m["offset"]["mse"] == pytest.approx(0.25)
+
+
+def model_and_data(tmp_path: Path) -> tuple[FeatureModel, Normaliser, ActivationStore, torch.Tensor]:
+    torch.manual_seed(1)
+    model = FeatureModel("joint", TopKSAE(D, F_, K_TOP), NFM(F_, D, 6, dropout=0.0)).eval()
+    raw = torch.randn(3000, D) * 4 + 2
+    write_store_from_tensor(tmp_path / "test", raw, "test", "toy-hook", shard_rows=700)
+    normaliser = Normaliser.fit([raw], "zscore", "toy-hook")
+    return model, normaliser, ActivationStore(tmp_path / "test"), raw
+
+
+def test_streamed_metrics_equal_direct_computation(tmp_path: Path) -> None:
+    model, normaliser, store, raw = model_and_data(tmp_path)
+    result = reconstruction_metrics(model, normaliser, store, "selected", chunk=256)
+    x = normaliser.apply(raw).double()
+    with torch.no_grad():
+        rec = model(x.float())
+    for component in ("sae", "sae+linear", "sae+interaction", "full"):
+        x_hat = rec.component(component).double()
+        fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+        raw_hat = normaliser.invert(x_hat.float()).double()
+        fvu_raw = ((raw.double() - raw_hat) ** 2).sum() / ((raw.double() - raw.double().mean(0)) ** 2).sum()
+        got = result["components"][component]  # type: ignore[index]
+        assert got["fvu"] == pytest.approx(fvu.item(), rel=1e-6)
+        assert got["fvu_raw"] == pytest.approx(fvu_raw.item(), rel=1e-5)
+    assert result["l0"] == pytest.approx(float((rec.code.values > 0).sum(1).float().mean()))
+    lin, inter = rec.linear.abs().mean().item(), rec.interaction.abs().mean().item()  # type: ignore[union-attr]
+    assert result["linear_share"] == pytest.approx(lin / (lin + inter), rel=1e-5)
+    full, sae = result["components"]["full"]["mse"], result["components"]["sae"]["mse"]  # type: ignore[index]
+    assert result["improvement_own_sae"] == pytest.approx(1 - full / sae)
+
+
+def test_evaluate_refuses_a_model_from_another_hook(tmp_path: Path) -> None:
+    model, normaliser, _, _ = model_and_data(tmp_path)
+    normaliser.save(tmp_path / "normaliser.safetensors")
+    save_model(model, tmp_path / "w.safetensors", {"hook_name": "blocks.3.hook_resid_pre", "seed": 0})
+    from featint.errors import ShardError
+
+    with pytest.raises(ShardError, match="was trained at blocks.3.hook_resid_pre"):
+        run_evaluate(tmp_path / "w.safetensors", tmp_path, tmp_path / "out.parquet", run="t")
+
+
+def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
+    rows = []
+    for model, component, value in (("standard", "sae", 0.4), ("joint", "full", 0.3), ("joint", "sae", 0.5)):
+        for seed in (0, 1):
+            for metric in ("mse", "fvu"):
+                rows.append({"run": "r", "model": model, "seed": seed, "split": "test", "token_set": "selected",
+                             "component": component, "metric": metric, "value": value + 0.01 * seed})
+    pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
+    params = pd.DataFrame({"model": ["joint"], "seed": [0], "component": ["total"], "parameters": [10]})
+    params.to_parquet(tmp_path / "p.parquet")
+    summary = gather([tmp_path / "m.parquet"], [tmp_path / "p.parquet"], tmp_path / "all.parquet",
+                     tmp_path / "summary.parquet", tmp_path / "params.parquet", tmp_path / "fig.png")
+    improvement = summary[(summary["metric"] == "improvement_vs_standard_mse") & (summary["model"] == "joint")]
+    expected = np.mean([1 - 0.3 / 0.4, 1 - 0.31 / 0.41])
+    assert improvement["mean"].iloc[0] == pytest.approx(expected) and improvement["n_seeds"].iloc[0] == 2
+    assert (tmp_path / "fig.png").stat().st_size > 5000
