@@ -172,6 +172,14 @@ def test_sequential_freezes_the_sae_and_truncation_is_named(tmp_path: Path) -> N
     assert {id(p) for p in refit.trainable_parameters()} == {id(refit.sae.W_dec), id(refit.sae.b_dec)}
     x = torch.randn(10, D)
     assert torch.equal(sequential(x).sae, standard(x).total)
+    torch.testing.assert_close(refit(x).total, standard(x).total)
+    # the refit trains b_dec and W_dec, but its codes stay the standard SAE's
+    with torch.no_grad():
+        refit.sae.b_dec += 5.0
+        refit.sae.W_dec *= 2.0
+    same = refit(x).code, standard(x).code
+    assert torch.equal(same[0].indices.sort(1).values, same[1].indices.sort(1).values)
+    torch.testing.assert_close(same[0].values.sort(1).values, same[1].values.sort(1).values)
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     workdir = workflow_copy(tmp_path)
     dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert dry.returncode == 0, dry.stderr
-    for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations"):
+    for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
+                 "train", "evaluate_reconstruction", "gather_reconstruction"):
         assert rule in dry.stdout + dry.stderr
 
     run = snakemake(workdir, "--configfile", "config/tiny.yaml")
@@ -72,6 +73,27 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
                                                  "extract_test.log", "fit_normaliser.log",
                                                  "summarise_activations.log"}
     assert (workdir / "benchmarks" / "results" / "tiny" / "extract_train.tsv").is_file()
+
+    # training: every kind trained, evaluated on test, gathered with improvements over the standard SAE
+    metrics = pd.read_parquet(results / "metrics" / "reconstruction.parquet")
+    kinds = {"standard", "sequential", "sequential_truncated", "joint", "joint_no_interaction", "joint_no_linear",
+             "standard_refit", "param_matched"}
+    assert set(metrics["model"]) == kinds and set(metrics["split"]) == {"test"}
+    improvement = metrics[(metrics["metric"] == "improvement_vs_standard_mse") & (metrics["token_set"] == "selected")]
+    assert improvement.set_index("model")["value"]["standard"] == 0.0
+    assert set(improvement["model"]) == kinds
+    fvu = metrics[(metrics["metric"] == "fvu") & (metrics["component"].isin(["full", "sae"]))]
+    assert fvu["value"].between(0.0, 1.5).all()
+    parameters = pd.read_parquet(results / "metrics" / "parameters.parquet")
+    totals = parameters[parameters["component"] == "total"].set_index("model")["parameters"]
+    assert abs(totals["param_matched"] - totals["joint"]) < 2 * 576 + 1
+    for kind in kinds:
+        model_dir = results / "models" / kind / "seed~0"
+        assert {"weights.safetensors", "init.safetensors", "train_log.parquet", "parameters.parquet",
+                "reconstruction.parquet"} <= {p.name for p in model_dir.iterdir()}
+        assert not (model_dir / "checkpoint.pt").exists()
+    lr = pd.read_parquet(results / "lr_selection" / "sae.parquet")
+    assert lr["chosen"].sum() == 1 and lr.loc[lr["chosen"], "validation_fvu"].item() == lr["validation_fvu"].min()
 
     again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

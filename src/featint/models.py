@@ -369,11 +369,17 @@ def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
         if standard is None:
             raise ValueError(f"{kind} starts from a trained standard SAE")
         base = standard.sae
-        decoder_norm = "free" if kind == "standard_refit" else base.decoder_norm
-        copy = TopKSAE(d_model, base.n_features, base.k, decoder_norm, base.pre_encoder_bias)
-        copy.load_state_dict(base.state_dict())
         if kind == "standard_refit":
+            # Fold the pre-encoder bias into b_enc (b_enc - W_enc b_dec) so that training b_dec refits the
+            # decoder without moving the frozen encoder's input: the codes stay exactly the standard SAE's.
+            copy = TopKSAE(d_model, base.n_features, base.k, "free", pre_encoder_bias=False)
+            copy.load_state_dict(base.state_dict())
+            if base.pre_encoder_bias:
+                with torch.no_grad():
+                    copy.b_enc -= base.W_enc @ base.b_dec
             return FeatureModel(kind, copy)
+        copy = TopKSAE(d_model, base.n_features, base.k, base.decoder_norm, base.pre_encoder_bias)
+        copy.load_state_dict(base.state_dict())
         for parameter in copy.parameters():
             parameter.requires_grad_(False)
         infer_k = nfm.truncated_k if kind == "sequential_truncated" else base.k
