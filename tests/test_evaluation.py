@@ -91,3 +91,20 @@ def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
     expected = np.mean([1 - 0.3 / 0.4, 1 - 0.31 / 0.41])
     assert improvement["mean"].iloc[0] == pytest.approx(expected) and improvement["n_seeds"].iloc[0] == 2
     assert (tmp_path / "fig.png").stat().st_size > 5000
+
+
+def test_one_pass_over_several_token_sets_equals_separate_passes(tmp_path: Path) -> None:
+    from featint.evaluation import reconstruction_metrics_by_set
+
+    model, normaliser, store, _ = model_and_data(tmp_path)
+    tokens = pd.read_parquet(tmp_path / "test" / "tokens.parquet")
+    tokens.loc[:99, "is_outlier"] = True
+    tokens.loc[:99, "selected"] = False
+    tokens.to_parquet(tmp_path / "test" / "tokens.parquet")
+    store = ActivationStore(tmp_path / "test")
+    both = reconstruction_metrics_by_set(model, normaliser, store, chunk=512)
+    assert both["selected"]["tokens"] == 2900 and both["with_outliers"]["tokens"] == 3000
+    for token_set in ("selected", "with_outliers"):
+        alone = reconstruction_metrics(model, normaliser, store, token_set, chunk=512)
+        assert alone["components"]["full"]["fvu"] == pytest.approx(both[token_set]["components"]["full"]["fvu"])  # type: ignore[index]
+        assert alone["l0"] == pytest.approx(both[token_set]["l0"])

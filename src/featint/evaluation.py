@@ -92,43 +92,82 @@ def components_of(model: FeatureModel) -> list[str]:
     return parts + ["full"]
 
 
+@dataclass
+class _ModelStats:
+    n_features: int
+    fired: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    l0_sum: float = 0.0
+    linear_abs: float = 0.0
+    interaction_abs: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.fired = torch.zeros(self.n_features, dtype=torch.bool)
+
+
+def _token_mask(store: ActivationStore, token_set: str) -> np.ndarray:
+    if token_set == "selected":
+        return store.selected_mask()
+    if token_set == "with_outliers":
+        return ~store.tokens()["is_position_zero"].to_numpy()
+    raise ValueError(f"unknown token set {token_set!r}; expected one of {TOKEN_SETS}")
+
+
 @torch.no_grad()
-def reconstruction_metrics(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
-                           token_set: str, chunk: int = 4096) -> dict[str, float | dict[str, float]]:
-    tokens = store.tokens()
-    mask = store.selected_mask() if token_set == "selected" else ~tokens["is_position_zero"].to_numpy()
-    acc = _Accumulator(store.meta.d_model)
+def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
+                                  token_sets: tuple[str, ...] = TOKEN_SETS,
+                                  chunk: int = 4096) -> dict[str, dict[str, float | dict[str, float]]]:
+    """Metrics for several token sets in one pass: the model runs once on the union of the sets."""
+    masks = {name: _token_mask(store, name) for name in token_sets}
+    union = np.logical_or.reduce(list(masks.values()))
+    accumulators = {name: _Accumulator(store.meta.d_model) for name in token_sets}
+    stats = {name: _ModelStats(model.sae.n_features) for name in token_sets}
     components = components_of(model)
-    fired = torch.zeros(model.sae.n_features, dtype=torch.bool)
-    l0_sum = lin_abs = int_abs = 0.0
-    for _, raw in store.iter_shards(mask):
-        for start in range(0, raw.shape[0], chunk):
-            x_raw = raw[start : start + chunk]
+    for row_ids, raw_rows in store.iter_shards(union):
+        for start in range(0, raw_rows.shape[0], chunk):
+            x_raw = raw_rows[start : start + chunk]
+            rows = row_ids[start : start + chunk]
             x = normaliser.apply(x_raw)
             rec = model(x)
-            acc.add_inputs(x, x_raw)
-            for component in components:
-                x_hat = rec.component(component)
-                acc.add_residual(component, x - x_hat, x_raw - normaliser.invert(x_hat))
-            active = rec.code.values > 0
-            fired[rec.code.indices[active]] = True
-            l0_sum += float(active.sum())
-            if rec.linear is not None:
-                lin_abs += float(rec.linear.abs().sum())
-            if rec.interaction is not None:
-                int_abs += float(rec.interaction.abs().sum())
+            hats = {c: rec.component(c) for c in components}
+            for name in token_sets:
+                keep = torch.from_numpy(np.array(masks[name][rows], dtype=bool))
+                if not keep.any():
+                    continue
+                acc, st = accumulators[name], stats[name]
+                acc.add_inputs(x[keep], x_raw[keep])
+                for component, x_hat in hats.items():
+                    acc.add_residual(component, x[keep] - x_hat[keep],
+                                     x_raw[keep] - normaliser.invert(x_hat[keep]))
+                values, indices = rec.code.values[keep], rec.code.indices[keep]
+                active = values > 0
+                st.fired[indices[active]] = True
+                st.l0_sum += float(active.sum())
+                if rec.linear is not None:
+                    st.linear_abs += float(rec.linear[keep].abs().sum())
+                if rec.interaction is not None:
+                    st.interaction_abs += float(rec.interaction[keep].abs().sum())
+    return {name: _finish(model, accumulators[name], stats[name]) for name in token_sets}
+
+
+def _finish(model: FeatureModel, acc: _Accumulator, st: _ModelStats) -> dict[str, float | dict[str, float]]:
     n, d = acc.n, acc.d
-    scalars: dict[str, float] = {"tokens": float(n), "l0": l0_sum / n,
-                                 "dead_fraction": float(1.0 - fired.float().mean())}
+    scalars: dict[str, float] = {"tokens": float(n), "l0": st.l0_sum / n,
+                                 "dead_fraction": float(1.0 - st.fired.float().mean())}
     if model.nfm is not None:
-        scalars["linear_magnitude"] = lin_abs / (n * d)
-        scalars["interaction_magnitude"] = int_abs / (n * d)
+        scalars["linear_magnitude"] = st.linear_abs / (n * d)
+        scalars["interaction_magnitude"] = st.interaction_abs / (n * d)
         total = scalars["linear_magnitude"] + scalars["interaction_magnitude"]
         scalars["linear_share"] = scalars["linear_magnitude"] / total if total > 0 else float("nan")
     per_component = acc.metrics()
     if "full" in per_component:
         scalars["improvement_own_sae"] = 1.0 - per_component["full"]["mse"] / per_component["sae"]["mse"]
     return {"components": per_component, **scalars}  # type: ignore[dict-item]
+
+
+def reconstruction_metrics(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
+                           token_set: str, chunk: int = 4096) -> dict[str, float | dict[str, float]]:
+    """Metrics of one token set (see :func:`reconstruction_metrics_by_set`)."""
+    return reconstruction_metrics_by_set(model, normaliser, store, (token_set,), chunk)[token_set]
 
 
 def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path: str | Path,
@@ -145,8 +184,7 @@ def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path
                          f"{store.directory} holds {store.meta.hook_name} (d={store.meta.d_model}); retrain it.")
     rows = []
     base = {"run": run, "model": model.kind, "seed": int(extra["seed"]), "split": split}
-    for token_set in TOKEN_SETS:
-        result = reconstruction_metrics(model, normaliser, store, token_set)
+    for token_set, result in reconstruction_metrics_by_set(model, normaliser, store).items():
         for component, metrics in result.pop("components").items():  # type: ignore[union-attr]
             rows += [{**base, "token_set": token_set, "component": component, "metric": m, "value": v}
                      for m, v in metrics.items()]
