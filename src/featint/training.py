@@ -153,9 +153,10 @@ def lr_lambda(total_steps: int, final_factor: float, decay_fraction: float) -> C
     return factor
 
 
+@torch.no_grad()
 def fraction_of_variance_unexplained(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """||x - x_hat||^2 / ||x - mean(x)||^2 over a batch."""
-    return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    return (((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()).item()
 
 
 def auxk_loss(model: FeatureModel, x: torch.Tensor, x_hat: torch.Tensor, aux_code: SparseCode,
