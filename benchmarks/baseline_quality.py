@@ -49,9 +49,11 @@ def main() -> None:
     test = ActivationStore(activations / "test")
     for token_set in ("selected", "with_outliers"):
         result = reconstruction_metrics(model, normaliser, test, token_set)
-        fvu = result["components"]["sae"]["fvu"]  # type: ignore[index]
+        sae = result["components"]["sae"]  # type: ignore[index]
         print(f"standard SAE d->{args.n_features}, k={args.k}, {args.tokens} tokens, lr {args.lr:g}, "
-              f"{args.decoder_norm} decoder: test FVU ({token_set}) {fvu:.4f}, dead {result['dead_fraction']:.3f}")
+              f"{args.decoder_norm} decoder, {normaliser.kind} normaliser: test FVU ({token_set}) "
+              f"{sae['fvu']:.4f} normalised space, {sae['fvu_raw']:.4f} raw space; "
+              f"dead {result['dead_fraction']:.3f}")
     print(f"reference FVU (outliers excluded): {args.reference_fvu}")
 
 
