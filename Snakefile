@@ -16,10 +16,12 @@ include: "workflow/rules/lm.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/training.smk"
+include: "workflow/rules/geometry.smk"
 
 
 rule all:
     input:
         activation_targets(),
         training_targets(),
+        geometry_targets(),
     default_target: True

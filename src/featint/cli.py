@@ -33,6 +33,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("sae", "nfm", "training"),
     "evaluate": (),
     "gather-metrics": (),
+    "geometry": ("geometry",),
+    "gather-geometry": ("geometry",),
 }
 
 
@@ -130,6 +132,24 @@ def cmd_gather_metrics(args: argparse.Namespace) -> None:
     log.info("test reconstruction:\n%s", view.to_string(index=False))
 
 
+def cmd_geometry(args: argparse.Namespace) -> None:
+    from featint.geometry import run_geometry
+
+    settings = _settings(args)
+    summary = run_geometry(args.model_dir, args.activations, args.out, run=args.run, settings=settings.geometry)
+    verdict = summary[summary["metric"].str.startswith("verdict")]
+    log.info("geometry verdicts:\n%s", verdict.to_string(index=False))
+
+
+def cmd_gather_geometry(args: argparse.Namespace) -> None:
+    from featint.geometry import gather
+
+    settings = _settings(args)
+    verdicts = gather(args.features, args.summaries, args.pca, args.out_summary, args.out_verdicts, args.figures,
+                      settings.geometry.paper_threshold)
+    log.info("geometry verdicts:\n%s", verdicts.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-parameters", required=True)
     p.add_argument("--out-figure", required=True)
+    p = add("geometry", cmd_geometry, "decoder geometry, norm clustering, contributions, PCA of one model")
+    p.add_argument("--model-dir", required=True, help="directory with weights.safetensors and init.safetensors")
+    p.add_argument("--activations", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("gather-geometry", cmd_gather_geometry, "geometry summary, verdicts and figures over models and seeds")
+    p.add_argument("--features", nargs="+", required=True)
+    p.add_argument("--summaries", nargs="+", required=True)
+    p.add_argument("--pca", nargs="+", required=True)
+    p.add_argument("--out-summary", required=True)
+    p.add_argument("--out-verdicts", required=True)
+    p.add_argument("--figures", required=True, help="figure directory")
     return parser
 
 

@@ -237,6 +237,17 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class GeometrySettings:
+    tokens: int
+    interaction_tokens: int
+    paper_threshold: float
+    min_fires: int
+    min_relative_move: float
+    paper_pca_components: int
+    block_rows: int
+
+
+@dataclass(frozen=True)
 class Settings:
     run: str
     seed: int
@@ -250,6 +261,7 @@ class Settings:
     nfm: NFMSettings
     models: list[str]
     training: TrainingSettings
+    geometry: GeometrySettings
     raw: dict[str, Any]
 
     @classmethod
@@ -272,6 +284,7 @@ class Settings:
             nfm=NFMSettings(**c["nfm"]),
             models=list(c["models"]),
             training=TrainingSettings(**c["training"]),
+            geometry=GeometrySettings(**c["geometry"]),
             raw=c,
         )
 

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -80,3 +81,62 @@ def reconstruction_comparison(metrics: pd.DataFrame, path: str | Path) -> None:
     fig.suptitle("Reconstruction on held-out test documents")
     fig.tight_layout()
     _save(fig, path)
+
+
+MODEL_ORDER = ["standard", "standard_refit", "param_matched", "sequential", "sequential_truncated", "joint",
+               "joint_no_interaction", "joint_no_linear"]
+
+
+def _order(models: pd.Series) -> list[str]:
+    present = set(models)
+    return [m for m in MODEL_ORDER if m in present] + sorted(present - set(MODEL_ORDER))
+
+
+def squared_norm_histograms(features: pd.DataFrame, path: str | Path, paper_threshold: float) -> None:
+    """Decoder squared norms per model (all seeds), log scale, with the median init norm and the paper's threshold."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    order = _order(features["model"])
+    grid = sns.displot(data=features, x="squared_norm", col="model", col_order=order, col_wrap=4, log_scale=True,
+                       bins=60, height=2.6, aspect=1.3, facet_kws={"sharey": False})
+    for ax, model in zip(grid.axes.flat, order):
+        init = features.loc[features["model"] == model, "init_squared_norm"].median()
+        ax.axvline(init, color="tab:orange", ls="--", label="median init")
+        ax.axvline(paper_threshold, color="tab:red", ls=":", label="paper threshold")
+    grid.axes.flat[0].legend(fontsize=8)
+    grid.figure.suptitle("Decoder squared norms (dashed: init scale; dotted: the paper's 0.2)", y=1.02)
+    _save(grid.figure, path)
+
+
+def squared_norm_scatter(features: pd.DataFrame, y: str, path: str | Path, title: str) -> None:
+    """Squared norm (x, log) against ``y`` per model, coloured by the norm cluster."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    data = features[np.isfinite(features[y])] if y in features else features.iloc[:0]
+    order = _order(data["model"])
+    grid = sns.relplot(data=data, x="squared_norm", y=y, hue="cluster", col="model", col_order=order, col_wrap=4,
+                       s=6, alpha=0.4, linewidth=0, height=2.6, aspect=1.3, facet_kws={"sharey": False})
+    grid.set(xscale="log")
+    grid.figure.suptitle(title, y=1.02)
+    _save(grid.figure, path)
+
+
+def squared_norm_violins(features: pd.DataFrame, path: str | Path) -> None:
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(12, 3.8))
+    sns.violinplot(data=features, x="model", y="squared_norm", hue="cluster", order=_order(features["model"]),
+                   log_scale=True, cut=0, ax=ax)
+    ax.tick_params(axis="x", rotation=30)
+    ax.set(xlabel="", ylabel="decoder squared norm", title="Squared norms by 2-component cluster")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def pca_elbows(curves: pd.DataFrame, path: str | Path) -> None:
+    sns.set_theme(style="whitegrid", context="notebook")
+    curves = curves.assign(curve=curves["definition"] + " (" + curves["rows"] + " rows)")
+    grid = sns.relplot(data=curves, x="component", y="cumulative_fraction", hue="model", style="seed",
+                       col="curve", kind="line", height=3.2, aspect=1.3, facet_kws={"sharex": False})
+    grid.set_titles("{col_name}")
+    for ax in grid.axes.flat:
+        ax.axhline(0.9, color="grey", lw=1, ls="--")
+    grid.figure.suptitle("PCA of decoder directions: cumulative explained variance", y=1.02)
+    _save(grid.figure, path)

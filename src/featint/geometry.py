@@ -1,0 +1,311 @@
+"""Feature geometry of the decoder: squared norms, Gram statistics, norm clustering, contributions, PCA — and
+the controls that separate "specialisation" from "artefact" (PAPER_SPEC sections 7 and 10, item 10).
+
+Per model and seed (:func:`run_geometry`):
+
+* per feature (``features.parquet``): squared decoder norm, its value at step 0 (``init.safetensors``) and the
+  relative distance moved from init, firing frequency and mean activation when active (train tokens), the
+  paper's weight-norm contribution ratios, activation-based contributions (direct E[f_i] ||d_i||, linear
+  E[f_i] ||W_lin_i||, interaction = mean ||I(f) - I(f without i)|| over tokens where i fires), the 2-component
+  cluster (log squared norm) and the paper's fixed-threshold group;
+* summary (``summary.parquet``, tidy, with a ``definition`` column: ``paper`` or ``corrected``): Gram
+  off-diagonal statistics, 1- vs 2-component mixture BIC on squared and log squared norms, the bimodality
+  coefficient, group means, Spearman rho (paper definition and activation-based, with a partial correlation
+  controlling for firing frequency), PCA components for 90% of the variance (centred full spectrum and the
+  author's uncentred truncated one), and the verdict: bimodal at all, and still bimodal once features that
+  rarely fired or barely moved from init are removed;
+* ``pca.parquet``: cumulative explained-variance curves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from featint import stats
+from featint.activations import ActivationStore
+from featint.config import GeometrySettings
+from featint.io import write_parquet
+from featint.models import FeatureModel, SparseCode, load_model
+from featint.normaliser import Normaliser
+from featint.training import load_selected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weight geometry
+
+
+@torch.no_grad()
+def gram_offdiagonal_statistics(rows: torch.Tensor, block_rows: int = 2048) -> dict[str, float]:
+    """Mean, sd and max |.| of off-diagonal dot products and cosines of ``rows`` [F, d], computed blockwise
+    (never an F x F matrix)."""
+    rows = rows.double()
+    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n = rows.shape[0]
+    sums = {"dot": [0.0, 0.0, 0.0], "cosine": [0.0, 0.0, 0.0]}  # sum, sum of squares, max |.|
+    for start in range(0, n, block_rows):
+        block = slice(start, min(n, start + block_rows))
+        for name, matrix in (("dot", rows), ("cosine", unit)):
+            gram = matrix[block] @ matrix.T
+            diagonal = torch.arange(block.start, block.stop)
+            gram[diagonal - start, diagonal] = 0.0
+            acc = sums[name]
+            acc[0] += float(gram.sum())
+            acc[1] += float((gram * gram).sum())
+            acc[2] = max(acc[2], float(gram.abs().max()))
+    pairs = n * (n - 1)
+    out = {}
+    for name, (total, squares, largest) in sums.items():
+        mean = total / pairs
+        out[f"gram_{name}_offdiag_mean"] = mean
+        out[f"gram_{name}_offdiag_sd"] = float(np.sqrt(max(squares / pairs - mean * mean, 0.0)))
+        out[f"gram_{name}_offdiag_max_abs"] = largest
+    return out
+
+
+def paper_contribution_ratios(model: FeatureModel) -> pd.DataFrame:
+    """The author's ratios of weight-vector norms over their sum: decoder row, NFM linear row, embedding row."""
+    residual = model.sae.W_dec.detach().norm(dim=1).double()
+    zeros = torch.zeros_like(residual)
+    nfm = model.nfm
+    linear = nfm.W_lin.detach().norm(dim=1).double() if nfm is not None and nfm.use_linear else zeros
+    interaction = nfm.V.detach().norm(dim=1).double() if nfm is not None and nfm.use_interaction else zeros
+    total = residual + linear + interaction
+    return pd.DataFrame({"paper_residual_ratio": (residual / total).numpy(),
+                         "paper_linear_ratio": (linear / total).numpy(),
+                         "paper_interaction_ratio": (interaction / total).numpy()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activation statistics
+
+
+@torch.no_grad()
+def activation_statistics(model: FeatureModel, x: torch.Tensor, interaction_tokens: int,
+                          chunk: int = 2048) -> pd.DataFrame:
+    """Firing count and frequency, mean activation when active, and activation-based contributions."""
+    n_features = model.sae.n_features
+    count = torch.zeros(n_features, dtype=torch.float64)
+    total = torch.zeros(n_features, dtype=torch.float64)
+    interaction_sum = torch.zeros(n_features, dtype=torch.float64)
+    interaction_count = torch.zeros(n_features, dtype=torch.float64)
+    nfm = model.nfm
+    with_interaction = nfm is not None and nfm.use_interaction
+    for start in range(0, x.shape[0], chunk):
+        batch = x[start : start + chunk]
+        code, _ = model.sae.encode(batch, model.infer_k)
+        active = code.values > 0
+        count.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))
+        total.index_add_(0, code.indices[active], code.values[active].double())
+        if with_interaction and start < interaction_tokens:
+            delta = interaction_removal_effect(model, code)
+            interaction_sum.index_add_(0, code.indices[active], delta[active].double())
+            interaction_count.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))
+    n = x.shape[0]
+    expected = total / n
+    decoder_norm = model.sae.W_dec.detach().norm(dim=1).double()
+    linear_norm = (nfm.W_lin.detach().norm(dim=1).double() if nfm is not None and nfm.use_linear
+                   else torch.zeros(n_features, dtype=torch.float64))
+    interaction = torch.where(interaction_count > 0, interaction_sum / interaction_count.clamp_min(1),
+                              torch.zeros_like(interaction_sum))
+    frame = pd.DataFrame({
+        "fires": count.numpy().astype(np.int64),
+        "firing_frequency": (count / n).numpy(),
+        "mean_activation_when_active": torch.where(count > 0, total / count.clamp_min(1),
+                                                   torch.full_like(total, float("nan"))).numpy(),
+        "activation_direct": (expected * decoder_norm).numpy(),
+        "activation_linear": (expected * linear_norm).numpy(),
+        "activation_interaction": interaction.numpy(),
+    })
+    parts = frame[["activation_direct", "activation_linear", "activation_interaction"]].sum(axis=1)
+    frame["activation_nfm_share"] = np.where(
+        parts > 0, (frame["activation_linear"] + frame["activation_interaction"]) / parts.where(parts > 0, 1), np.nan)
+    return frame
+
+
+@torch.no_grad()
+def interaction_removal_effect(model: FeatureModel, code: SparseCode, chunk: int = 256) -> torch.Tensor:
+    """||I(f) - I(f without feature j)|| for every token and each of its k active features: [N, k].
+
+    Removing feature j changes the pooled vector to p - f_j v_j * (s - f_j v_j), with s = sum_i f_i v_i
+    (the [N, k, d] intermediate is built ``chunk`` tokens at a time)."""
+    nfm = model.nfm
+    assert nfm is not None and nfm.use_interaction
+    was_training = nfm.training
+    nfm.eval()
+    out = []
+    for start in range(0, code.indices.shape[0], chunk):
+        part = SparseCode(code.indices[start : start + chunk], code.values[start : start + chunk])
+        pooled = nfm.bi_interaction(part)  # [n, K]
+        fv = part.values.unsqueeze(-1) * nfm.V[part.indices]  # [n, k, K]
+        without = pooled.unsqueeze(1) - fv * (fv.sum(dim=1, keepdim=True) - fv)
+        full = nfm.interaction_from_embedding(nfm.embedding_from_pooled(pooled))  # [n, d]
+        reduced = nfm.interaction_from_embedding(nfm.embedding_from_pooled(without))  # [n, k, d]
+        out.append((reduced - full.unsqueeze(1)).norm(dim=-1))
+    nfm.train(was_training)
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage
+
+
+def _bimodality(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 10 or np.ptp(values) == 0:
+        return {"bic_1": float("nan"), "bic_2": float("nan"), "prefers_2": float("nan"),
+                "bimodality_coefficient": float("nan")}
+    one = stats.fit_gaussian_mixture_1d(values, 1)
+    two = stats.fit_gaussian_mixture_1d(values, 2)
+    return {"bic_1": one.bic, "bic_2": two.bic, "prefers_2": float(two.bic < one.bic),
+            "bimodality_coefficient": stats.bimodality_coefficient(values),
+            "mode_low": float(two.means[0]), "mode_high": float(two.means[1]), "weight_low": float(two.weights[0])}
+
+
+def feature_table(model: FeatureModel, init: FeatureModel, x: torch.Tensor,
+                  settings: GeometrySettings) -> pd.DataFrame:
+    decoder = model.sae.W_dec.detach().double()
+    init_decoder = init.sae.W_dec.detach().double()
+    frame = pd.DataFrame({
+        "feature": np.arange(model.sae.n_features),
+        "squared_norm": decoder.pow(2).sum(1).numpy(),
+        "init_squared_norm": init_decoder.pow(2).sum(1).numpy(),
+        "relative_move_from_init": ((decoder - init_decoder).norm(dim=1)
+                                    / init_decoder.norm(dim=1).clamp_min(1e-12)).numpy(),
+    })
+    frame = pd.concat([frame, paper_contribution_ratios(model),
+                       activation_statistics(model, x, settings.interaction_tokens)], axis=1)
+    log_norm = np.log(frame["squared_norm"].to_numpy())
+    two = stats.fit_gaussian_mixture_1d(log_norm, 2)
+    frame["cluster"] = np.where(two.labels(log_norm) == 0, "low", "high")
+    frame["paper_group"] = np.where(frame["squared_norm"] < settings.paper_threshold, "below", "above")
+    frame["trained"] = (frame["fires"] >= settings.min_fires) & (
+        frame["relative_move_from_init"] >= settings.min_relative_move)
+    return frame
+
+
+def summary_rows(model: FeatureModel, features: pd.DataFrame, settings: GeometrySettings) -> list[dict]:
+    rows: list[dict] = []
+
+    def add(metric: str, value: float, definition: str = "corrected", subset: str = "all") -> None:
+        rows.append({"metric": metric, "value": float(value), "definition": definition, "subset": subset})
+
+    for name, value in gram_offdiagonal_statistics(model.sae.W_dec.detach(), settings.block_rows).items():
+        add(name, value)
+    squared = features["squared_norm"].to_numpy()
+    add("squared_norm_median", float(np.median(squared)))
+    add("init_squared_norm_median", float(features["init_squared_norm"].median()))
+    add("fraction_never_fired", float((features["fires"] == 0).mean()))
+    add("fraction_trained", float(features["trained"].mean()))
+    for subset, mask in (("all", np.ones(len(features), dtype=bool)), ("trained", features["trained"].to_numpy())):
+        for space, values in (("squared_norm", squared[mask]), ("log_squared_norm", np.log(squared[mask]))):
+            for metric, value in _bimodality(values).items():
+                add(f"{space}_{metric}", value, subset=subset)
+    below = features["paper_group"] == "below"
+    add("paper_fraction_below_threshold", float(below.mean()), "paper")
+    for ratio in ("paper_residual_ratio", "paper_linear_ratio", "paper_interaction_ratio"):
+        add(f"{ratio}_mean_below", float(features.loc[below, ratio].mean()), "paper")
+        add(f"{ratio}_mean_above", float(features.loc[~below, ratio].mean()), "paper")
+    if model.nfm is not None:
+        nfm_ratio = 1.0 - features["paper_residual_ratio"].to_numpy()
+        add("spearman_squared_norm_vs_nfm_ratio", stats.spearman(squared, nfm_ratio)[0], "paper")
+        share = features["activation_nfm_share"].to_numpy()
+        fired = features["fires"].to_numpy() > 0
+        add("spearman_squared_norm_vs_activation_nfm_share", stats.spearman(squared[fired], share[fired])[0],
+            subset="fired")
+        add("partial_spearman_squared_norm_vs_activation_nfm_share_given_frequency",
+            stats.partial_spearman(squared[fired], share[fired], features["firing_frequency"].to_numpy()[fired]),
+            subset="fired")
+    add("spearman_squared_norm_vs_firing_frequency",
+        stats.spearman(squared, features["firing_frequency"].to_numpy())[0])
+    add("spearman_squared_norm_vs_relative_move", stats.spearman(squared, features["relative_move_from_init"])[0])
+    for subset in ("all", "trained"):
+        found = {r["metric"]: r["value"] for r in rows if r["subset"] == subset}
+        bimodal = found["log_squared_norm_prefers_2"] == 1.0 and found["log_squared_norm_bimodality_coefficient"] > 5 / 9
+        add("verdict_bimodal" if subset == "all" else "verdict_bimodal_after_removing_untrained", float(bimodal),
+            subset=subset)
+    return rows
+
+
+def pca_curves(model: FeatureModel, settings: GeometrySettings) -> tuple[pd.DataFrame, list[dict]]:
+    decoder = model.sae.W_dec.detach().double().numpy()
+    unit = decoder / np.maximum(np.linalg.norm(decoder, axis=1, keepdims=True), 1e-12)
+    curves, rows = [], []
+    for rows_name, matrix in (("raw", decoder), ("unit", unit)):
+        spectrum = stats.centred_pca_spectrum(matrix)
+        n90 = stats.components_for_fraction(spectrum, 0.9)
+        rows.append({"metric": f"pca_centred_{rows_name}_components_for_90pct", "value": float(n90),
+                     "definition": "corrected", "subset": "all"})
+        curves.append(pd.DataFrame({"rows": rows_name, "definition": "centred, full spectrum",
+                                    "component": np.arange(1, spectrum.size + 1),
+                                    "cumulative_fraction": np.cumsum(spectrum) / spectrum.sum()}))
+    truncated = stats.uncentred_truncated_spectrum(decoder, settings.paper_pca_components)
+    rows.append({"metric": "pca_paper_components_for_90pct_of_truncated",
+                 "value": float(stats.components_for_fraction(truncated, 0.9)), "definition": "paper",
+                 "subset": f"first {truncated.size} singular values"})
+    curves.append(pd.DataFrame({"rows": "raw", "definition": f"paper: uncentred, first {truncated.size}",
+                                "component": np.arange(1, truncated.size + 1),
+                                "cumulative_fraction": np.cumsum(truncated) / truncated.sum()}))
+    return pd.concat(curves, ignore_index=True), rows
+
+
+def run_geometry(model_dir: str | Path, activations_dir: str | Path, out_dir: str | Path, run: str,
+                 settings: GeometrySettings) -> pd.DataFrame:
+    """Stage entry point: ``features.parquet``, ``summary.parquet`` and ``pca.parquet`` of one model and seed."""
+    model_dir, activations_dir, out_dir = Path(model_dir), Path(activations_dir), Path(out_dir)
+    model, extra = load_model(model_dir / "weights.safetensors")
+    init, _ = load_model(model_dir / "init.safetensors")
+    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
+    x = load_selected(ActivationStore(activations_dir / "train"), normaliser, settings.tokens)
+    features = feature_table(model, init, x, settings)
+    curves, pca_rows = pca_curves(model, settings)
+    summary = pd.DataFrame(summary_rows(model, features, settings) + pca_rows)
+    keys = {"run": run, "model": model.kind, "seed": int(extra["seed"])}
+    for frame in (features, summary, curves):
+        for position, (key, value) in enumerate(keys.items()):
+            frame.insert(position, key, value)
+    write_parquet(features, out_dir / "features.parquet")
+    write_parquet(summary, out_dir / "summary.parquet")
+    write_parquet(curves, out_dir / "pca.parquet")
+    return summary
+
+
+def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], pca_tables: list[str | Path],
+           out_summary: str | Path, out_verdicts: str | Path, figure_dir: str | Path,
+           paper_threshold: float) -> pd.DataFrame:
+    """Stage entry point: the summary over models and seeds, the verdict table, and the geometry figures."""
+    from featint import plots
+
+    features = pd.concat([pd.read_parquet(p) for p in feature_tables], ignore_index=True)
+    summary = pd.concat([pd.read_parquet(p) for p in summary_tables], ignore_index=True)
+    curves = pd.concat([pd.read_parquet(p) for p in pca_tables], ignore_index=True)
+    write_parquet(summary, out_summary)
+    verdict_metrics = ["verdict_bimodal", "verdict_bimodal_after_removing_untrained", "log_squared_norm_prefers_2",
+                       "log_squared_norm_bimodality_coefficient", "log_squared_norm_mode_low",
+                       "log_squared_norm_mode_high", "fraction_never_fired", "fraction_trained",
+                       "spearman_squared_norm_vs_nfm_ratio", "spearman_squared_norm_vs_activation_nfm_share",
+                       "partial_spearman_squared_norm_vs_activation_nfm_share_given_frequency",
+                       "spearman_squared_norm_vs_firing_frequency"]
+    chosen = summary[summary["metric"].isin(verdict_metrics)]
+    verdicts = chosen.pivot_table(index=["run", "model", "seed"], columns=["metric", "subset"], values="value")
+    verdicts.columns = [f"{metric}[{subset}]" for metric, subset in verdicts.columns]
+    verdicts = verdicts.reset_index()
+    write_parquet(verdicts, out_verdicts)
+    figure_dir = Path(figure_dir)
+    plots.squared_norm_histograms(features, figure_dir / "squared_norm_histograms.png", paper_threshold)
+    plots.squared_norm_scatter(features, "firing_frequency", figure_dir / "squared_norm_vs_firing_frequency.png",
+                               "Squared norm vs firing frequency (train tokens)")
+    nfm_features = features[features["paper_interaction_ratio"] > 0]
+    plots.squared_norm_scatter(nfm_features, "paper_interaction_ratio",
+                               figure_dir / "squared_norm_vs_paper_interaction_ratio.png",
+                               "Paper's weight-norm interaction ratio vs squared norm")
+    plots.squared_norm_scatter(nfm_features, "activation_nfm_share",
+                               figure_dir / "squared_norm_vs_activation_nfm_share.png",
+                               "Activation-based NFM share vs squared norm (features that fired)")
+    plots.squared_norm_violins(features, figure_dir / "squared_norm_by_cluster.png")
+    plots.pca_elbows(curves, figure_dir / "pca_elbows.png")
+    return verdicts

@@ -1,0 +1,78 @@
+# Feature geometry per model and seed (squared norms, Gram statistics, clustering, contributions, PCA) and
+# the verdict table: is bimodality present, and does it survive removing untrained features?
+
+GEOMETRY_FIGURES = [
+    "squared_norm_histograms",
+    "squared_norm_vs_firing_frequency",
+    "squared_norm_vs_paper_interaction_ratio",
+    "squared_norm_vs_activation_nfm_share",
+    "squared_norm_by_cluster",
+    "pca_elbows",
+]
+
+
+def geometry_targets():
+    return [f"{RESULTS}/geometry/summary.parquet", f"{RESULTS}/geometry/verdicts.parquet"] + [
+        f"{RESULTS}/geometry/figures/{name}.png" for name in GEOMETRY_FIGURES
+    ]
+
+
+rule geometry:
+    input:
+        ACTIVATION_FILES,
+        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+        init=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/init.safetensors",
+    output:
+        features=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet",
+        summary=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet",
+        pca=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet",
+    params:
+        config=stage_config("geometry"),
+        model_dir=lambda wc: model_dir(wc.kind, wc.seed),
+        out=lambda wc: f"{RESULTS}/geometry/{wc.kind}/seed~{wc.seed}",
+    log:
+        f"{LOGS}/geometry_{{kind}}_seed~{{seed}}.log",
+    benchmark:
+        f"{BENCH}/geometry_{{kind}}_seed~{{seed}}.tsv"
+    conda:
+        FEATINT_ENV
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    shell:
+        "python -m featint geometry --config-json {params.config:q} --threads {threads}"
+        " --model-dir {params.model_dir} --activations {ACTS} --run {RUN} --out {params.out} > {log} 2>&1"
+
+
+rule gather_geometry:
+    input:
+        features=expand(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet", kind=MODEL_KINDS, seed=SEEDS),
+        summaries=expand(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet", kind=MODEL_KINDS, seed=SEEDS),
+        pca=expand(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet", kind=MODEL_KINDS, seed=SEEDS),
+    output:
+        summary=f"{RESULTS}/geometry/summary.parquet",
+        verdicts=f"{RESULTS}/geometry/verdicts.parquet",
+        figures=[
+            report(
+                f"{RESULTS}/geometry/figures/{name}.png",
+                caption="../report/geometry.rst",
+                category="Geometry",
+            )
+            for name in GEOMETRY_FIGURES
+        ],
+    params:
+        config=stage_config("gather-geometry"),
+        figures=f"{RESULTS}/geometry/figures",
+    log:
+        f"{LOGS}/gather_geometry.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m featint gather-geometry --config-json {params.config:q} --features {input.features}"
+        " --summaries {input.summaries} --pca {input.pca} --out-summary {output.summary}"
+        " --out-verdicts {output.verdicts} --figures {params.figures} > {log} 2>&1"
