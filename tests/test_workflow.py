@@ -41,7 +41,7 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert dry.returncode == 0, dry.stderr
     for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
-                 "train", "evaluate_reconstruction", "gather_reconstruction"):
+                 "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry"):
         assert rule in dry.stdout + dry.stderr
 
     run = snakemake(workdir, "--configfile", "config/tiny.yaml")
@@ -94,6 +94,14 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
         assert not (model_dir / "checkpoint.pt").exists()
     lr = pd.read_parquet(results / "lr_selection" / "sae.parquet")
     assert lr["chosen"].sum() == 1 and lr.loc[lr["chosen"], "validation_fvu"].item() == lr["validation_fvu"].min()
+
+    # geometry: per-feature tables, verdicts for every model, figures
+    verdicts = pd.read_parquet(results / "geometry" / "verdicts.parquet")
+    assert set(verdicts["model"]) == kinds
+    assert verdicts["verdict_bimodal[all]"].isin([0.0, 1.0]).all()
+    features = pd.read_parquet(results / "geometry" / "joint" / "seed~0" / "features.parquet")
+    assert len(features) == 256 and features["squared_norm"].gt(0).all()
+    assert (results / "geometry" / "figures" / "squared_norm_histograms.png").stat().st_size > 10_000
 
     again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
