@@ -107,18 +107,19 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_bad_config_stops_at_dag_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        ("run: bad\nextraction:\n  context_lenght: 64\n", "unknown config key 'extraction.context_lenght'"),
+        ("run: bad\nhook: {layer: fifteen}\n", "config key 'hook.layer'"),
+        ("run: bad\nmodel: {source: local, path: /no/such/model}\n", "model directory /no/such/model does not exist"),
+    ],
+    ids=["unknown-key", "wrong-type", "missing-local-model"],
+)
+def test_bad_input_stops_at_dag_start(tmp_path: Path, config_text: str, message: str) -> None:
     workdir = workflow_copy(tmp_path)
-    (workdir / "config" / "bad.yaml").write_text("run: bad\nextraction:\n  context_lenght: 64\n")
+    (workdir / "config" / "bad.yaml").write_text(config_text)
     result = snakemake(workdir, "--configfile", "config/bad.yaml", "-n")
     assert result.returncode != 0
-    assert "context_lenght" in result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
     assert not (workdir / "results").exists()
-
-
-def test_missing_local_model_stops_at_dag_start(tmp_path: Path) -> None:
-    workdir = workflow_copy(tmp_path)
-    (workdir / "config" / "local.yaml").write_text("run: local\nmodel: {source: local, path: /no/such/model}\n")
-    result = snakemake(workdir, "--configfile", "config/local.yaml", "-n")
-    assert result.returncode != 0
-    assert "model directory /no/such/model does not exist" in result.stdout + result.stderr

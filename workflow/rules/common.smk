@@ -10,9 +10,10 @@ import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS
 from featint.config import SPLITS
 
-# Fills schema defaults into `config` and rejects unknown keys / wrong types before any job runs.
-validate(config, featint.config.schema_path())
+# Rejects unknown keys / wrong types before any job runs (featint's message names the key), then lets
+# Snakemake's validator fill the schema defaults into `config` itself.
 SETTINGS = featint.config.Settings.from_dict(config, source="workflow config")
+validate(config, featint.config.schema_path())
 
 # Conda env for `--sdm conda` (ignored otherwise); rules run `python -m featint` from it.
 FEATINT_ENV = "../../envs/featint.yaml"
