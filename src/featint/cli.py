@@ -136,7 +136,8 @@ def cmd_geometry(args: argparse.Namespace) -> None:
     from featint.geometry import run_geometry
 
     settings = _settings(args)
-    summary = run_geometry(args.model_dir, args.activations, args.out, run=args.run, settings=settings.geometry)
+    summary = run_geometry(args.weights, args.init, args.activations, args.out, run=args.run,
+                           settings=settings.geometry)
     verdict = summary[summary["metric"].str.startswith("verdict")]
     log.info("geometry verdicts:\n%s", verdict.to_string(index=False))
 
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-parameters", required=True)
     p.add_argument("--out-figure", required=True)
     p = add("geometry", cmd_geometry, "decoder geometry, norm clustering, contributions, PCA of one model")
-    p.add_argument("--model-dir", required=True, help="directory with weights.safetensors and init.safetensors")
+    p.add_argument("--weights", required=True, help="trained weights.safetensors")
+    p.add_argument("--init", required=True, help="step-0 weights the decoder is compared with (init.safetensors)")
     p.add_argument("--activations", required=True)
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)

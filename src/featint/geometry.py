@@ -253,12 +253,17 @@ def pca_curves(model: FeatureModel, settings: GeometrySettings) -> tuple[pd.Data
     return pd.concat(curves, ignore_index=True), rows
 
 
-def run_geometry(model_dir: str | Path, activations_dir: str | Path, out_dir: str | Path, run: str,
-                 settings: GeometrySettings) -> pd.DataFrame:
-    """Stage entry point: ``features.parquet``, ``summary.parquet`` and ``pca.parquet`` of one model and seed."""
-    model_dir, activations_dir, out_dir = Path(model_dir), Path(activations_dir), Path(out_dir)
-    model, extra = load_model(model_dir / "weights.safetensors")
-    init, _ = load_model(model_dir / "init.safetensors")
+def run_geometry(weights_path: str | Path, init_path: str | Path, activations_dir: str | Path,
+                 out_dir: str | Path, run: str, settings: GeometrySettings) -> pd.DataFrame:
+    """Stage entry point: ``features.parquet``, ``summary.parquet`` and ``pca.parquet`` of one model and seed.
+
+    ``init_path`` holds the step-0 weights the decoder is compared with: the model's own ``init.safetensors``,
+    or, for models started from the trained standard SAE, that SAE's initialisation."""
+    activations_dir, out_dir = Path(activations_dir), Path(out_dir)
+    model, extra = load_model(weights_path)
+    init, _ = load_model(init_path)
+    if init.sae.n_features != model.sae.n_features:
+        raise ValueError(f"{init_path} has {init.sae.n_features} features, {weights_path} {model.sae.n_features}")
     normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
     x = load_selected(ActivationStore(activations_dir / "train"), normaliser, settings.tokens)
     features = feature_table(model, init, x, settings)

@@ -11,6 +11,10 @@ GEOMETRY_FIGURES = [
 ]
 
 
+def geometry_init_kind(kind):
+    return "standard" if kind in featint_models.FROM_STANDARD else kind
+
+
 def geometry_targets():
     return [f"{RESULTS}/geometry/summary.parquet", f"{RESULTS}/geometry/verdicts.parquet"] + [
         f"{RESULTS}/geometry/figures/{name}.png" for name in GEOMETRY_FIGURES
@@ -21,14 +25,14 @@ rule geometry:
     input:
         ACTIVATION_FILES,
         weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
-        init=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/init.safetensors",
+        # models started from the trained standard SAE are compared with that SAE's own initialisation
+        init=lambda wc: f"{model_dir(geometry_init_kind(wc.kind), wc.seed)}/init.safetensors",
     output:
         features=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet",
         summary=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet",
         pca=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet",
     params:
         config=stage_config("geometry"),
-        model_dir=lambda wc: model_dir(wc.kind, wc.seed),
         out=lambda wc: f"{RESULTS}/geometry/{wc.kind}/seed~{wc.seed}",
     log:
         f"{LOGS}/geometry_{{kind}}_seed~{{seed}}.log",
@@ -42,7 +46,8 @@ rule geometry:
         runtime=30,
     shell:
         "python -m featint geometry --config-json {params.config:q} --threads {threads}"
-        " --model-dir {params.model_dir} --activations {ACTS} --run {RUN} --out {params.out} > {log} 2>&1"
+        " --weights {input.weights} --init {input.init} --activations {ACTS} --run {RUN} --out {params.out}"
+        " > {log} 2>&1"
 
 
 rule gather_geometry:
