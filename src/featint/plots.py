@@ -78,7 +78,7 @@ def reconstruction_comparison(metrics: pd.DataFrame, path: str | Path) -> None:
         ax.tick_params(axis="x", rotation=35)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
-    fig.suptitle("Reconstruction on held-out test documents")
+    fig.suptitle("Reconstruction on held-out test documents", y=1.04)
     fig.tight_layout()
     _save(fig, path)
 
