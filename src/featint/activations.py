@@ -152,6 +152,15 @@ class ActivationStore:
     def selected_mask(self) -> np.ndarray:
         return self.tokens()["selected"].to_numpy()
 
+    def token_set_mask(self, token_set: str) -> np.ndarray:
+        """Rows of a named token set: ``selected`` (the default selection: position 0 and, by default,
+        massive-norm outliers left out) or ``with_outliers`` (every position but 0)."""
+        if token_set == "selected":
+            return self.selected_mask()
+        if token_set == "with_outliers":
+            return ~self.tokens()["is_position_zero"].to_numpy()
+        raise ValueError(f"unknown token set {token_set!r}; expected 'selected' or 'with_outliers'")
+
     def read_shard(self, index: int, verify: bool = True) -> torch.Tensor:
         """Shard ``index`` as float32 [rows, d]; raises :class:`ShardError` if truncated or corrupt."""
         entry = self.manifest.iloc[index]
@@ -175,24 +184,28 @@ class ActivationStore:
             raise ShardError(f"activation shard {path} has shape {tuple(tensor.shape)}; {fix}")
         return tensor.float()
 
+    def read_shard_rows(self, index: int, mask: np.ndarray | None = None,
+                        verify: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+        """(global row indices, float32 vectors) of shard ``index``, restricted to the split-wide ``mask``."""
+        entry = self.manifest.iloc[index]
+        first, rows = int(entry["first_row"]), int(entry["rows"])
+        row_ids = np.arange(first, first + rows)
+        if mask is None:
+            return row_ids, self.read_shard(index, verify)
+        keep = np.array(mask[first : first + rows], dtype=bool)
+        if not keep.any():
+            return row_ids[:0], torch.empty(0, self.meta.d_model)
+        return row_ids[keep], self.read_shard(index, verify)[torch.from_numpy(keep)]
+
     def iter_shards(
         self, mask: np.ndarray | None = None, verify: bool = True
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Yield (global row indices, float32 vectors) per shard, restricted to ``mask`` if given.
-
-        Memory holds one shard at a time whatever the split's size."""
+        """Yield (global row indices, float32 vectors) per shard, restricted to ``mask`` if given (shards with
+        no row in the mask are not read). Memory holds one shard at a time whatever the split's size."""
         for index in range(len(self.manifest)):
-            entry = self.manifest.iloc[index]
-            first, rows = int(entry["first_row"]), int(entry["rows"])
-            row_ids = np.arange(first, first + rows)
-            if mask is not None:
-                keep = np.array(mask[first : first + rows], dtype=bool)
-                if not keep.any():
-                    continue
-                row_ids = row_ids[keep]
-                yield row_ids, self.read_shard(index, verify)[torch.from_numpy(keep)]
-            else:
-                yield row_ids, self.read_shard(index, verify)
+            row_ids, vectors = self.read_shard_rows(index, mask, verify)
+            if row_ids.size:
+                yield row_ids, vectors
 
 
 def write_store_from_tensor(out_dir: str | Path, vectors: torch.Tensor, split: str, hook_name: str,

@@ -104,20 +104,12 @@ class _ModelStats:
         self.fired = torch.zeros(self.n_features, dtype=torch.bool)
 
 
-def _token_mask(store: ActivationStore, token_set: str) -> np.ndarray:
-    if token_set == "selected":
-        return store.selected_mask()
-    if token_set == "with_outliers":
-        return ~store.tokens()["is_position_zero"].to_numpy()
-    raise ValueError(f"unknown token set {token_set!r}; expected one of {TOKEN_SETS}")
-
-
 @torch.no_grad()
 def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
                                   token_sets: tuple[str, ...] = TOKEN_SETS,
                                   chunk: int = 4096) -> dict[str, dict[str, float | dict[str, float]]]:
     """Metrics for several token sets in one pass: the model runs once on the union of the sets."""
-    masks = {name: _token_mask(store, name) for name in token_sets}
+    masks = {name: store.token_set_mask(name) for name in token_sets}
     union = np.logical_or.reduce(list(masks.values()))
     accumulators = {name: _Accumulator(store.meta.d_model) for name in token_sets}
     stats = {name: _ModelStats(model.sae.n_features) for name in token_sets}

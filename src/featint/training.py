@@ -97,13 +97,7 @@ class ShuffledBatches:
         return sum(n for _, n in self.epoch_groups(epoch))
 
     def _load_group(self, shards: list[int], epoch: int, group: int) -> torch.Tensor:
-        parts = []
-        for shard in shards:
-            entry = self.store.manifest.iloc[shard]
-            first, rows = int(entry["first_row"]), int(entry["rows"])
-            keep = torch.from_numpy(np.array(self.mask[first : first + rows], dtype=bool))
-            parts.append(self.store.read_shard(shard)[keep])
-        data = torch.cat(parts)
+        data = torch.cat([self.store.read_shard_rows(shard, self.mask)[1] for shard in shards])
         perm = torch.randperm(data.shape[0], generator=self._generator(epoch, group))
         return self.normaliser.apply(data[perm])
 
@@ -124,14 +118,10 @@ class ShuffledBatches:
 
 
 def load_selected(store: ActivationStore, normaliser: Normaliser, max_tokens: int | None = None,
-                  include_outliers: bool = False) -> torch.Tensor:
-    """The first ``max_tokens`` selected tokens of a split, normalised (for validation and evaluation).
-
-    ``include_outliers`` also keeps massive-norm tokens (position 0 stays out)."""
-    tokens = store.tokens()
-    mask = (~tokens["is_position_zero"].to_numpy()) if include_outliers else store.selected_mask()
+                  token_set: str = "selected") -> torch.Tensor:
+    """The first ``max_tokens`` tokens of a split's token set, normalised (validation, geometry)."""
     parts, have = [], 0
-    for _, vectors in store.iter_shards(mask):
+    for _, vectors in store.iter_shards(store.token_set_mask(token_set)):
         parts.append(vectors)
         have += vectors.shape[0]
         if max_tokens is not None and have >= max_tokens:
