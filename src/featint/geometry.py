@@ -67,13 +67,20 @@ def gram_offdiagonal_statistics(rows: torch.Tensor, block_rows: int = 2048) -> d
     return out
 
 
-def paper_contribution_ratios(model: FeatureModel) -> pd.DataFrame:
-    """The author's ratios of weight-vector norms over their sum: decoder row, NFM linear row, embedding row."""
-    residual = model.sae.W_dec.detach().norm(dim=1).double()
-    zeros = torch.zeros_like(residual)
+def feature_row_norms(model: FeatureModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per feature: ||d_i|| (decoder row), ||W_lin_i|| (NFM linear row), ||v_i|| (embedding row); zeros where the
+    model has no such part. float64."""
+    decoder = model.sae.W_dec.detach().norm(dim=1).double()
+    zeros = torch.zeros_like(decoder)
     nfm = model.nfm
     linear = nfm.W_lin.detach().norm(dim=1).double() if nfm is not None and nfm.use_linear else zeros
-    interaction = nfm.V.detach().norm(dim=1).double() if nfm is not None and nfm.use_interaction else zeros
+    embedding = nfm.V.detach().norm(dim=1).double() if nfm is not None and nfm.use_interaction else zeros
+    return decoder, linear, embedding
+
+
+def paper_contribution_ratios(model: FeatureModel) -> pd.DataFrame:
+    """The author's ratios of weight-vector norms over their sum: decoder row, NFM linear row, embedding row."""
+    residual, linear, interaction = feature_row_norms(model)
     total = residual + linear + interaction
     return pd.DataFrame({"paper_residual_ratio": (residual / total).numpy(),
                          "paper_linear_ratio": (linear / total).numpy(),
@@ -107,9 +114,7 @@ def activation_statistics(model: FeatureModel, x: torch.Tensor, interaction_toke
             interaction_count.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))
     n = x.shape[0]
     expected = total / n
-    decoder_norm = model.sae.W_dec.detach().norm(dim=1).double()
-    linear_norm = (nfm.W_lin.detach().norm(dim=1).double() if nfm is not None and nfm.use_linear
-                   else torch.zeros(n_features, dtype=torch.float64))
+    decoder_norm, linear_norm, _ = feature_row_norms(model)
     interaction = torch.where(interaction_count > 0, interaction_sum / interaction_count.clamp_min(1),
                               torch.zeros_like(interaction_sum))
     frame = pd.DataFrame({
