@@ -43,6 +43,8 @@ MANIFEST = "manifest.parquet"
 TOKENS = "tokens.parquet"
 TENSOR_NAME = "activations"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: Named token sets of a split: ``selected`` (the default selection) and ``with_outliers`` (all but position 0).
+TOKEN_SETS: tuple[str, ...] = ("selected", "with_outliers")
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class ActivationStore:
             return self.selected_mask()
         if token_set == "with_outliers":
             return ~self.tokens()["is_position_zero"].to_numpy()
-        raise ValueError(f"unknown token set {token_set!r}; expected 'selected' or 'with_outliers'")
+        raise ValueError(f"unknown token set {token_set!r}; expected one of {TOKEN_SETS}")
 
     def read_shard(self, index: int, verify: bool = True) -> torch.Tensor:
         """Shard ``index`` as float32 [rows, d]; raises :class:`ShardError` if truncated or corrupt."""

@@ -26,13 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featint.activations import ActivationStore
+from featint.activations import TOKEN_SETS, ActivationStore
 from featint.io import write_parquet
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
-
-TOKEN_SETS = ("selected", "with_outliers")
-
 
 @dataclass
 class _Accumulator:
@@ -121,6 +118,7 @@ def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, s
             x = normaliser.apply(x_raw)
             rec = model(x)
             hats = {c: rec.component(c) for c in components}
+            hats_raw = {c: normaliser.invert(x_hat) for c, x_hat in hats.items()}
             for name in token_sets:
                 keep = torch.from_numpy(np.array(masks[name][rows], dtype=bool))
                 if not keep.any():
@@ -128,8 +126,7 @@ def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, s
                 acc, st = accumulators[name], stats[name]
                 acc.add_inputs(x[keep], x_raw[keep])
                 for component, x_hat in hats.items():
-                    acc.add_residual(component, x[keep] - x_hat[keep],
-                                     x_raw[keep] - normaliser.invert(x_hat[keep]))
+                    acc.add_residual(component, x[keep] - x_hat[keep], x_raw[keep] - hats_raw[component][keep])
                 values, indices = rec.code.values[keep], rec.code.indices[keep]
                 active = values > 0
                 st.fired[indices[active]] = True
@@ -187,6 +184,13 @@ def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path
     return frame
 
 
+def final_reconstruction(metrics: pd.DataFrame) -> pd.DataFrame:
+    """MSE and FVU of each model's final reconstruction: ``full`` for NFM models, ``sae`` for SAE-only ones."""
+    both = metrics[metrics["component"].isin(["full", "sae"]) & metrics["metric"].isin(["mse", "fvu"])]
+    final = both.sort_values("component").groupby(["run", "model", "seed", "split", "token_set", "metric"]).first()
+    return final["value"].reset_index()
+
+
 def gather(tables: list[str | Path], parameter_tables: list[str | Path], out_metrics: str | Path,
            out_summary: str | Path, out_parameters: str | Path, figure_path: str | Path) -> pd.DataFrame:
     """Stage entry point: one tidy table over models and seeds, improvements against the independently
@@ -194,10 +198,7 @@ def gather(tables: list[str | Path], parameter_tables: list[str | Path], out_met
     from featint import plots
 
     metrics = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
-    full = metrics[metrics["component"].isin(["full", "sae"]) & metrics["metric"].isin(["mse", "fvu"])]
-    # a model's final reconstruction: "full" for NFM models, "sae" for the SAE-only ones
-    final = full.sort_values("component").groupby(["run", "model", "seed", "split", "token_set", "metric"]).first()
-    final = final["value"].reset_index()
+    final = final_reconstruction(metrics)
     standard = final[final["model"] == "standard"].drop(columns="model").rename(columns={"value": "standard"})
     merged = final.merge(standard, on=["run", "seed", "split", "token_set", "metric"], how="inner")
     merged["value"] = 1.0 - merged["value"] / merged["standard"]
@@ -210,5 +211,6 @@ def gather(tables: list[str | Path], parameter_tables: list[str | Path], out_met
     write_parquet(summary, out_summary)
     parameters = pd.concat([pd.read_parquet(p) for p in parameter_tables], ignore_index=True)
     write_parquet(parameters, out_parameters)
-    plots.reconstruction_comparison(metrics, figure_path)
+    plots.reconstruction_comparison(final[final["metric"] == "fvu"],
+                                    metrics[metrics["metric"] == "improvement_vs_standard_mse"], figure_path)
     return summary

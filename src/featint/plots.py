@@ -54,24 +54,29 @@ def training_curves(train_log: pd.DataFrame, path: str | Path, title: str) -> No
     _save(fig, path)
 
 
-def reconstruction_comparison(metrics: pd.DataFrame, path: str | Path) -> None:
+MODEL_ORDER = ["standard", "standard_refit", "param_matched", "sequential", "sequential_truncated", "joint",
+               "joint_no_interaction", "joint_no_linear"]
+
+
+def _order(models: pd.Series) -> list[str]:
+    present = set(models)
+    return [m for m in MODEL_ORDER if m in present] + sorted(present - set(MODEL_ORDER))
+
+
+def reconstruction_comparison(fvu: pd.DataFrame, improvement: pd.DataFrame, path: str | Path) -> None:
     """Test FVU of every model's final reconstruction (bars: mean over seeds; dots: seeds), per token set,
-    and the improvement over the standard SAE of the same seed."""
+    and the improvement over the standard SAE of the same seed (tidy rows with model, seed, token_set, value)."""
     sns.set_theme(style="whitegrid", context="notebook")
-    fvu = metrics[(metrics["metric"] == "fvu") & metrics["component"].isin(["full", "sae"])]
-    fvu = fvu.sort_values("component").groupby(["model", "seed", "token_set"]).first().reset_index()
-    improvement = metrics[metrics["metric"] == "improvement_vs_standard_mse"]
-    order = [m for m in ["standard", "standard_refit", "param_matched", "sequential", "sequential_truncated",
-                         "joint", "joint_no_interaction", "joint_no_linear"] if m in set(fvu["model"])]
+    order = _order(fvu["model"])
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
     sns.barplot(data=fvu, x="model", y="value", hue="token_set", order=order, errorbar=None, ax=axes[0], alpha=0.6)
     sns.stripplot(data=fvu, x="model", y="value", hue="token_set", order=order, dodge=True, ax=axes[0],
-                  legend=False, color="black", size=4)
+                  legend=False, palette="dark:black", size=4)
     axes[0].set(ylabel="test FVU (normalised space)", xlabel="")
     sns.barplot(data=improvement, x="model", y="value", hue="token_set", order=order, errorbar=None, ax=axes[1],
                 alpha=0.6)
     sns.stripplot(data=improvement, x="model", y="value", hue="token_set", order=order, dodge=True, ax=axes[1],
-                  legend=False, color="black", size=4)
+                  legend=False, palette="dark:black", size=4)
     axes[1].axhline(0, color="grey", lw=1)
     axes[1].set(ylabel="1 - MSE / MSE(standard SAE, same seed)", xlabel="")
     for ax in axes:
@@ -81,15 +86,6 @@ def reconstruction_comparison(metrics: pd.DataFrame, path: str | Path) -> None:
     fig.suptitle("Reconstruction on held-out test documents", y=1.04)
     fig.tight_layout()
     _save(fig, path)
-
-
-MODEL_ORDER = ["standard", "standard_refit", "param_matched", "sequential", "sequential_truncated", "joint",
-               "joint_no_interaction", "joint_no_linear"]
-
-
-def _order(models: pd.Series) -> list[str]:
-    present = set(models)
-    return [m for m in MODEL_ORDER if m in present] + sorted(present - set(MODEL_ORDER))
 
 
 def squared_norm_histograms(features: pd.DataFrame, path: str | Path, paper_threshold: float) -> None:
