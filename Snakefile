@@ -17,6 +17,7 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/geometry.smk"
+include: "workflow/rules/behaviour.smk"
 
 
 rule all:
@@ -24,4 +25,5 @@ rule all:
         activation_targets(),
         training_targets(),
         geometry_targets(),
+        behaviour_targets(),
     default_target: True

@@ -31,6 +31,7 @@ def test_scalar_gives_sqrt_d_mean_norm() -> None:
     x = sample()
     norm = Normaliser.fit([x], kind="scalar", hook_name="h")
     assert torch.equal(norm.mean, torch.zeros(24))
+    np.testing.assert_allclose(norm.raw_mean.numpy(), x.double().mean(0).numpy(), rtol=1e-5, atol=1e-5)
     assert norm.apply(x).norm(dim=1).mean().item() == pytest.approx(24**0.5, rel=1e-5)
     assert torch.allclose(norm.invert(norm.apply(x)), x, rtol=1e-5, atol=1e-4)
 
@@ -50,6 +51,17 @@ def test_save_load_identical(tmp_path: Path) -> None:
     assert loaded.kind == "zscore" and loaded.hook_name == "blocks.3.hook_resid_pre"
     assert loaded.n_tokens == 4000
     assert torch.equal(loaded.mean, norm.mean) and torch.equal(loaded.scale, norm.scale)
+    assert torch.equal(loaded.raw_mean, norm.raw_mean)
+
+
+def test_scalar_file_without_raw_mean_asks_for_a_refit(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    norm = Normaliser.fit([sample()], kind="scalar", hook_name="h")
+    save_file({"mean": norm.mean, "scale": norm.scale}, str(tmp_path / "old.safetensors"),
+              metadata={"kind": "scalar", "n_tokens": "4000", "hook_name": "h"})
+    with pytest.raises(ShardError, match="fit_normaliser"):
+        Normaliser.load(tmp_path / "old.safetensors")
 
 
 def test_empty_selection_is_an_error() -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from featint.behaviour import kl_per_token, next_token_ce
 from featint.lm import HookPoint
 from featint.normaliser import Normaliser
-from featint.splice import logits_from_residual, residual_at_hook, run_with_splice, spliced_residual
+from featint.splice import ModelContinuation, default_positions, run_with_splice, spliced_residual
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +30,16 @@ def clean(bridge, tokens) -> torch.Tensor:  # type: ignore[no-untyped-def]
 HOOK = HookPoint(layer=15, site="resid_pre")
 
 
+@pytest.fixture(scope="module")
+def continuation(bridge):  # type: ignore[no-untyped-def]
+    return ModelContinuation(bridge, HOOK)
+
+
 @torch.no_grad()
-def test_hook_value_is_hf_hidden_states(bridge, tokens) -> None:  # type: ignore[no-untyped-def]
+def test_hook_value_is_hf_hidden_states(bridge, tokens, continuation) -> None:  # type: ignore[no-untyped-def]
     hidden = bridge.original_model(tokens, output_hidden_states=True).hidden_states
-    assert torch.equal(residual_at_hook(bridge, tokens, HOOK), hidden[15])
-    assert torch.equal(residual_at_hook(bridge, tokens, HookPoint(15, "resid_post")), hidden[16])
+    assert torch.equal(continuation.residual(tokens), hidden[15])
+    assert torch.equal(ModelContinuation(bridge, HookPoint(15, "resid_post")).residual(tokens), hidden[16])
 
 
 @torch.no_grad()
@@ -47,18 +50,39 @@ def test_identity_splice_gives_zero_kl_exactly(bridge, tokens, clean) -> None:  
 
 
 @torch.no_grad()
-def test_continuing_from_the_cached_residual_equals_the_hooked_run(bridge, tokens, clean) -> None:  # type: ignore[no-untyped-def]
-    residual = residual_at_hook(bridge, tokens, HOOK)
-    assert torch.equal(logits_from_residual(bridge, residual, HOOK), clean)
+def test_continuing_from_the_cached_residual_equals_the_hooked_run(bridge, tokens, clean, continuation) -> None:  # type: ignore[no-untyped-def]
+    assert continuation.direct  # the blocks before the hook are not run again
+    residual = continuation.residual(tokens)
+    assert torch.equal(continuation.logits(residual), clean)
     noisy = lambda x: x * 0.5  # noqa: E731
     via_hook = run_with_splice(bridge, tokens, HOOK, noisy)
-    via_cache = logits_from_residual(bridge, spliced_residual(residual, noisy), HOOK)
+    via_cache = continuation.logits(spliced_residual(residual, noisy))
     torch.testing.assert_close(via_hook, via_cache, rtol=0, atol=1e-4)
+    via_bridge = bridge(spliced_residual(residual, noisy), start_at_layer=HOOK.stop_at_layer)
+    torch.testing.assert_close(via_bridge, via_cache, rtol=0, atol=1e-4)
 
 
 @torch.no_grad()
-def test_normaliser_round_trip_splice_gives_near_zero_kl(bridge, tokens, clean) -> None:  # type: ignore[no-untyped-def]
-    residual = residual_at_hook(bridge, tokens, HOOK)
+def test_fallback_continuation_matches(bridge, tokens, clean) -> None:  # type: ignore[no-untyped-def]
+    fallback = ModelContinuation(bridge, HOOK)
+    fallback.direct = False  # what an architecture without the direct path gets
+    assert torch.equal(fallback.logits(fallback.residual(tokens)), clean)
+
+
+@torch.no_grad()
+def test_splice_replaces_exactly_the_masked_positions(continuation, tokens) -> None:  # type: ignore[no-untyped-def]
+    residual = continuation.residual(tokens)
+    positions = default_positions(*tokens.shape)
+    positions[1, 3:] = False
+    out = spliced_residual(residual, torch.zeros_like, positions=positions)
+    assert torch.equal(out[~positions], residual[~positions])
+    assert out[positions].abs().max().item() == 0.0
+    assert torch.equal(out[:, 0], residual[:, 0])  # BOS untouched by default
+
+
+@torch.no_grad()
+def test_normaliser_round_trip_splice_gives_near_zero_kl(bridge, tokens, clean, continuation) -> None:  # type: ignore[no-untyped-def]
+    residual = continuation.residual(tokens)
     normaliser = Normaliser.fit([residual[:, 1:].reshape(-1, 576)], kind="zscore", hook_name=HOOK.name)
     spliced = run_with_splice(bridge, tokens, HOOK, lambda z: z, normaliser=normaliser)
     kl = kl_per_token(clean, spliced)
@@ -75,10 +99,3 @@ def test_zero_ablation_hurts_and_ce_is_sane(bridge, tokens, clean) -> None:  # t
     ce_zero = next_token_ce(zeroed, tokens)
     assert 0.5 < ce_clean[0].mean().item() < 8.0  # forward text is predictable
     assert ce_zero[0].mean().item() > ce_clean[0].mean().item()
-
-
-def test_kl_known_answer() -> None:
-    p = torch.tensor([[0.0, 0.0]])  # uniform
-    q = torch.log(torch.tensor([[0.25, 0.75]]))
-    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    assert kl_per_token(p, q, chunk_tokens=1).item() == pytest.approx(expected, rel=1e-6)

@@ -41,7 +41,8 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert dry.returncode == 0, dry.stderr
     for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
-                 "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry"):
+                 "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry",
+                 "behaviour_reference", "behaviour", "gather_behaviour"):
         assert rule in dry.stdout + dry.stderr
 
     run = snakemake(workdir, "--configfile", "config/tiny.yaml")
@@ -102,6 +103,19 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     features = pd.read_parquet(results / "geometry" / "joint" / "seed~0" / "features.parquet")
     assert len(features) == 256 and features["squared_norm"].gt(0).all()
     assert (results / "geometry" / "figures" / "squared_norm_histograms.png").stat().st_size > 10_000
+
+    # behaviour: every model spliced on test windows, references, a bootstrap summary, figures
+    behaviour = pd.read_parquet(results / "behaviour" / "summary.parquet")
+    boot = behaviour[behaviour["method"] == "window_bootstrap"]
+    assert set(boot["model"]) == kinds | {"reference"}
+    ratios = boot[(boot["metric"] == "pathology_ratio") & boot["seed"].isna()]
+    assert set(ratios["model"]) == kinds and (ratios["estimate"] > 0).all()
+    assert (ratios["ci_low"] <= ratios["estimate"]).all() and (ratios["estimate"] <= ratios["ci_high"]).all()
+    clean = boot[(boot["model"] == "reference") & (boot["condition"] == "clean")].set_index("metric")["estimate"]
+    assert clean["mean_kl"] == 0.0 and clean["ce_loss_recovered"] == 1.0
+    tokens = pd.read_parquet(results / "behaviour" / "joint" / "seed~0" / "tokens.parquet")
+    assert tokens["window"].nunique() == 8 and tokens["position"].max() == 15
+    assert (results / "behaviour" / "figures" / "pathology_ratios.png").stat().st_size > 10_000
 
     again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -35,6 +35,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "gather-metrics": (),
     "geometry": ("geometry",),
     "gather-geometry": ("geometry",),
+    "behaviour-reference": ("seed", "model", "hook", "behaviour"),
+    "behaviour": ("seed", "model", "hook", "behaviour"),
+    "gather-behaviour": ("seed", "behaviour"),
 }
 
 
@@ -151,6 +154,38 @@ def cmd_gather_geometry(args: argparse.Namespace) -> None:
     log.info("geometry verdicts:\n%s", verdicts.to_string(index=False))
 
 
+def cmd_behaviour_reference(args: argparse.Namespace) -> None:
+    from featint.behaviour import run_reference
+
+    settings = _settings(args)
+    frame = run_reference(settings, args.lm, args.activations, args.out, run=args.run,
+                          device=resolve_device(settings.model.device))
+    used = frame[frame["spliced"]]
+    log.info("reference conditions (spliced tokens):\n%s",
+             used.groupby("condition")[["kl", "ce"]].mean().to_string())
+
+
+def cmd_behaviour(args: argparse.Namespace) -> None:
+    from featint.behaviour import run_behaviour
+
+    settings = _settings(args)
+    frame = run_behaviour(settings, args.lm, args.weights, args.activations, args.out, run=args.run,
+                          device=resolve_device(settings.model.device))
+    used = frame[frame["spliced"]]
+    log.info("conditions (spliced tokens):\n%s", used.groupby("condition")[["kl", "ce"]].mean().to_string())
+
+
+def cmd_gather_behaviour(args: argparse.Namespace) -> None:
+    from featint.behaviour import gather
+
+    settings = _settings(args)
+    summary = gather(args.tables, args.reference, args.out_summary, args.figures, args.run, settings.behaviour,
+                     settings.seed)
+    view = summary[summary["seed"].isna() & summary["metric"].isin(["pathology_ratio", "improvement_kl_vs_standard"])]
+    log.info("behaviour (mean over seeds):\n%s",
+             view[["model", "condition", "metric", "estimate", "ci_low", "ci_high"]].to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca", nargs="+", required=True)
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-verdicts", required=True)
+    p.add_argument("--figures", required=True, help="figure directory")
+    p = add("behaviour-reference", cmd_behaviour_reference,
+            "clean, zero- and mean-ablation per-token KL/CE on the test windows")
+    p.add_argument("--lm", required=True, help="Hugging Face model directory")
+    p.add_argument("--activations", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("behaviour", cmd_behaviour, "splice one model's reconstructions into the LM: per-token KL/CE")
+    p.add_argument("--lm", required=True, help="Hugging Face model directory")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("gather-behaviour", cmd_gather_behaviour, "bootstrap summary over models and seeds, and figures")
+    p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--reference", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out-summary", required=True)
     p.add_argument("--figures", required=True, help="figure directory")
     return parser
 

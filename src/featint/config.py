@@ -248,6 +248,20 @@ class GeometrySettings:
 
 
 @dataclass(frozen=True)
+class BehaviourSettings:
+    windows: int
+    positions: int | None
+    epsilon_draws: int
+    batch_tokens: int
+    replace_position_zero: bool
+    token_set: str
+    bootstrap: int
+    ci_level: float
+    kl_chunk_tokens: int
+    residual_tolerance: float
+
+
+@dataclass(frozen=True)
 class Settings:
     run: str
     seed: int
@@ -262,6 +276,7 @@ class Settings:
     models: list[str]
     training: TrainingSettings
     geometry: GeometrySettings
+    behaviour: BehaviourSettings
     raw: dict[str, Any]
 
     @classmethod
@@ -285,6 +300,7 @@ class Settings:
             models=list(c["models"]),
             training=TrainingSettings(**c["training"]),
             geometry=GeometrySettings(**c["geometry"]),
+            behaviour=BehaviourSettings(**c["behaviour"]),
             raw=c,
         )
 

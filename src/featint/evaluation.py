@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from featint.activations import TOKEN_SETS, ActivationStore
+from featint.errors import ShardError
 from featint.io import write_parquet
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
@@ -76,6 +78,15 @@ class _Accumulator:
                 "variance_explained_paper": float(1.0 - var_r.sum() / var_x.sum()),
             }
         return out
+
+
+def check_model_matches_store(model: FeatureModel, extra: dict[str, Any], store: ActivationStore,
+                              weights_path: str | Path) -> None:
+    """A checkpoint trained at another hook point or width than these activations is an error."""
+    if extra.get("hook_name") != store.meta.hook_name or model.sae.d_model != store.meta.d_model:
+        raise ShardError(f"{weights_path} was trained at {extra.get('hook_name')} (d={model.sae.d_model}) but "
+                         f"{store.directory} holds {store.meta.hook_name} (d={store.meta.d_model}); retrain it "
+                         "on these activations or point to the activations it was trained on.")
 
 
 def components_of(model: FeatureModel) -> list[str]:
@@ -166,11 +177,7 @@ def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path
     normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
     store = ActivationStore(activations_dir / split)
     model, extra = load_model(weights_path)
-    if extra.get("hook_name") != store.meta.hook_name or model.sae.d_model != store.meta.d_model:
-        from featint.errors import ShardError
-
-        raise ShardError(f"{weights_path} was trained at {extra.get('hook_name')} (d={model.sae.d_model}) but "
-                         f"{store.directory} holds {store.meta.hook_name} (d={store.meta.d_model}); retrain it.")
+    check_model_matches_store(model, extra, store, weights_path)
     rows = []
     base = {"run": run, "model": model.kind, "seed": int(extra["seed"]), "split": split}
     for token_set, result in reconstruction_metrics_by_set(model, normaliser, store).items():

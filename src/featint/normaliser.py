@@ -6,6 +6,9 @@
   the train split instead of per buffer;
 * ``scalar``: mean 0 and one scale so that E||x'|| = sqrt(d) (SAELens-style, no centring).
 
+Both kinds also keep ``raw_mean``, the per-dimension train mean in raw space (the mean-ablation reference
+of the behavioural evaluation).
+
 The author's code recomputed statistics per buffer, never saved them and fed raw activations to models
 trained on z-scored ones (PAPER_SPEC section 10, item 1). Here there is one object, saved once, and the
 splice and every evaluation load it from the same file.
@@ -32,6 +35,7 @@ class Normaliser:
     scale: torch.Tensor  # [d], float32 (multiplier)
     n_tokens: int
     hook_name: str
+    raw_mean: torch.Tensor  # [d], float32: train mean in raw space, whatever the kind
 
     @property
     def d_model(self) -> int:
@@ -72,8 +76,9 @@ class Normaliser:
         if count < 2 or total is None or total_sq is None:
             raise ShardError(f"cannot fit a normaliser on {count} token(s); the train selection is empty.")
         d = total.numel()
+        raw_mean = total / count
         if kind == "zscore":
-            mean = total / count
+            mean = raw_mean
             var = (total_sq / count - mean * mean).clamp_min(0.0) * count / (count - 1)
             scale = 1.0 / var.sqrt().clamp_min(min_std)
         elif kind == "scalar":
@@ -81,12 +86,14 @@ class Normaliser:
             scale = torch.full((d,), d**0.5 / (norm_sum / count), dtype=torch.float64)
         else:
             raise ValueError(f"unknown normaliser kind {kind!r}")
-        return cls(kind, mean.float(), scale.float(), count, hook_name)
+        return cls(kind, mean.float(), scale.float(), count, hook_name, raw_mean.float())
 
     def save(self, path: str | Path) -> None:
         meta = {"kind": self.kind, "n_tokens": str(self.n_tokens), "hook_name": self.hook_name}
         with atomic_path(path) as tmp:
-            save_file({"mean": self.mean.contiguous(), "scale": self.scale.contiguous()}, str(tmp), metadata=meta)
+            tensors = {"mean": self.mean.contiguous(), "scale": self.scale.contiguous(),
+                       "raw_mean": self.raw_mean.contiguous()}
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "Normaliser":
@@ -98,12 +105,18 @@ class Normaliser:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
         tensors = load_file(str(path))
+        if "raw_mean" not in tensors:
+            if meta["kind"] != "zscore":
+                raise ShardError(f"normaliser file {path} predates the stored raw train mean; refit it "
+                                 "(snakemake --forcerun fit_normaliser, or python -m featint normaliser).")
+            tensors["raw_mean"] = tensors["mean"]
         return cls(
             kind=meta["kind"],
             mean=tensors["mean"],
             scale=tensors["scale"],
             n_tokens=int(meta["n_tokens"]),
             hook_name=meta["hook_name"],
+            raw_mean=tensors["raw_mean"],
         )
 
     def describe(self) -> str:

@@ -136,3 +136,68 @@ def pca_elbows(curves: pd.DataFrame, path: str | Path) -> None:
         ax.axhline(0.9, color="grey", lw=1, ls="--")
     grid.figure.suptitle("PCA of decoder directions: cumulative explained variance", y=1.02)
     _save(grid.figure, path)
+
+
+CONDITION_ORDER = ["sae", "sae+linear", "sae+interaction", "full"]
+
+
+def kl_distributions(tokens: pd.DataFrame, path: str | Path) -> None:
+    """Per-token KL (log scale) of every reconstruction condition and its epsilon-random control, per model
+    (spliced tokens, all seeds and draws)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    used = tokens[tokens["spliced"] & (tokens["condition_kind"] != "reference")].copy()
+    used["control"] = np.where(used["condition_kind"] == "epsilon_random", "epsilon-random", "reconstruction")
+    used["kl"] = used["kl"].clip(lower=1e-6)
+    components = [c for c in CONDITION_ORDER if c in set(used["component"])]
+    grid = sns.catplot(data=used, x="component", y="kl", hue="control", col="model", col_wrap=4, kind="box",
+                       order=components, col_order=_order(used["model"]), showfliers=False, height=3.2,
+                       aspect=1.1, sharey=True)
+    grid.set(yscale="log")
+    grid.set_axis_labels("spliced component", "KL(clean || spliced), nats")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=30)
+    grid.figure.suptitle("Per-token KL on test text: reconstructions vs norm-matched random errors", y=1.02)
+    _save(grid.figure, path)
+
+
+def behaviour_ratios(summary: pd.DataFrame, path: str | Path) -> None:
+    """Pathology ratio KL(condition) / KL(epsilon-random) and KL improvement over the standalone standard SAE,
+    with window-bootstrap CIs (mean over seeds)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    pooled = summary[summary["seed"].isna() & (summary["method"] == "window_bootstrap")]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+    for ax, metric, label in ((axes[0], "pathology_ratio", "KL(condition) / KL(epsilon-random)"),
+                              (axes[1], "improvement_kl_vs_standard", "1 - KL / KL(standard SAE)")):
+        rows = pooled[(pooled["metric"] == metric) & pooled["condition"].isin(CONDITION_ORDER)]
+        models = _order(rows["model"])
+        hues = [c for c in CONDITION_ORDER if c in set(rows["condition"])]
+        width = 0.8 / max(1, len(hues))
+        for j, condition in enumerate(hues):
+            sub = rows[rows["condition"] == condition].set_index("model").reindex(models)
+            x = np.arange(len(models)) + (j - (len(hues) - 1) / 2) * width
+            err = np.vstack([sub["estimate"] - sub["ci_low"], sub["ci_high"] - sub["estimate"]])
+            ax.bar(x, sub["estimate"], width=width, label=condition, yerr=err, capsize=2)
+        ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right")
+        ax.axhline(1.0 if metric == "pathology_ratio" else 0.0, color="black", linewidth=0.8)
+        ax.set_ylabel(label)
+    axes[0].legend(title="spliced component", fontsize=8)
+    fig.suptitle("Behavioural cost of each reconstruction on test text (95% CI over windows)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def kl_vs_error_norm(tokens: pd.DataFrame, path: str | Path, max_points: int = 20000) -> None:
+    """Per-token KL against the raw-space error norm: reconstruction errors vs random errors of that norm."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    used = tokens[tokens["spliced"] & (tokens["condition_kind"] != "reference")
+                  & tokens["component"].isin(["sae", "full"])]
+    if len(used) > max_points:
+        used = used.sample(max_points, random_state=0)
+    used = used.assign(kl=used["kl"].clip(lower=1e-6),
+                       error=np.where(used["condition_kind"] == "epsilon_random", "epsilon-random", "reconstruction"))
+    grid = sns.relplot(data=used, x="error_norm", y="kl", hue="error", col="component", s=6, alpha=0.3,
+                       linewidth=0, height=3.8, aspect=1.2)
+    grid.set(xscale="log", yscale="log")
+    grid.set_axis_labels("error norm ||x - x_hat|| (raw space)", "KL(clean || spliced), nats")
+    grid.figure.suptitle("KL against error norm, all models and seeds", y=1.03)
+    _save(grid.figure, path)

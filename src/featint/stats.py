@@ -1,4 +1,5 @@
-"""The one statistics module: mixtures and bimodality, rank correlations, partial correlations, PCA spectra.
+"""The one statistics module: mixtures and bimodality, rank correlations, partial correlations, PCA spectra,
+cluster bootstrap, t-tests and false-discovery control.
 
 Every consumer (reconstruction, geometry, later behaviour and interventions) takes its statistics from here.
 """
@@ -136,3 +137,65 @@ def components_for_fraction(spectrum: np.ndarray, fraction: float, total: float 
     total = float(spectrum.sum()) if total is None else total
     cumulative = np.cumsum(spectrum) / total
     return int(np.searchsorted(cumulative, fraction - 1e-12) + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Uncertainty over sequences, tests, multiple comparisons
+
+
+def cluster_bootstrap_weights(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
+    """[1 + n_boot, n_clusters] resampling counts: row 0 is the sample itself (all ones), each further row
+    draws ``n_clusters`` clusters (sequences) with replacement. Every statistic built from cluster sums with
+    the same rows is paired across conditions that share the clusters."""
+    if n_clusters < 1:
+        raise ValueError("the bootstrap needs at least one cluster")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
+    counts = np.zeros((n_boot, n_clusters), dtype=np.float64)
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n_clusters), draws.ravel()), 1.0)
+    return np.vstack([np.ones((1, n_clusters)), counts])
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+    se: float
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> Interval:
+    """Point estimate (``replicates[0]``, the full sample) and the percentile interval of the others."""
+    replicates = np.asarray(replicates, dtype=np.float64)
+    estimate, boot = float(replicates[0]), replicates[1:]
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return Interval(estimate, float("nan"), float("nan"), float("nan"))
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
+    return Interval(estimate, float(low), float(high), float(boot.std(ddof=1)) if boot.size > 1 else float("nan"))
+
+
+def unpaired_t_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Student's two-sample t-test with equal variances (scipy ``ttest_ind``): the paper's test, which treats
+    every row as independent. Returns (t, two-sided p)."""
+    result = scipy_stats.ttest_ind(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    return float(result.statistic), float(result.pvalue)
+
+
+def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values), same order as the input; NaNs stay NaN."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    m = int(finite.sum())
+    if m == 0:
+        return out
+    values = p[finite]
+    order = np.argsort(values)
+    ranked = values[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+    result = np.empty(m)
+    result[order] = adjusted
+    out[finite] = result
+    return out

@@ -1,0 +1,92 @@
+# Behaviour: every model's reconstructions spliced into the LM at the hook on test windows (KL to the clean
+# model, next-token CE), each against epsilon-random errors of its own per-token norm; clean / zero- / mean-
+# ablation references once per run; a paired window-bootstrap summary and figures.
+
+BEHAVIOUR_FIGURES = ["kl_distributions", "pathology_ratios", "kl_vs_error_norm"]
+
+
+def behaviour_targets():
+    return [f"{RESULTS}/behaviour/summary.parquet"] + [
+        f"{RESULTS}/behaviour/figures/{name}.png" for name in BEHAVIOUR_FIGURES
+    ]
+
+
+rule behaviour_reference:
+    input:
+        ACTIVATION_FILES,
+        lm=LM_DIR,
+    output:
+        f"{RESULTS}/behaviour/reference/tokens.parquet",
+    params:
+        config=stage_config("behaviour-reference"),
+    log:
+        f"{LOGS}/behaviour_reference.log",
+    benchmark:
+        f"{BENCH}/behaviour_reference.tsv"
+    conda:
+        FEATINT_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m featint behaviour-reference --config-json {params.config:q} --threads {threads}"
+        " --lm {input.lm} --activations {ACTS} --run {RUN} --out {output} > {log} 2>&1"
+
+
+rule behaviour:
+    input:
+        ACTIVATION_FILES,
+        lm=LM_DIR,
+        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+    output:
+        f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet",
+    wildcard_constraints:
+        kind="|".join(featint_models.MODEL_KINDS),
+        seed=r"\d+",
+    params:
+        config=stage_config("behaviour"),
+    log:
+        f"{LOGS}/behaviour_{{kind}}_seed~{{seed}}.log",
+    benchmark:
+        f"{BENCH}/behaviour_{{kind}}_seed~{{seed}}.tsv"
+    conda:
+        FEATINT_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m featint behaviour --config-json {params.config:q} --threads {threads} --lm {input.lm}"
+        " --weights {input.weights} --activations {ACTS} --run {RUN} --out {output} > {log} 2>&1"
+
+
+rule gather_behaviour:
+    input:
+        tables=expand(f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet", kind=MODEL_KINDS, seed=SEEDS),
+        reference=f"{RESULTS}/behaviour/reference/tokens.parquet",
+    output:
+        summary=f"{RESULTS}/behaviour/summary.parquet",
+        figures=[
+            report(
+                f"{RESULTS}/behaviour/figures/{name}.png",
+                caption="../report/behaviour.rst",
+                category="Behaviour",
+            )
+            for name in BEHAVIOUR_FIGURES
+        ],
+    params:
+        config=stage_config("gather-behaviour"),
+        figures=f"{RESULTS}/behaviour/figures",
+    log:
+        f"{LOGS}/gather_behaviour.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m featint gather-behaviour --config-json {params.config:q} --tables {input.tables}"
+        " --reference {input.reference} --run {RUN} --out-summary {output.summary} --figures {params.figures}"
+        " > {log} 2>&1"
