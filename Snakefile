@@ -18,6 +18,7 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/behaviour.smk"
+include: "workflow/rules/interventions.smk"
 
 
 rule all:
@@ -26,4 +27,5 @@ rule all:
         training_targets(),
         geometry_targets(),
         behaviour_targets(),
+        intervention_targets(),
     default_target: True

@@ -38,6 +38,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "behaviour-reference": ("seed", "model", "hook", "behaviour"),
     "behaviour": ("seed", "model", "hook", "behaviour"),
     "gather-behaviour": ("seed", "behaviour"),
+    "secondary-sae": ("sae", "training", "interventions"),
+    "interventions": ("seed", "model", "hook", "interventions"),
+    "gather-interventions": ("interventions",),
 }
 
 
@@ -186,6 +189,35 @@ def cmd_gather_behaviour(args: argparse.Namespace) -> None:
              view[["model", "condition", "metric", "estimate", "ci_low", "ci_high"]].to_string(index=False))
 
 
+def cmd_secondary_sae(args: argparse.Namespace) -> None:
+    from featint.interventions import run_secondary
+
+    settings = _settings(args)
+    train_log = run_secondary(settings, args.weights, args.activations, args.out,
+                              device=resolve_device(settings.model.device))
+    final = train_log[train_log["split"] == "validation"].iloc[-1]
+    log.info("secondary SAE: validation FVU %.4f after %d steps", final["fvu"], int(final["step"]))
+
+
+def cmd_interventions(args: argparse.Namespace) -> None:
+    from featint.interventions import run_interventions
+
+    settings = _settings(args)
+    tables = run_interventions(settings, args.lm, args.weights, args.secondary, args.activations, args.out,
+                               run=args.run, device=resolve_device(settings.model.device))
+    tests = tables["secondary_tests"]
+    log.info("secondary two-way ANOVAs (test split):\n%s",
+             tests[tests["test"] == "two_way_anova_type2"][["feature", "effect", "F", "p", "q"]].to_string(index=False))
+
+
+def cmd_gather_interventions(args: argparse.Namespace) -> None:
+    from featint.interventions import gather
+
+    settings = _settings(args)
+    summary = gather(args.models, args.out, args.figures, settings.interventions.fdr_alpha)
+    log.info("intervention summary:\n%s", summary.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument("--config", help="YAML config file (e.g. config/config.yaml)")
             group.add_argument("--config-json", help="config as a JSON string (what Snakemake rules pass)")
         p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (capped at the CPUs)")
+        p.add_argument("--cpu-share", type=float, default=1.0,
+                       help="fraction of --threads to use (Snakemake rules pass the CPUs / --cores share)")
         p.set_defaults(func=func)
         return p
 
@@ -275,13 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--out-summary", required=True)
     p.add_argument("--figures", required=True, help="figure directory")
+    p = add("secondary-sae", cmd_secondary_sae, "train the secondary SAE on a model's NFM interaction embedding")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--out", required=True, help="secondary SAE directory")
+    p = add("interventions", cmd_interventions, "2x2 stimuli, feature selection, ANOVAs, clamping, generations")
+    p.add_argument("--lm", required=True, help="Hugging Face model directory")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--secondary", required=True, help="secondary SAE directory")
+    p.add_argument("--activations", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("gather-interventions", cmd_gather_interventions, "FDR over clamps, summary and figures")
+    p.add_argument("--models", nargs="+", required=True, help="per-model intervention directories")
+    p.add_argument("--out", required=True)
+    p.add_argument("--figures", required=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
-    threads = set_threads(args.threads)
+    threads = set_threads(max(1, int(args.threads * args.cpu_share)))
     started = time.perf_counter()
     try:
         if getattr(args, "config", None) or getattr(args, "config_json", None):

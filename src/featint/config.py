@@ -262,6 +262,35 @@ class BehaviourSettings:
 
 
 @dataclass(frozen=True)
+class SecondarySAESettings:
+    expansion: int
+    k_fraction: float
+    embedding_tokens: int
+    tokens: int
+    batch_size: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class InterventionSettings:
+    models: list[str]
+    stimuli: str
+    min_sentences_per_cell: int
+    min_prompts: int
+    min_words_per_set: int
+    max_length_difference: float
+    secondary: SecondarySAESettings
+    top_secondary: int
+    clamp_features: int
+    min_fires_fraction: float
+    multipliers: list[float]
+    set_quantiles: list[float]
+    generation_prompts: int
+    generation_tokens: int
+    fdr_alpha: float
+
+
+@dataclass(frozen=True)
 class Settings:
     run: str
     seed: int
@@ -277,6 +306,7 @@ class Settings:
     training: TrainingSettings
     geometry: GeometrySettings
     behaviour: BehaviourSettings
+    interventions: InterventionSettings
     raw: dict[str, Any]
 
     @classmethod
@@ -301,6 +331,8 @@ class Settings:
             training=TrainingSettings(**c["training"]),
             geometry=GeometrySettings(**c["geometry"]),
             behaviour=BehaviourSettings(**c["behaviour"]),
+            interventions=InterventionSettings(**{**c["interventions"],
+                                                  "secondary": SecondarySAESettings(**c["interventions"]["secondary"])}),
             raw=c,
         )
 

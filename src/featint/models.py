@@ -48,6 +48,8 @@ MODEL_KINDS: tuple[str, ...] = (
     "standard_refit",
     "param_matched",
 )
+#: A TopK SAE trained on another model's NFM interaction embedding (the intervention stage).
+SECONDARY_KIND = "secondary"
 #: Models initialised from the trained ``standard`` SAE of the same seed.
 FROM_STANDARD: tuple[str, ...] = ("sequential", "sequential_truncated", "standard_refit")
 #: Models whose reconstruction can be split into SAE / linear / interaction parts.
@@ -305,8 +307,8 @@ class FeatureModel(nn.Module):
 
     def __init__(self, kind: str, sae: TopKSAE, nfm: NFM | None = None, infer_k: int | None = None) -> None:
         super().__init__()
-        if kind not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
+        if kind not in MODEL_KINDS and kind != SECONDARY_KIND:
+            raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS} or {SECONDARY_KIND!r}")
         self.kind, self.sae, self.nfm = kind, sae, nfm
         self.infer_k = infer_k or sae.k
 

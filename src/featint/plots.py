@@ -201,3 +201,70 @@ def kl_vs_error_norm(tokens: pd.DataFrame, path: str | Path, max_points: int = 2
     grid.set_axis_labels("error norm ||x - x_hat|| (raw space)", "KL(clean || spliced), nats")
     grid.figure.suptitle("KL against error norm, all models and seeds", y=1.03)
     _save(grid.figure, path)
+
+
+WORD_CATEGORY_ORDER = ["formal-emotional", "formal-neutral", "casual-emotional", "casual-neutral"]
+
+
+def _selected_clamps(logits: pd.DataFrame) -> pd.DataFrame:
+    rows = logits[(logits["role"] == "selected_secondary") & (logits["mode"] == "multiply")].copy()
+    rows["word category"] = rows["word_formality"] + "-" + rows["word_emotion"]
+    rows["model / seed"] = rows["model"] + " / seed " + rows["seed"].astype(str)
+    return rows
+
+
+def clamp_interaction_lines(logits: pd.DataFrame, path: str | Path) -> None:
+    """Mean delta-logit (vs the unclamped pipeline) against the clamp multiplier of the selected secondary
+    feature, one line per word category, 95% CIs over prompts x words; one panel per model and seed."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    rows = _selected_clamps(logits)
+    grid = sns.relplot(data=rows, x="value", y="delta_vs_pipeline", hue="word category", col="model / seed",
+                       col_wrap=2, kind="line", errorbar=("ci", 95), marker="o", hue_order=WORD_CATEGORY_ORDER,
+                       height=3.4, aspect=1.3, facet_kws={"sharey": False})
+    grid.set_axis_labels("clamp multiplier of the selected secondary feature", "delta logit vs unclamped")
+    grid.figure.suptitle("Word-set logits under clamping (paper's design, held-out feature selection)", y=1.03)
+    _save(grid.figure, path)
+
+
+def clamp_heatmaps(logits: pd.DataFrame, path: str | Path) -> None:
+    """2x2 cell means of delta-logit (word formality x word emotion) per multiplier, mean over seeds."""
+    sns.set_theme(style="white", context="notebook")
+    rows = _selected_clamps(logits)
+    models = _order(rows["model"])
+    values = sorted(rows["value"].unique())
+    fig, axes = plt.subplots(len(models), len(values), figsize=(2.6 * len(values), 2.4 * len(models)),
+                             squeeze=False)
+    for i, model in enumerate(models):
+        means = rows[rows["model"] == model].groupby(["value", "word_formality", "word_emotion"])["delta_vs_pipeline"]
+        limit = max(float(means.mean().abs().max()), 1e-12)  # one symmetric colour scale per model
+        for j, value in enumerate(values):
+            cell = rows[(rows["model"] == model) & (rows["value"] == value)]
+            table = cell.pivot_table(index="word_formality", columns="word_emotion", values="delta_vs_pipeline")
+            sns.heatmap(table, annot=True, fmt=".2g", cmap="RdBu_r", vmin=-limit, vmax=limit, cbar=False,
+                        ax=axes[i, j])
+            axes[i, j].set_title(f"{model}, x{value:g}", fontsize=9)
+            axes[i, j].set(xlabel="", ylabel="")
+    fig.suptitle("Mean delta logit (vs unclamped) by word set", y=1.01)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def secondary_activation_by_cell(activations: pd.DataFrame, tests: pd.DataFrame, path: str | Path,
+                                 top: int = 3) -> None:
+    """Pooled activation per stimulus cell (test split) of the top-ranked secondary features."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    ranking = tests[tests["test"] == "one_way_anova_cells"]
+    chosen = ranking[ranking["rank"] <= top][["model", "seed", "feature", "rank"]]
+    rows = activations[(activations["space"] == "secondary") & (activations["split"] == "test")].merge(
+        chosen, on=["model", "seed", "feature"])
+    rows["feature"] = rows["model"] + " s" + rows["seed"].astype(str) + " #" + rows["rank"].astype(str) + \
+        " (f" + rows["feature"].astype(str) + ")"
+    grid = sns.catplot(data=rows, x="cell", y="activation", col="feature", col_wrap=3, kind="box", height=3.0,
+                       aspect=1.2, sharey=False, showfliers=False,
+                       order=["formal-emotional", "formal-neutral", "informal-emotional", "informal-neutral"])
+    grid.map_dataframe(sns.stripplot, x="cell", y="activation", color="black", size=2, alpha=0.5,
+                       order=["formal-emotional", "formal-neutral", "informal-emotional", "informal-neutral"])
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=30)
+    grid.figure.suptitle("Top secondary features (ranked on select sentences), activation on test sentences", y=1.03)
+    _save(grid.figure, path)

@@ -1,7 +1,7 @@
 """The one statistics module: mixtures and bimodality, rank correlations, partial correlations, PCA spectra,
 cluster bootstrap, t-tests and false-discovery control.
 
-Every consumer (reconstruction, geometry, later behaviour and interventions) takes its statistics from here.
+Every consumer (reconstruction, geometry, behaviour and interventions) takes its statistics from here.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats as scipy_stats
 
 
@@ -199,3 +200,66 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     result[order] = adjusted
     out[finite] = result
     return out
+
+
+def welch_t_tests_by_column(values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Welch t and p for every column of ``values`` [n, m] between ``group`` True and False rows; columns
+    constant in both groups get t = 0, p = 1 (vectorised)."""
+    values = np.asarray(values, dtype=np.float64)
+    a, b = values[group], values[~group]
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    var_a, var_b = a.var(0, ddof=1) / a.shape[0], b.var(0, ddof=1) / b.shape[0]
+    se2 = var_a + var_b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (mean_a - mean_b) / np.sqrt(se2)
+        df = se2**2 / (var_a**2 / (a.shape[0] - 1) + var_b**2 / (b.shape[0] - 1))
+    p = 2.0 * scipy_stats.t.sf(np.abs(t), df)
+    constant = se2 == 0
+    t[constant], p[constant] = 0.0, 1.0
+    return t, p
+
+
+def one_way_anova_by_column(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-way ANOVA F and p for every column of ``values`` [n, m] across the groups of ``labels`` (as scipy
+    ``f_oneway``, vectorised); columns constant within and between groups get F = 0, p = 1."""
+    values = np.asarray(values, dtype=np.float64)
+    groups = [values[labels == g] for g in np.unique(labels)]
+    n, k = values.shape[0], len(groups)
+    grand = values.mean(0)
+    between = sum(g.shape[0] * (g.mean(0) - grand) ** 2 for g in groups)
+    within = sum(((g - g.mean(0)) ** 2).sum(0) for g in groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (between / (k - 1)) / (within / (n - k))
+    p = scipy_stats.f.sf(f, k - 1, n - k)
+    constant = (between == 0) & (within == 0)
+    f[constant], p[constant] = 0.0, 1.0
+    return f, p
+
+
+def two_way_anova(frame: pd.DataFrame, response: str, factor_a: str, factor_b: str,
+                  block: str | None = None) -> pd.DataFrame:
+    """Two-way ANOVA ``response ~ C(a) * C(b) [+ C(block)]`` by statsmodels OLS, Type II sums of squares.
+    One row per effect (a, b, a:b, block, Residual) with sum_sq, df, F, p and partial eta^2 =
+    SS_effect / (SS_effect + SS_residual)."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    formula = f"{response} ~ C({factor_a}) * C({factor_b})" + (f" + C({block})" if block else "")
+    fitted = smf.ols(formula, data=frame).fit()
+    table = anova_lm(fitted, typ=2)
+    names = {f"C({factor_a})": factor_a, f"C({factor_b})": factor_b,
+             f"C({factor_a}):C({factor_b})": f"{factor_a}:{factor_b}", "Residual": "Residual"}
+    if block:
+        names[f"C({block})"] = block
+    table = table.rename(index=names).rename(columns={"PR(>F)": "p"})
+    residual = float(table.loc["Residual", "sum_sq"])
+    table["partial_eta_sq"] = table["sum_sq"] / (table["sum_sq"] + residual)
+    table.loc["Residual", "partial_eta_sq"] = np.nan
+    return table.reset_index(names="effect")
+
+
+def paper_interaction_test(differences_a: np.ndarray, differences_b: np.ndarray) -> tuple[float, float]:
+    """The author's "interaction" test: a one-way F between two lists of difference scores (each formed by
+    pairing rows by list order), df (1, n_a + n_b - 2). Reproduced for comparison, not a valid 2x2 test."""
+    result = scipy_stats.f_oneway(np.asarray(differences_a, float), np.asarray(differences_b, float))
+    return float(result.statistic), float(result.pvalue)

@@ -35,7 +35,7 @@ rule extract:
         mem_mb=6000,
         runtime=120,
     shell:
-        "python -m featint extract --config-json {params.config:q} --threads {threads} --split {wildcards.split}"
+        "python -m featint extract --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --split {wildcards.split}"
         " --documents {input.documents} --lm {input.lm} {params.train} --out {output} > {log} 2>&1"
 
 
@@ -57,7 +57,7 @@ rule fit_normaliser:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m featint normaliser --config-json {params.config:q} --threads {threads}"
+        "python -m featint normaliser --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
         " --train {input.train} --out {output} > {log} 2>&1"
 
 
@@ -84,6 +84,6 @@ rule summarise_activations:
         mem_mb=3000,
         runtime=30,
     shell:
-        "python -m featint summarise --threads {threads} --activations {RESULTS}/activations"
+        "python -m featint summarise --threads {threads} --cpu-share {CPU_SHARE} --activations {RESULTS}/activations"
         " --normaliser {input.normaliser} --out-table {output.table} --out-positions {output.positions}"
         " --out-figure {output.figure} > {log} 2>&1"

@@ -25,12 +25,12 @@ rule behaviour_reference:
         f"{BENCH}/behaviour_reference.tsv"
     conda:
         FEATINT_ENV
-    threads: 2
+    threads: 4
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m featint behaviour-reference --config-json {params.config:q} --threads {threads}"
+        "python -m featint behaviour-reference --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
         " --lm {input.lm} --activations {ACTS} --run {RUN} --out {output} > {log} 2>&1"
 
 
@@ -52,12 +52,12 @@ rule behaviour:
         f"{BENCH}/behaviour_{{kind}}_seed~{{seed}}.tsv"
     conda:
         FEATINT_ENV
-    threads: 2
+    threads: 4
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m featint behaviour --config-json {params.config:q} --threads {threads} --lm {input.lm}"
+        "python -m featint behaviour --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --lm {input.lm}"
         " --weights {input.weights} --activations {ACTS} --run {RUN} --out {output} > {log} 2>&1"
 
 

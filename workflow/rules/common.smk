@@ -5,6 +5,7 @@ from snakemake.utils import validate
 
 import featint.config
 import featint.lm
+import featint.runtime
 import featint.models as featint_models
 import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS
@@ -28,6 +29,24 @@ LM_DIR = str(featint.lm.model_dir(SETTINGS.model))
 if not featint.lm.needs_preparation(SETTINGS.model):
     featint.lm.check_model_dir(LM_DIR)
     featint.lm.HookPoint.from_settings(SETTINGS.hook).check(featint.lm.read_n_layers(LM_DIR), where=LM_DIR)
+
+
+def cpu_share():
+    """Share of a job's `threads` that become torch threads. Locally, `--cores` may exceed the machine's CPUs
+    (`--cores 8` on 2 cores): Snakemake then runs jobs side by side as if there were 8 cores, so each job
+    takes threads x CPUs / cores torch threads instead of oversubscribing the CPUs. A cluster job owns its
+    allocation (share 1). Passed on the command line, so changing --cores never reruns a job."""
+    try:
+        declared = workflow.cores
+    except Exception:  # no --cores given (e.g. a cluster executor with --jobs)
+        return 1.0
+    local = featint.runtime.available_cpus()
+    if workflow.local_exec and declared and declared > local:
+        return round(local / declared, 4)
+    return 1.0
+
+
+CPU_SHARE = cpu_share()
 
 
 def stage_config(stage):

@@ -40,12 +40,12 @@ rule geometry:
         f"{BENCH}/geometry_{{kind}}_seed~{{seed}}.tsv"
     conda:
         FEATINT_ENV
-    threads: 2
+    threads: 4
     resources:
         mem_mb=6000,
         runtime=30,
     shell:
-        "python -m featint geometry --config-json {params.config:q} --threads {threads}"
+        "python -m featint geometry --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
         " --weights {input.weights} --init {input.init} --activations {ACTS} --run {RUN} --out {params.out}"
         " > {log} 2>&1"
 

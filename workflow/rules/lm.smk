@@ -18,5 +18,5 @@ rule prepare_lm:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m featint prepare-lm --config-json {params.config:q} --threads {threads}"
+        "python -m featint prepare-lm --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
         " --out {output} > {log} 2>&1"

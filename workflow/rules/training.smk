@@ -53,7 +53,7 @@ rule select_lr:
         mem_mb=8000,
         runtime=120,
     shell:
-        "python -m featint select-lr --config-json {params.config:q} --threads {threads} --family {wildcards.family}"
+        "python -m featint select-lr --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --family {wildcards.family}"
         " --activations {ACTS} --out {output} > {log} 2>&1"
 
 
@@ -92,7 +92,7 @@ rule train:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m featint train --config-json {params.config:q} --threads {threads} --kind {wildcards.kind}"
+        "python -m featint train --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --kind {wildcards.kind}"
         " --seed {wildcards.seed} --activations {ACTS} {params.lr_table} {params.standard}"
         " --out {params.out} > {log} 2>&1"
 
@@ -109,12 +109,12 @@ rule evaluate_reconstruction:
         f"{BENCH}/evaluate_{{kind}}_seed~{{seed}}.tsv"
     conda:
         FEATINT_ENV
-    threads: 2
+    threads: 4
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m featint evaluate --threads {threads} --weights {input.weights} --activations {ACTS}"
+        "python -m featint evaluate --threads {threads} --cpu-share {CPU_SHARE} --weights {input.weights} --activations {ACTS}"
         " --run {RUN} --out {output} > {log} 2>&1"
 
 
