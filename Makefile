@@ -33,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_extraction.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_training.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_behaviour.py
 
 clean-results:
 	rm -rf results logs benchmarks/results .snakemake

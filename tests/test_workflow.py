@@ -42,7 +42,8 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert dry.returncode == 0, dry.stderr
     for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
                  "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry",
-                 "behaviour_reference", "behaviour", "gather_behaviour"):
+                 "behaviour_reference", "behaviour", "gather_behaviour", "secondary_sae", "interventions",
+                 "gather_interventions"):
         assert rule in dry.stdout + dry.stderr
 
     run = snakemake(workdir, "--configfile", "config/tiny.yaml")
@@ -116,6 +117,23 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     tokens = pd.read_parquet(results / "behaviour" / "joint" / "seed~0" / "tokens.parquet")
     assert tokens["window"].nunique() == 8 and tokens["position"].max() == 15
     assert (results / "behaviour" / "figures" / "pathology_ratios.png").stat().st_size > 10_000
+
+    # interventions: secondary SAEs, selection + ANOVAs, clamps with an exact no-op, FDR, figures
+    clamp = pd.read_parquet(results / "interventions" / "clamp_statistics.parquet")
+    assert set(clamp["model"]) == {"sequential", "joint"}
+    noop = clamp[(clamp["test"] == "noop")]
+    assert len(noop) and (noop["value"] == 1.0).all() and (noop["max_abs_delta"] == 0.0).all()
+    unit = clamp[(clamp["value"] == 1.0) & (clamp["mode"] == "multiply") & (clamp["reference"] == "delta_vs_pipeline")]
+    assert (unit["test"] == "noop").all()
+    tested = clamp[clamp["test"] == "two_way_anova_type2_word_means"]
+    assert tested["q"].notna().any() and tested["p"].between(0, 1).all()
+    summary = pd.read_parquet(results / "interventions" / "summary.parquet")
+    assert "secondary_top_select_F" in set(summary["quantity"])
+    secondary_log = pd.read_parquet(results / "interventions" / "joint" / "seed~0" / "secondary" / "train_log.parquet")
+    assert secondary_log["fvu"].iloc[-1] < 1.0
+    generations = pd.read_parquet(results / "interventions" / "generations.parquet")
+    assert generations["continuation"].str.len().gt(0).all()
+    assert (results / "interventions" / "figures" / "clamp_interaction_lines.png").stat().st_size > 10_000
 
     again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -177,7 +177,7 @@ def evaluation_windows(store: ActivationStore, settings: BehaviourSettings) -> E
                              spliced=torch.from_numpy(spliced), stored=stored)
 
 
-def check_residual_matches_store(residual: torch.Tensor, stored: torch.Tensor, store_directory: Path,
+def check_residual_matches_store(residual: torch.Tensor, stored: torch.Tensor, store_directory: str | Path,
                                  hook: HookPoint, tolerance: float) -> float:
     """The LM's residual at the hook must equal the stored activations of the same tokens (same model, hook
     and dtype as at extraction); returns the largest relative difference per token."""
@@ -249,7 +249,7 @@ def reference_conditions(normaliser: Normaliser, clean: torch.Tensor,
 # Running conditions
 
 
-def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWindows, store: ActivationStore,
+def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWindows, store_directory: str | Path,
                         settings: BehaviourSettings, make_conditions: Any, n_conditions: int,
                         description: str) -> pd.DataFrame:
     """Per-token KL, CE and error norm of every condition ``make_conditions(clean_residual, positions,
@@ -265,7 +265,7 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
             positions = windows.spliced[window_slice]
             targets = windows.targets[window_slice].reshape(-1)
             clean = continuation.residual(tokens)
-            worst = max(worst, check_residual_matches_store(clean, windows.stored[window_slice], store.directory,
+            worst = max(worst, check_residual_matches_store(clean, windows.stored[window_slice], store_directory,
                                                             continuation.hook, settings.residual_tolerance))
             clean_logits = continuation.logits(clean)
             vocab = clean_logits.shape[-1]
@@ -335,7 +335,7 @@ def run_reference(settings: Settings, lm_dir: str | Path, activations_dir: str |
     """Stage entry point: per-token table of the clean model, zero- and mean-ablation on the test windows."""
     continuation, windows, store, normaliser = _setup(settings, lm_dir, activations_dir, device)
     frame = evaluate_conditions(
-        continuation, windows, store, settings.behaviour,
+        continuation, windows, store.directory, settings.behaviour,
         lambda clean, positions, _batch: reference_conditions(normaliser, clean, positions),
         len(REFERENCE_CONDITIONS), "reference conditions")
     frame.insert(0, "run", run)
@@ -359,7 +359,7 @@ def run_behaviour(settings: Settings, lm_dir: str | Path, weights_path: str | Pa
     draws = settings.behaviour.epsilon_draws
     seed = int(extra["seed"])
     frame = evaluate_conditions(
-        continuation, windows, store, settings.behaviour,
+        continuation, windows, store.directory, settings.behaviour,
         lambda clean, positions, batch: model_conditions(model, normaliser, clean, positions, components, draws,
                                                          (settings.seed, model.kind, seed, batch)),
         len(components) * (1 + draws), f"{model.kind} seed {seed}")

@@ -38,7 +38,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "behaviour-reference": ("seed", "model", "hook", "behaviour"),
     "behaviour": ("seed", "model", "hook", "behaviour"),
     "gather-behaviour": ("seed", "behaviour"),
-    "secondary-sae": ("sae", "training", "interventions"),
+    "secondary-sae": ("sae", "nfm", "training", "interventions"),
     "interventions": ("seed", "model", "hook", "interventions"),
     "gather-interventions": ("interventions",),
 }

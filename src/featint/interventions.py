@@ -433,7 +433,11 @@ def clamp_statistics(read_out: pd.DataFrame) -> pd.DataFrame:
             frame = group.rename(columns={reference: "delta"})
             key = dict(zip(["role", "space", "feature", "mode", "value"], keys), reference=reference)
             if np.ptp(frame["delta"]) == 0:
-                rows.append({**key, "test": "noop", "effect": "all", "max_abs_delta": float(frame["delta"].abs().max())})
+                # nothing to test: the no-op multiplier (must be exactly 0 vs the pipeline), or a feature that
+                # is never active at the prompts (multiplying zero changes nothing)
+                noop = keys[3] == "multiply" and keys[4] == 1.0
+                rows.append({**key, "test": "noop" if noop else "no_change", "effect": "all",
+                             "max_abs_delta": float(frame["delta"].abs().max())})
                 continue
             table = stats.two_way_anova(frame, "delta", "word_formality", "word_emotion", block="prompt_id")
             means = frame.groupby(["word_formality", "word_emotion"])["delta"].mean()
