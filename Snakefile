@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/lm.smk"
 include: "workflow/rules/corpus.smk"
@@ -19,6 +22,8 @@ include: "workflow/rules/training.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/behaviour.smk"
 include: "workflow/rules/interventions.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/ablations.smk"
 
 
 rule all:
@@ -28,4 +33,5 @@ rule all:
         geometry_targets(),
         behaviour_targets(),
         intervention_targets(),
+        report_targets(),
     default_target: True

@@ -99,3 +99,28 @@ def test_zero_ablation_hurts_and_ce_is_sane(bridge, tokens, clean) -> None:  # t
     ce_zero = next_token_ce(zeroed, tokens)
     assert 0.5 < ce_clean[0].mean().item() < 8.0  # forward text is predictable
     assert ce_zero[0].mean().item() > ce_clean[0].mean().item()
+
+
+@pytest.mark.parametrize("architecture", ["gpt_neox", "gpt2"])
+@torch.no_grad()
+def test_continuation_on_other_architectures(tmp_path, embedded_lm_dir, architecture: str) -> None:  # type: ignore[no-untyped-def]
+    """Pythia-style models take the direct path; GPT-2 (absolute positions) falls back; both match the bridge."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from featint.lm import load_bridge
+
+    torch.manual_seed(0)
+    if architecture == "gpt_neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                                                 num_hidden_layers=3, num_attention_heads=4))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_embd=64, n_layer=3, n_head=4))
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(embedded_lm_dir).save_pretrained(tmp_path)
+    bridge = load_bridge(tmp_path)
+    hook = HookPoint(layer=1, site="resid_pre")
+    continuation = ModelContinuation(bridge, hook)
+    assert continuation.direct == (architecture == "gpt_neox")
+    tokens = torch.randint(100, 40000, (2, 10))
+    expected = bridge(tokens)
+    torch.testing.assert_close(continuation.logits(continuation.residual(tokens)), expected, rtol=0, atol=1e-4)

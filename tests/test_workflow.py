@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
                  "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry",
                  "behaviour_reference", "behaviour", "gather_behaviour", "secondary_sae", "interventions",
-                 "gather_interventions"):
+                 "gather_interventions", "claims", "run_info"):
         assert rule in dry.stdout + dry.stderr
 
     run = snakemake(workdir, "--configfile", "config/tiny.yaml")
@@ -134,6 +135,39 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     generations = pd.read_parquet(results / "interventions" / "generations.parquet")
     assert generations["continuation"].str.len().gt(0).all()
     assert (results / "interventions" / "figures" / "clamp_interaction_lines.png").stat().st_size > 10_000
+
+    # claims: every value of ours comes from an artefact
+    claims = pd.read_parquet(results / "report" / "claims.parquet").set_index("claim_id")
+    own = metrics[(metrics["model"] == "joint") & (metrics["metric"] == "improvement_own_sae")
+                  & (metrics["token_set"] == "selected")]["value"].mean()
+    assert claims.loc["joint_improvement", "ours_paper_definition"] == pytest.approx(own)
+    ratio = boot[(boot["model"] == "standard") & (boot["condition"] == "sae") & (boot["metric"] == "pathology_ratio")
+                 & boot["seed"].isna()]["estimate"].item()
+    assert claims.loc["sae_pathology_ratio", "ours_corrected"] == pytest.approx(ratio)
+    assert claims["paper_value"].notna().all() and len(claims) >= 20
+    assert "| Joint training improves reconstruction |" in (results / "report" / "claims.md").read_text()
+    assert "snakemake" in (results / "report" / "versions.tsv").read_text()
+
+    # the HTML report builds from the finished run
+    report = snakemake(workdir, "--configfile", "config/tiny.yaml", "--report", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 100_000
+
+    # ablations: the sweep target, then one instance rerun alone by its path
+    sweep = snakemake(workdir, "--configfile", "config/tiny.yaml", "ablations")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    ablations = pd.read_parquet(results / "ablations" / "summary.parquet")
+    assert len(ablations) == 3 and ablations["fvu"].between(0, 1.5).all()
+    standard_row = ablations[ablations["ablation_kind"] == "standard"].iloc[0]
+    main_fvu = fvu[(fvu["model"] == "standard") & (fvu["token_set"] == "selected") & (fvu["component"] == "sae")]
+    assert standard_row["fvu"] == pytest.approx(main_fvu["value"].item())  # same settings and seed: same model
+    instance = "kind~joint/seed~0/k~8/width~256/embed~4/decoder~free/auxk~True/truncated_k~2"
+    target = f"results/tiny/ablations/{instance}/reconstruction.parquet"
+    before = (workdir / target).stat().st_mtime
+    alone = snakemake(workdir, "--configfile", "config/tiny.yaml", target, "--forcerun", "ablation")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert (workdir / target).stat().st_mtime > before
+    assert re.search(r"^ablation\s+1$", alone.stdout + alone.stderr, re.M)  # that instance only
 
     again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -41,7 +41,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "secondary-sae": ("sae", "nfm", "training", "interventions"),
     "interventions": ("seed", "model", "hook", "interventions"),
     "gather-interventions": ("interventions",),
+    "claims": (),
+    "ablation": ("model", "sae", "nfm", "training"),
 }
+
+#: Packages whose versions the run report lists.
+REPORTED_PACKAGES = ("featint", "torch", "transformer-lens", "transformers", "numpy", "pandas", "pyarrow", "scipy",
+                     "statsmodels", "seaborn", "matplotlib", "snakemake", "safetensors", "gguf")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -218,6 +224,53 @@ def cmd_gather_interventions(args: argparse.Namespace) -> None:
     log.info("intervention summary:\n%s", summary.to_string(index=False))
 
 
+def cmd_claims(args: argparse.Namespace) -> None:
+    from featint.claims import run_claims
+
+    table = run_claims(args.paper_claims, args.results, args.out_table, args.out_markdown, run=args.run)
+    log.info("claims:\n%s", table[["claim_id", "paper_value", "ours_paper_definition", "ours_corrected"]]
+             .to_string(index=False))
+
+
+def cmd_run_info(args: argparse.Namespace) -> None:
+    import platform
+    from importlib import metadata
+
+    import pandas as pd
+    import yaml
+
+    from featint.io import atomic_path
+
+    settings = _settings(args)
+    with atomic_path(args.out_config) as tmp:
+        tmp.write_text(yaml.safe_dump(settings.raw, sort_keys=True))
+    rows = [{"package": "python", "version": platform.python_version()}]
+    for name in REPORTED_PACKAGES:
+        try:
+            rows.append({"package": name, "version": metadata.version(name)})
+        except metadata.PackageNotFoundError:
+            rows.append({"package": name, "version": "not installed"})
+    with atomic_path(args.out_versions) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)
+
+
+def cmd_ablation(args: argparse.Namespace) -> None:
+    from featint.ablations import run_ablation
+
+    settings = _settings(args)
+    lr_tables = {family: path for family, path in (("sae", args.lr_sae), ("nfm", args.lr_nfm)) if path}
+    frame = run_ablation(settings, args.instance, args.activations, lr_tables, args.out, run=args.run)
+    view = frame[(frame["metric"] == "fvu") & (frame["token_set"] == "selected")]
+    log.info("ablation %s:\n%s", args.instance, view[["component", "value"]].to_string(index=False))
+
+
+def cmd_gather_ablations(args: argparse.Namespace) -> None:
+    from featint.ablations import gather
+
+    summary = gather(args.tables, args.out_summary, args.out_figure)
+    log.info("ablations:\n%s", summary.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True, help="per-model intervention directories")
     p.add_argument("--out", required=True)
     p.add_argument("--figures", required=True)
+    p = add("ablation", cmd_ablation, "train and evaluate one ablation instance (a row of the ablation table)")
+    p.add_argument("--instance", required=True, help="the row as JSON (column -> value)")
+    p.add_argument("--activations", required=True)
+    p.add_argument("--lr-sae", help="lr-selection table of the SAE family (when training.lr is null)")
+    p.add_argument("--lr-nfm", help="lr-selection table of the NFM family (when training.lr is null)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("gather-ablations", cmd_gather_ablations, "one table and figure over the ablation instances",
+            config=False)
+    p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--out-summary", required=True)
+    p.add_argument("--out-figure", required=True)
+    p = add("run-info", cmd_run_info, "the run's full config (defaults filled) and software versions")
+    p.add_argument("--out-config", required=True)
+    p.add_argument("--out-versions", required=True)
+    p = add("claims", cmd_claims, "the paper's headline claims beside this run's numbers", config=False)
+    p.add_argument("--paper-claims", required=True, help="config/paper_claims.tsv")
+    p.add_argument("--results", required=True, help="results/<run>")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-markdown", required=True)
     return parser
 
 

@@ -291,6 +291,11 @@ class InterventionSettings:
 
 
 @dataclass(frozen=True)
+class AblationSettings:
+    table: str
+
+
+@dataclass(frozen=True)
 class Settings:
     run: str
     seed: int
@@ -307,6 +312,7 @@ class Settings:
     geometry: GeometrySettings
     behaviour: BehaviourSettings
     interventions: InterventionSettings
+    ablations: AblationSettings
     raw: dict[str, Any]
 
     @classmethod
@@ -333,6 +339,7 @@ class Settings:
             behaviour=BehaviourSettings(**c["behaviour"]),
             interventions=InterventionSettings(**{**c["interventions"],
                                                   "secondary": SecondarySAESettings(**c["interventions"]["secondary"])}),
+            ablations=AblationSettings(**c["ablations"]),
             raw=c,
         )
 

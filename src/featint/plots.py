@@ -268,3 +268,20 @@ def secondary_activation_by_cell(activations: pd.DataFrame, tests: pd.DataFrame,
         ax.tick_params(axis="x", rotation=30)
     grid.figure.suptitle("Top secondary features (ranked on select sentences), activation on test sentences", y=1.03)
     _save(grid.figure, path)
+
+
+def ablation_summary(summary: pd.DataFrame, path: str | Path) -> None:
+    """Test FVU of every ablation instance, grouped by kind, labelled by what the row changes."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    frame = summary.copy()
+    varying = [c for c in frame.columns if c.startswith("ablation_") and c not in ("ablation_kind",)
+               and frame[c].nunique() > 1]
+    frame["setting"] = frame[varying].astype(str).agg(
+        lambda r: ", ".join(f"{c.removeprefix('ablation_')}={v}" for c, v in r.items()), axis=1) if varying else "-"
+    height = max(3.0, 0.35 * len(frame))
+    fig, ax = plt.subplots(figsize=(9, height))
+    sns.barplot(data=frame, y="setting", x="fvu", hue="ablation_kind", ax=ax, orient="h", dodge=True)
+    ax.set(xlabel="test FVU (selected tokens)", ylabel="")
+    ax.set_title("Ablation sweep (config/ablations.tsv)")
+    fig.tight_layout()
+    _save(fig, path)

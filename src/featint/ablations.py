@@ -1,0 +1,122 @@
+"""Ablation sweeps: one model per row of ``config/ablations.tsv`` (a Snakemake ``Paramspace``), trained on the
+run's activations with the row's overrides by the one training loop, evaluated on the test split like every
+other model, and gathered into one tidy table and figure.
+
+Columns (all required): ``kind`` (a model kind), ``seed``, ``k`` (sae.k), ``width`` (sae.n_features),
+``embed`` (nfm.embed_dim), ``decoder`` (sae.decoder_norm: free / unit), ``auxk`` (True / False),
+``truncated_k`` (nfm.truncated_k, the SAE's k in ``sequential_truncated``). Kinds built on a standard SAE
+(sequential, sequential_truncated, standard_refit) first train that standard SAE with the row's settings, in the
+instance's own folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from featint.config import Settings
+from featint.errors import ConfigError
+from featint.io import write_parquet
+from featint.models import FROM_STANDARD, MODEL_KINDS
+
+#: Column -> (type, config path) of the ablation table.
+COLUMNS: dict[str, tuple[type, tuple[str, ...] | None]] = {
+    "kind": (str, None), "seed": (int, None), "k": (int, ("sae", "k")), "width": (int, ("sae", "n_features")),
+    "embed": (int, ("nfm", "embed_dim")), "decoder": (str, ("sae", "decoder_norm")),
+    "auxk": (bool, ("sae", "auxk", "enabled")), "truncated_k": (int, ("nfm", "truncated_k")),
+}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The ablation table, checked: known columns, known kinds, no duplicate rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ablation table {path} does not exist; set ablations.table (see config/ablations.tsv).")
+    table = pd.read_csv(path, sep="\t", comment="#", dtype=str)
+    if list(table.columns) != list(COLUMNS):
+        raise ConfigError(f"{path}: columns must be {list(COLUMNS)} in this order (got {list(table.columns)}).")
+    bad = sorted(set(table["kind"]) - set(MODEL_KINDS))
+    if bad:
+        raise ConfigError(f"{path}: unknown kind(s) {bad}; expected one of {list(MODEL_KINDS)}.")
+    if table.duplicated().any():
+        raise ConfigError(f"{path}: duplicated row(s) {table[table.duplicated()].index.tolist()}.")
+    return table
+
+
+def parse_instance(instance: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column, (kind, _) in COLUMNS.items():
+        value = instance[column]
+        out[column] = (str(value).strip().lower() == "true") if kind is bool else kind(value)
+    return out
+
+
+def settings_for(settings: Settings, instance: dict[str, Any]) -> Settings:
+    """The run's settings with the instance's overrides, validated again (e.g. k <= width)."""
+    raw = copy.deepcopy(settings.raw)
+    for column, (_, where) in COLUMNS.items():
+        if where is None:
+            continue
+        node = raw
+        for key in where[:-1]:
+            node = node[key]
+        node[where[-1]] = instance[column]
+    return Settings.from_dict(raw, source=f"ablation {instance}")
+
+
+def run_ablation(settings: Settings, instance_json: str, activations_dir: str | Path, lr_tables: dict[str, str],
+                 out_dir: str | Path, run: str) -> pd.DataFrame:
+    """Stage entry point: train and evaluate one ablation instance; reconstruction.parquet in ``out_dir``."""
+    from featint.evaluation import run_evaluate
+    from featint.runtime import resolve_device, seed_everything
+    from featint.training import LR_FAMILY, chosen_lr, run_train
+
+    instance = parse_instance(json.loads(instance_json))
+    local = settings_for(settings, instance)
+    out_dir = Path(out_dir)
+    device = resolve_device(local.model.device)
+    kind, seed = instance["kind"], instance["seed"]
+    standard_weights = None
+    if kind in FROM_STANDARD:
+        seed_everything(seed)
+        run_train(local, "standard", seed, activations_dir, out_dir / "standard",
+                  chosen_lr(local, "standard", lr_tables.get("sae")), device=device)
+        standard_weights = out_dir / "standard" / "weights.safetensors"
+    seed_everything(seed)
+    run_train(local, kind, seed, activations_dir, out_dir / "model", chosen_lr(local, kind, lr_tables.get(LR_FAMILY[kind])),
+              device=device, standard_weights=standard_weights)
+    frame = run_evaluate(out_dir / "model" / "weights.safetensors", activations_dir, out_dir / "model_metrics.parquet",
+                         run=run)
+    for column, value in reversed(list(instance.items())):
+        frame.insert(0, f"ablation_{column}", value)
+    write_parquet(frame, out_dir / "reconstruction.parquet", metadata={"instance": instance})
+    return frame
+
+
+def gather(tables: list[str | Path], out_summary: str | Path, figure_path: str | Path) -> pd.DataFrame:
+    """Stage entry point: one row per instance with its final test FVU (selected tokens), the improvement over
+    the sweep's standard SAE with the same k, width, decoder and seed, and the figure."""
+    from featint import plots
+
+    metrics = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
+    keys = [f"ablation_{c}" for c in COLUMNS]
+    selected = metrics[metrics["token_set"] == "selected"]
+    rows = []
+    for key_values, group in selected.groupby(keys):
+        final = group[(group["metric"] == "fvu") & group["component"].isin(["full", "sae"])].sort_values("component")
+        own = group.loc[group["metric"] == "improvement_own_sae", "value"]
+        rows.append({**dict(zip(keys, key_values)), "fvu": float(final["value"].iloc[0]),
+                     "improvement_own_sae": float(own.iloc[0]) if len(own) else float("nan")})
+    summary = pd.DataFrame(rows)
+    baseline = summary[summary["ablation_kind"] == "standard"].rename(columns={"fvu": "standard_fvu"})
+    match = ["ablation_seed", "ablation_k", "ablation_width", "ablation_decoder"]
+    summary = summary.merge(baseline[match + ["standard_fvu"]].drop_duplicates(match), on=match, how="left")
+    summary.insert(0, "run", metrics["run"].iloc[0])
+    summary["improvement_vs_standard_fvu"] = 1.0 - summary["fvu"] / summary["standard_fvu"]
+    write_parquet(summary, out_summary)
+    plots.ablation_summary(summary, figure_path)
+    return summary

@@ -1,0 +1,46 @@
+# The paper's headline claims beside this run's numbers, each read from an upstream Parquet artefact.
+
+
+def report_targets():
+    return [f"{RESULTS}/report/{name}" for name in ("claims.parquet", "claims.md", "config.yaml", "versions.tsv")]
+
+
+rule claims:
+    input:
+        paper="config/paper_claims.tsv",
+        reconstruction=f"{RESULTS}/metrics/reconstruction.parquet",
+        parameters=f"{RESULTS}/metrics/parameters.parquet",
+        geometry=f"{RESULTS}/geometry/summary.parquet",
+        behaviour=f"{RESULTS}/behaviour/summary.parquet",
+        interventions=f"{RESULTS}/interventions/summary.parquet",
+        clamps=f"{RESULTS}/interventions/clamp_statistics.parquet",
+    output:
+        table=f"{RESULTS}/report/claims.parquet",
+        markdown=report(f"{RESULTS}/report/claims.md", caption="../report/claims.rst", category="Claims"),
+    log:
+        f"{LOGS}/claims.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m featint claims --paper-claims {input.paper} --results {RESULTS} --run {RUN}"
+        " --out-table {output.table} --out-markdown {output.markdown} > {log} 2>&1"
+
+
+rule run_info:
+    output:
+        config=report(f"{RESULTS}/report/config.yaml", caption="../report/run_info.rst", category="Run"),
+        versions=report(f"{RESULTS}/report/versions.tsv", caption="../report/run_info.rst", category="Run"),
+    params:
+        config=json.dumps(config, sort_keys=True),
+    log:
+        f"{LOGS}/run_info.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    shell:
+        "python -m featint run-info --config-json {params.config:q} --out-config {output.config}"
+        " --out-versions {output.versions} > {log} 2>&1"
