@@ -48,7 +48,7 @@ rule select_lr:
         f"{BENCH}/select_lr_{{family}}.tsv"
     conda:
         FEATINT_ENV
-    threads: 8
+    threads: 4
     resources:
         mem_mb=8000,
         runtime=120,
@@ -87,7 +87,7 @@ rule train:
         f"{BENCH}/train_{{kind}}_seed~{{seed}}.tsv"
     conda:
         FEATINT_ENV
-    threads: 8
+    threads: 4
     resources:
         mem_mb=8000,
         runtime=240,

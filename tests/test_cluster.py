@@ -1,0 +1,74 @@
+"""The SLURM profile on a real (single-node, localhost) SLURM: every job goes through sbatch, and the results
+equal a local run of the same config. Marked ``cluster``; `.ci/run` runs it (it needs root for apt-get the
+first time, then about 5 minutes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from slurm_cluster import ClusterUnavailable, local_slurm
+from test_workflow import workflow_copy
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+# Every rule of the DAG, with fewer models and seeds than tiny.yaml, so the cluster run stays short.
+CLUSTER_CONFIG = """
+models: [standard, joint]
+interventions: {models: [joint]}
+"""
+COMPARED = ["metrics/reconstruction.parquet", "behaviour/summary.parquet", "geometry/summary.parquet",
+            "interventions/clamp_statistics.parquet", "report/claims.parquet"]
+
+
+def _snakemake(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    return subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml",
+                           "config/cluster_test.yaml", *args], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=1500)
+
+
+def _copy(root: Path) -> Path:
+    workdir = workflow_copy(root)
+    (workdir / "config" / "cluster_test.yaml").write_text(CLUSTER_CONFIG)
+    return workdir
+
+
+def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path) -> None:
+    local = _copy(tmp_path / "local")
+    run = _snakemake(local, dict(os.environ), "--cores", "2", "--max-threads", "1")  # as the SLURM jobs
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    cluster_dir = _copy(tmp_path / "cluster")
+    try:
+        with local_slurm(tmp_path / "slurm") as cluster:
+            dry = _snakemake(cluster_dir, cluster.env, "-n", "--quiet", "rules")
+            submitted = _snakemake(
+                cluster_dir, cluster.env, "--profile", "profiles/slurm", "--jobs", "2", "--max-threads", "1",
+                "--default-resources", f"slurm_partition={cluster.partition}", "mem_mb=2000", "runtime=30",
+                "--set-resources", *[f"{rule}:{key}" for rule in GPU_RULES for key in ("gpu=0", "mem_mb=3000", "runtime=30")],
+                "--slurm-init-seconds-before-status-checks", "2")
+            jobs = cluster.accounting()
+    except ClusterUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no local SLURM: {exc}")
+    assert submitted.returncode == 0, submitted.stderr[-4000:]
+    expected = sum(int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, re.M) if rule not in ("all", "total"))
+    assert expected > 20
+    assert len(jobs) == expected, jobs  # every job of the DAG went through sbatch (the target rule runs locally)
+    assert all(line.endswith("|COMPLETED") for line in jobs), jobs
+    for relative in COMPARED:
+        ours = pd.read_parquet(cluster_dir / "results" / "tiny" / relative)
+        reference = pd.read_parquet(local / "results" / "tiny" / relative)
+        pd.testing.assert_frame_equal(ours, reference, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+GPU_RULES = ("extract", "select_lr", "train", "evaluate_reconstruction", "geometry", "behaviour_reference",
+             "behaviour", "secondary_sae", "interventions", "ablation")
