@@ -35,6 +35,7 @@ def _snakemake(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Com
 
 
 def _copy(root: Path) -> Path:
+    root.mkdir(parents=True)
     workdir = workflow_copy(root)
     (workdir / "config" / "cluster_test.yaml").write_text(CLUSTER_CONFIG)
     return workdir

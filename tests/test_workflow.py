@@ -154,7 +154,7 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "report.html").stat().st_size > 100_000
 
     # ablations: the sweep target, then one instance rerun alone by its path
-    sweep = snakemake(workdir, "--configfile", "config/tiny.yaml", "ablations")
+    sweep = snakemake(workdir, "ablations", "--configfile", "config/tiny.yaml")
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     ablations = pd.read_parquet(results / "ablations" / "summary.parquet")
     assert len(ablations) == 3 and ablations["fvu"].between(0, 1.5).all()
@@ -164,7 +164,7 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     instance = "kind~joint/seed~0/k~8/width~256/embed~4/decoder~free/auxk~True/truncated_k~2"
     target = f"results/tiny/ablations/{instance}/reconstruction.parquet"
     before = (workdir / target).stat().st_mtime
-    alone = snakemake(workdir, "--configfile", "config/tiny.yaml", target, "--forcerun", "ablation")
+    alone = snakemake(workdir, target, "--forcerun", "ablation", "--configfile", "config/tiny.yaml")
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert (workdir / target).stat().st_mtime > before
     assert re.search(r"^ablation\s+1$", alone.stdout + alone.stderr, re.M)  # that instance only

@@ -112,6 +112,16 @@ class Reader:
         return rows[column].to_numpy(dtype=np.float64)
 
 
+def _bimodality_note(r: Reader) -> str:
+    """Which models' decoder squared norms are bimodal, read from the geometry verdicts."""
+    parts = []
+    for model in ("joint", "joint_no_interaction", "joint_no_linear", "standard"):
+        verdicts = r.geometry(model, "verdict_bimodal")
+        if verdicts.size:
+            parts.append(f"{model} {int(verdicts.sum())}/{verdicts.size}")
+    return "seeds with a bimodal verdict: " + ", ".join(parts)
+
+
 def _seeds(paper: np.ndarray, corrected: np.ndarray, corrected_definition: str, note: str) -> Ours:
     low, high = _range(corrected)
     return Ours(float(np.mean(paper)) if paper.size else float("nan"),
@@ -204,11 +214,11 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
     "squared_norm_mode_low": lambda r: _seeds(
         r.geometry("joint", "squared_norm_mode_low"), np.exp(r.geometry("joint", "log_squared_norm_mode_low")),
         "low mode of a 2-component mixture on log squared norms; bimodality verdict in geometry/verdicts.parquet",
-        "joint_no_interaction is bimodal too: the split comes from sharing the reconstruction with W_lin"),
+        _bimodality_note(r)),
     "squared_norm_mode_high": lambda r: _seeds(
         r.geometry("joint", "squared_norm_mode_high"), np.exp(r.geometry("joint", "log_squared_norm_mode_high")),
         "high mode of a 2-component mixture on log squared norms",
-        "joint_no_interaction is bimodal too: the split comes from sharing the reconstruction with W_lin"),
+        _bimodality_note(r)),
     "spearman_norm_vs_nfm": lambda r: _seeds(
         r.geometry("joint", "spearman_squared_norm_vs_nfm_ratio"),
         r.geometry("joint", "spearman_squared_norm_vs_activation_nfm_share", subset="fired"),
