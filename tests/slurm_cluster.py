@@ -146,6 +146,18 @@ def local_slurm(root: Path) -> Iterator[LocalSlurm]:
     host = socket.gethostname().split(".")[0]
     conf = _write_config(root, host)
     env = dict(os.environ, SLURM_CONF=str(conf))
+    # srun inside a job step looks for the config at its default path (SLURM_CONF does not reach it): link ours
+    # there unless a real configuration is present, and remove the link afterwards.
+    default_conf = Path("/etc/slurm/slurm.conf")
+    linked = False
+    if default_conf.is_symlink() and not default_conf.exists():
+        default_conf.unlink()
+    if not default_conf.exists():
+        default_conf.parent.mkdir(parents=True, exist_ok=True)
+        default_conf.symlink_to(conf)
+        linked = True
+    elif default_conf.resolve() != conf.resolve():
+        raise ClusterUnavailable(f"{default_conf} already configures another cluster; not touching it")
     munge_pid = _start_munge(root)
     started: list[Path] = []
     try:
@@ -167,3 +179,5 @@ def local_slurm(root: Path) -> Iterator[LocalSlurm]:
         for pid_file in reversed(started):
             _stop(pid_file)
         _stop(munge_pid)
+        if linked:
+            default_conf.unlink(missing_ok=True)

@@ -34,19 +34,22 @@ def _snakemake(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Com
                           timeout=1500)
 
 
-def _copy(root: Path) -> Path:
+def _copy(root: Path, lm_dir: Path) -> Path:
+    """The workflow, with the already prepared embedded model linked in (prepare_lm is tested elsewhere)."""
     root.mkdir(parents=True)
     workdir = workflow_copy(root)
     (workdir / "config" / "cluster_test.yaml").write_text(CLUSTER_CONFIG)
+    (workdir / "resources" / "lm").mkdir(parents=True)
+    (workdir / "resources" / "lm" / lm_dir.name).symlink_to(lm_dir, target_is_directory=True)
     return workdir
 
 
-def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path) -> None:
-    local = _copy(tmp_path / "local")
+def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path, embedded_lm_dir: Path) -> None:
+    local = _copy(tmp_path / "local", embedded_lm_dir)
     run = _snakemake(local, dict(os.environ), "--cores", "2", "--max-threads", "1")  # as the SLURM jobs
     assert run.returncode == 0, run.stderr[-3000:]
 
-    cluster_dir = _copy(tmp_path / "cluster")
+    cluster_dir = _copy(tmp_path / "cluster", embedded_lm_dir)
     try:
         with local_slurm(tmp_path / "slurm") as cluster:
             dry = _snakemake(cluster_dir, cluster.env, "-n", "--quiet", "rules")
@@ -61,7 +64,8 @@ def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path) -
             raise
         pytest.skip(f"no local SLURM: {exc}")
     assert submitted.returncode == 0, submitted.stderr[-4000:]
-    expected = sum(int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, re.M) if rule not in ("all", "total"))
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, re.M))  # the job-stats table (printed twice)
+    expected = sum(int(n) for rule, n in counts.items() if rule not in ("all", "total"))
     assert expected > 20
     assert len(jobs) == expected, jobs  # every job of the DAG went through sbatch (the target rule runs locally)
     assert all(line.endswith("|COMPLETED") for line in jobs), jobs

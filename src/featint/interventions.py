@@ -435,7 +435,7 @@ def clamp_statistics(read_out: pd.DataFrame) -> pd.DataFrame:
             if np.ptp(frame["delta"]) == 0:
                 # nothing to test: the no-op multiplier (must be exactly 0 vs the pipeline), or a feature that
                 # is never active at the prompts (multiplying zero changes nothing)
-                noop = keys[3] == "multiply" and keys[4] == 1.0
+                noop = key["mode"] == "multiply" and key["value"] == 1.0
                 rows.append({**key, "test": "noop" if noop else "no_change", "effect": "all",
                              "max_abs_delta": float(frame["delta"].abs().max())})
                 continue
