@@ -71,7 +71,7 @@ def settings_for(settings: Settings, instance: dict[str, Any]) -> Settings:
 def run_ablation(settings: Settings, instance_json: str, activations_dir: str | Path, lr_tables: dict[str, str],
                  out_dir: str | Path, run: str) -> pd.DataFrame:
     """Stage entry point: train and evaluate one ablation instance; reconstruction.parquet in ``out_dir``."""
-    from featint.evaluation import run_evaluate
+    from featint.evaluation import reconstruction_table
     from featint.runtime import resolve_device, seed_everything
     from featint.training import LR_FAMILY, chosen_lr, run_train
 
@@ -89,8 +89,7 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     seed_everything(seed)
     run_train(local, kind, seed, activations_dir, out_dir / "model", chosen_lr(local, kind, lr_tables.get(LR_FAMILY[kind])),
               device=device, standard_weights=standard_weights)
-    frame = run_evaluate(out_dir / "model" / "weights.safetensors", activations_dir, out_dir / "model_metrics.parquet",
-                         run=run)
+    frame = reconstruction_table(out_dir / "model" / "weights.safetensors", activations_dir, run=run)
     for column, value in reversed(list(instance.items())):
         frame.insert(0, f"ablation_{column}", value)
     write_parquet(frame, out_dir / "reconstruction.parquet", metadata={"instance": instance})
@@ -101,17 +100,15 @@ def gather(tables: list[str | Path], out_summary: str | Path, figure_path: str |
     """Stage entry point: one row per instance with its final test FVU (selected tokens), the improvement over
     the sweep's standard SAE with the same k, width, decoder and seed, and the figure."""
     from featint import plots
+    from featint.evaluation import final_reconstruction
 
     metrics = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
     keys = [f"ablation_{c}" for c in COLUMNS]
     selected = metrics[metrics["token_set"] == "selected"]
-    rows = []
-    for key_values, group in selected.groupby(keys):
-        final = group[(group["metric"] == "fvu") & group["component"].isin(["full", "sae"])].sort_values("component")
-        own = group.loc[group["metric"] == "improvement_own_sae", "value"]
-        rows.append({**dict(zip(keys, key_values)), "fvu": float(final["value"].iloc[0]),
-                     "improvement_own_sae": float(own.iloc[0]) if len(own) else float("nan")})
-    summary = pd.DataFrame(rows)
+    fvu = final_reconstruction(selected, tuple(keys) + ("metric",))
+    fvu = fvu[fvu["metric"] == "fvu"].drop(columns="metric").rename(columns={"value": "fvu"})
+    own = selected[selected["metric"] == "improvement_own_sae"][keys + ["value"]]
+    summary = fvu.merge(own.rename(columns={"value": "improvement_own_sae"}), on=keys, how="left")
     baseline = summary[summary["ablation_kind"] == "standard"].rename(columns={"fvu": "standard_fvu"})
     match = ["ablation_seed", "ablation_k", "ablation_width", "ablation_decoder"]
     summary = summary.merge(baseline[match + ["standard_fvu"]].drop_duplicates(match), on=match, how="left")

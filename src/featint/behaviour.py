@@ -66,19 +66,20 @@ class CleanDistribution:
         return cls(log_p, log_p.exp())
 
 
-def kl_and_ce(clean: CleanDistribution, logits: torch.Tensor, targets: torch.Tensor | None,
+def kl_and_ce(clean: CleanDistribution | None, logits: torch.Tensor, targets: torch.Tensor | None,
               chunk_tokens: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per token: KL(clean || softmax(logits)) = sum_v p_v (log p_v - log q_v) and the cross-entropy
-    -log q(target) (target -1 = none -> NaN). [N, vocab] inputs, float64 [N] outputs. The log-softmax and the
-    elementwise differences are float32 (no cancellation: differences are taken before weighting), the sums
-    float64; identical logits give exactly 0."""
+    """Per token: KL(clean || softmax(logits)) = sum_v p_v (log p_v - log q_v) (NaN without ``clean``) and the
+    cross-entropy -log q(target) (target -1 or no targets -> NaN). [N, vocab] inputs, float64 [N] outputs. The
+    log-softmax and the elementwise differences are float32 (no cancellation: differences are taken before
+    weighting), the sums float64; identical logits give exactly 0."""
     n = logits.shape[0]
-    kl = torch.empty(n, dtype=torch.float64, device=logits.device)
+    kl = torch.full((n,), float("nan"), dtype=torch.float64, device=logits.device)
     ce = torch.full((n,), float("nan"), dtype=torch.float64, device=logits.device)
     for start in range(0, n, chunk_tokens):
         stop = min(n, start + chunk_tokens)
         log_q = torch.log_softmax(logits[start:stop].float(), dim=-1)
-        kl[start:stop] = ((clean.log_p[start:stop] - log_q) * clean.p[start:stop]).sum(-1, dtype=torch.float64)
+        if clean is not None:
+            kl[start:stop] = ((clean.log_p[start:stop] - log_q) * clean.p[start:stop]).sum(-1, dtype=torch.float64)
         if targets is not None:
             t = targets[start:stop]
             has = t >= 0
@@ -100,13 +101,8 @@ def kl_per_token(clean_logits: torch.Tensor, other_logits: torch.Tensor, chunk_t
 def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, chunk_tokens: int = 64) -> torch.Tensor:
     """Cross-entropy of predicting tokens[:, t + 1] from logits[:, t]; returns [B, T - 1] (nats)."""
     vocab = logits.shape[-1]
-    pred = logits[:, :-1, :].reshape(-1, vocab)
-    out = torch.empty(pred.shape[0], dtype=torch.float64, device=logits.device)
-    target = tokens[:, 1:].reshape(-1)
-    for start in range(0, pred.shape[0], chunk_tokens):
-        log_q = torch.log_softmax(pred[start : start + chunk_tokens].float(), dim=-1)
-        out[start : start + chunk_tokens] = -log_q.gather(1, target[start : start + chunk_tokens, None]).squeeze(1).double()
-    return out.reshape(tokens.shape[0], tokens.shape[1] - 1)
+    _, ce = kl_and_ce(None, logits[:, :-1, :].reshape(-1, vocab), tokens[:, 1:].reshape(-1), chunk_tokens)
+    return ce.reshape(tokens.shape[0], tokens.shape[1] - 1)
 
 
 # ---------------------------------------------------------------------------------------------------------

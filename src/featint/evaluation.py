@@ -170,9 +170,9 @@ def reconstruction_metrics(model: FeatureModel, normaliser: Normaliser, store: A
     return reconstruction_metrics_by_set(model, normaliser, store, (token_set,), chunk)[token_set]
 
 
-def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path: str | Path,
-                 run: str, split: str = "test") -> pd.DataFrame:
-    """Stage entry point: tidy reconstruction table of one trained model on the test split."""
+def reconstruction_table(weights_path: str | Path, activations_dir: str | Path, run: str,
+                         split: str = "test") -> pd.DataFrame:
+    """Tidy reconstruction table of one trained model on a split (test by default)."""
     activations_dir = Path(activations_dir)
     normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
     store = ActivationStore(activations_dir / split)
@@ -186,15 +186,25 @@ def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path
                      for m, v in metrics.items()]
         rows += [{**base, "token_set": token_set, "component": "model", "metric": m, "value": float(v)}
                  for m, v in result.items()]
-    frame = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path: str | Path,
+                 run: str, split: str = "test") -> pd.DataFrame:
+    """Stage entry point: :func:`reconstruction_table` written to ``out_path``."""
+    frame = reconstruction_table(weights_path, activations_dir, run, split)
     write_parquet(frame, out_path)
     return frame
 
 
-def final_reconstruction(metrics: pd.DataFrame) -> pd.DataFrame:
-    """MSE and FVU of each model's final reconstruction: ``full`` for NFM models, ``sae`` for SAE-only ones."""
+FINAL_KEYS: tuple[str, ...] = ("run", "model", "seed", "split", "token_set", "metric")
+
+
+def final_reconstruction(metrics: pd.DataFrame, keys: tuple[str, ...] = FINAL_KEYS) -> pd.DataFrame:
+    """MSE and FVU of each model's final reconstruction: ``full`` for NFM models, ``sae`` for SAE-only ones
+    (one row per ``keys``; ``metric`` must be among them)."""
     both = metrics[metrics["component"].isin(["full", "sae"]) & metrics["metric"].isin(["mse", "fvu"])]
-    final = both.sort_values("component").groupby(["run", "model", "seed", "split", "token_set", "metric"]).first()
+    final = both.sort_values("component").groupby(list(keys)).first()
     return final["value"].reset_index()
 
 

@@ -42,12 +42,17 @@ from featint.config import Settings
 from featint.errors import FeatintError
 from featint.io import write_parquet
 from featint.lm import HookPoint, load_bridge
-from featint.models import SECONDARY_KIND, FeatureModel, SparseCode, TopKSAE, load_model, save_model
+from featint.models import SECONDARY_KIND, FeatureModel, SparseCode, TopKSAE, load_model
 from featint.normaliser import Normaliser
 from featint.splice import ModelContinuation, spliced_residual
 from featint.stimuli import Stimuli, check_length_match, length_report, load_stimuli, word_tokens
 
 log = logging.getLogger(__name__)
+
+
+#: Tables each intervention job writes (``<name>.parquet``) and the gather concatenates over models and seeds.
+TABLES: tuple[str, ...] = ("lengths", "word_tokens", "primary_tests", "secondary_tests", "sentence_activations",
+                           "clamp_logits", "clamp_statistics", "generations")
 
 
 class InterventionError(FeatintError):
@@ -81,8 +86,7 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
                   device: torch.device | str = "cpu") -> pd.DataFrame:
     """Stage entry point: embeddings of train / validation tokens, their normaliser, and the secondary TopK SAE
     trained by the one training loop; returns the training log."""
-    from featint import plots
-    from featint.training import ShuffledBatches, TrainingData, load_selected, train
+    from featint.training import ShuffledBatches, TrainingData, save_training_outputs, train
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,16 +117,11 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
     validation = embedding_normaliser.apply(validation_embeddings).to(batches.device)
     result = train(feature_model, batches, validation, training, auxk, secondary.lr, out_dir / "checkpoint.pt",
                    name=f"secondary {model.kind}/seed~{seed}")
-    result.log.insert(0, "model", model.kind)
-    result.log.insert(1, "seed", seed)
     embedding_normaliser.save(out_dir / "normaliser.safetensors")
-    write_parquet(result.log, out_dir / "train_log.parquet",
-                  metadata={"lr": secondary.lr, "n_features": n_features, "k": k, "embed_dim": embed_dim})
-    plots.training_curves(result.log, out_dir / "figures" / "loss.png",
+    save_training_outputs(feature_model, result, out_dir, model.kind, seed,
+                          {"hook_name": hook_name, "seed": seed, "lr": secondary.lr, "source_weights": str(weights_path)},
+                          {"lr": secondary.lr, "n_features": n_features, "k": k, "embed_dim": embed_dim},
                           title=f"secondary SAE on the interaction embedding of {model.kind}, seed {seed}")
-    save_model(feature_model, out_dir / "weights.safetensors",
-               {"hook_name": hook_name, "seed": seed, "lr": secondary.lr, "source_weights": str(weights_path)})
-    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     shutil.rmtree(embedding_store, ignore_errors=True)  # recomputable from the model; training only
     return result.log
 
@@ -178,12 +177,16 @@ class Pipeline:
     secondary: FeatureModel
     secondary_normaliser: Normaliser
 
+    def secondary_code(self, embedding: torch.Tensor) -> SparseCode:
+        """The secondary SAE's code of interaction embeddings [N, K] (in its own normalised space)."""
+        code, _ = self.secondary.sae.encode(self.secondary_normaliser.apply(embedding))
+        return code
+
     @torch.no_grad()
     def codes(self, residual: torch.Tensor) -> tuple[SparseCode, SparseCode]:
         """Primary and secondary sparse codes of raw residual vectors [N, d]."""
         rec = self.model(self.normaliser.apply(residual))
-        secondary_code, _ = self.secondary.sae.encode(self.secondary_normaliser.apply(rec.embedding))
-        return rec.code, secondary_code
+        return rec.code, self.secondary_code(rec.embedding)
 
 
 @dataclass
@@ -319,8 +322,7 @@ def clamped_reconstruction(pipeline: Pipeline, clamp: Clamp | None) -> Callable[
         linear, embedding = rec.linear, rec.embedding
         assert embedding is not None
         if clamp.space == "secondary":
-            secondary_code, _ = pipeline.secondary.sae.encode(pipeline.secondary_normaliser.apply(embedding))
-            old = _feature_value(secondary_code, clamp.feature)
+            old = _feature_value(pipeline.secondary_code(embedding), clamp.feature)
             new = old * clamp.value if clamp.mode == "multiply" else torch.full_like(old, clamp.value)
             row = pipeline.secondary.sae.W_dec[clamp.feature] / pipeline.secondary_normaliser.scale
             embedding = embedding + (new - old)[:, None] * row
@@ -566,8 +568,8 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
         "sentence_activations": pd.concat(pooled_rows, ignore_index=True), "clamp_logits": read_out,
         "clamp_statistics": clamp_stats, "generations": generations,
     }
-    for name, table in tables.items():
-        table = table.copy()
+    for name in TABLES:
+        table = tables[name].copy()
         for i, (column, value) in enumerate(labels.items()):
             table.insert(i, column, value)
         tables[name] = table
@@ -579,9 +581,6 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
 # Gathering
 
 
-GATHERED = ("primary_tests", "secondary_tests", "sentence_activations", "clamp_logits", "clamp_statistics",
-            "generations", "word_tokens", "lengths")
-
 
 def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str | Path, alpha: float) -> pd.DataFrame:
     """Stage entry point: one table per kind over models and seeds; BH-FDR of the clamping interaction tests
@@ -590,7 +589,7 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
 
     out_dir = Path(out_dir)
     tables = {name: pd.concat([pd.read_parquet(Path(d) / f"{name}.parquet") for d in model_dirs], ignore_index=True)
-              for name in GATHERED}
+              for name in TABLES}
     clamp = tables["clamp_statistics"]
     clamp["q"] = np.nan
     interaction = (clamp["effect"] == "word_formality:word_emotion") & clamp["p"].notna()

@@ -86,7 +86,8 @@ class ModelContinuation:
     def __init__(self, bridge: Any, hook: HookPoint, check_tokens: torch.Tensor | None = None) -> None:
         self.bridge = bridge
         self.hook = hook
-        self.direct = self._direct_modules() is not None
+        self._modules = self._direct_modules()  # resolved once: (base model, final norm, head) or None
+        self.direct = self._modules is not None
         if self.direct:
             probe = check_tokens if check_tokens is not None else torch.arange(1, 17, device=self._device())[None]
             with torch.no_grad():
@@ -120,9 +121,8 @@ class ModelContinuation:
         return base, norm, head
 
     def _direct_logits(self, residual: torch.Tensor) -> torch.Tensor:
-        modules = self._direct_modules()
-        assert modules is not None
-        base, norm, head = modules
+        assert self._modules is not None
+        base, norm, head = self._modules
         create_causal_mask = sys.modules[type(base).__module__].create_causal_mask
         position_ids = torch.arange(residual.shape[1], device=residual.device)[None]
         mask = create_causal_mask(config=base.config, inputs_embeds=residual, attention_mask=None, cache=None,

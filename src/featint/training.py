@@ -352,7 +352,6 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
               lr: float, device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
               stop_after_step: int | None = None) -> TrainResult:
     """Stage entry point: train one model kind for one seed; write weights, init weights, log, parameters, figure."""
-    from featint import plots
     from featint.models import FROM_STANDARD, load_model, save_model
 
     out_dir = Path(out_dir)
@@ -375,14 +374,25 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     counts_frame["share"] = counts_frame["parameters"] / counts["total"]
     counts_frame.loc[counts_frame["component"] == "total", "share"] = 1.0
     counts_frame["trainable"] = sum(p.numel() for p in model.trainable_parameters())
-    result.log.insert(0, "model", kind)
-    result.log.insert(1, "seed", seed)
-    write_parquet(result.log, out_dir / "train_log.parquet", metadata={"lr": lr, "steps": result.steps})
     write_parquet(counts_frame, out_dir / "parameters.parquet")
-    plots.training_curves(result.log, out_dir / "figures" / "loss.png", title=f"{kind}, seed {seed}, lr {lr:g}")
+    save_training_outputs(model, result, out_dir, kind, seed, extra, {"lr": lr, "steps": result.steps},
+                          title=f"{kind}, seed {seed}, lr {lr:g}")
+    return result
+
+
+def save_training_outputs(model: FeatureModel, result: TrainResult, out_dir: Path, label: str, seed: int,
+                          extra: dict[str, Any], log_metadata: dict[str, Any], title: str) -> None:
+    """What every training stage leaves in its directory: the log (labelled), its figure, the weights; the
+    checkpoint goes once the weights are written."""
+    from featint import plots
+    from featint.models import save_model
+
+    result.log.insert(0, "model", label)
+    result.log.insert(1, "seed", seed)
+    write_parquet(result.log, out_dir / "train_log.parquet", metadata=log_metadata)
+    plots.training_curves(result.log, out_dir / "figures" / "loss.png", title=title)
     save_model(model, out_dir / "weights.safetensors", extra)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
-    return result
 
 
 def run_lr_selection(settings: Settings, family: str, activations_dir: str | Path, out_path: str | Path,

@@ -1,11 +1,11 @@
 # Interventions: a secondary SAE on each chosen model's NFM interaction embedding, then the 2x2 factorial
 # stimuli (feature selection on `select` sentences, two-way ANOVAs on `test` sentences), clamping read out
 # through word-set logits, greedy generations; a gathered summary with FDR and figures.
+import featint.interventions as featint_interventions
 
 INTERVENTION_MODELS = [kind for kind in config["interventions"]["models"] if kind in MODEL_KINDS]
 INTERVENTION_FIGURES = ["clamp_interaction_lines", "clamp_heatmaps", "secondary_activation_by_cell"]
-INTERVENTION_TABLES = ["primary_tests", "secondary_tests", "sentence_activations", "clamp_logits",
-                       "clamp_statistics", "generations", "word_tokens", "lengths"]
+INTERVENTION_TABLES = featint_interventions.TABLES
 
 
 def intervention_targets():
