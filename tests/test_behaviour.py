@@ -72,6 +72,37 @@ def test_cluster_bootstrap_weights() -> None:
     assert np.array_equal(weights, stats.cluster_bootstrap_weights(7, 50, seed=3))
 
 
+def test_nested_bootstrap_keeps_the_between_document_variance() -> None:
+    # 10 documents x 20 windows; windows of a document share its effect (sd 1): the spread of the mean comes
+    # from the documents, which a bootstrap over windows alone would miss.
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(10), 20)
+    values = rng.normal(0.0, 1.0, 10)[groups] + rng.normal(0.0, 0.01, groups.size)
+    nested = stats.nested_cluster_bootstrap_weights(groups, 2000, seed=0)
+    windows_only = stats.cluster_bootstrap_weights(groups.size, 2000, seed=0)
+    assert np.all(nested[0] == 1.0) and nested.shape == (2001, 200)
+    se_nested = np.std((nested @ values) / nested.sum(1))
+    se_windows = np.std((windows_only @ values) / windows_only.sum(1))
+    document_se = values.reshape(10, 20).mean(1).std(ddof=1) / np.sqrt(10)
+    assert 0.8 * document_se < se_nested < 1.2 * document_se
+    assert se_windows < 0.3 * se_nested
+    # one window per document: the one-stage bootstrap over documents (every replicate draws n units)
+    single = stats.nested_cluster_bootstrap_weights(np.arange(7), 50, seed=3)
+    assert np.all(single.sum(1) == 7)
+    assert np.array_equal(single, stats.nested_cluster_bootstrap_weights(np.arange(7), 50, seed=3))
+
+
+def test_windows_spread_over_every_document() -> None:
+    from featint.behaviour import spread_over_documents
+
+    doc_of_window = pd.Series(np.repeat([0, 1, 2, 3], [2, 40, 5, 30]))
+    chosen = spread_over_documents(doc_of_window, 13)
+    assert chosen.size == 13 and set(doc_of_window[chosen]) == {0, 1, 2, 3}
+    per_doc = doc_of_window[chosen].value_counts()
+    assert per_doc[0] == 2 and per_doc.max() - per_doc[per_doc.index != 0].min() <= 1
+    assert spread_over_documents(doc_of_window, 500).size == 77  # all there are
+
+
 def test_benjamini_hochberg_known_answer() -> None:
     p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
     q = stats.benjamini_hochberg(p)
@@ -91,7 +122,8 @@ def _planted_tokens(n_windows: int = 12, per_window: int = 5) -> pd.DataFrame:
         w, p = np.meshgrid(np.arange(n_windows), np.arange(per_window), indexing="ij")
         rows.append(pd.DataFrame({"run": "t", "model": model, "seed": np.int32(seed), "condition": condition,
                                   "condition_kind": kind, "component": component, "draw": np.int16(draw),
-                                  "window": w.ravel(), "position": p.ravel() + 1, "spliced": True,
+                                  "doc_id": w.ravel() // 3, "window": w.ravel(), "position": p.ravel() + 1,
+                                  "spliced": True,
                                   "kl": kl.ravel(), "ce": ce.ravel(), "error_norm": 1.0}))
 
     add("reference", -1, "clean", "reference", "clean", np.zeros_like(base), ce_clean)
@@ -107,7 +139,7 @@ def _planted_tokens(n_windows: int = 12, per_window: int = 5) -> pd.DataFrame:
 def test_summary_known_answers_and_pairing() -> None:
     tokens = _planted_tokens()
     summary = summarise(tokens, "t", n_boot=300, level=0.95, seed=0)
-    boot = summary[summary["method"] == "window_bootstrap"].set_index(["model", "seed", "condition", "metric"])
+    boot = summary[summary["method"] == "document_window_bootstrap"].set_index(["model", "seed", "condition", "metric"])
     ratio = boot.loc[("standard", 0, "sae", "pathology_ratio")]
     # paired resampling: an exact 2x per token gives exactly 2 in every replicate
     assert ratio["estimate"] == pytest.approx(2.0) and ratio["ci_low"] == pytest.approx(2.0)

@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 # Every rule of the DAG, with fewer models and seeds than tiny.yaml, so the cluster run stays short.
 CLUSTER_CONFIG = """
 models: [standard, joint]
+single_seed_models: []
 interventions: {models: [joint]}
 """
 COMPARED = ["metrics/reconstruction.parquet", "behaviour/summary.parquet", "geometry/summary.parquet",

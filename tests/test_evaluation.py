@@ -76,21 +76,53 @@ def test_evaluate_refuses_a_model_from_another_hook(tmp_path: Path) -> None:
 
 
 def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
-    rows = []
+    from featint.config import EvaluationSettings
+
+    rows, docs = [], []
     for model, component, value in (("standard", "sae", 0.4), ("joint", "full", 0.3), ("joint", "sae", 0.5)):
         for seed in (0, 1):
             for metric in ("mse", "fvu"):
                 rows.append({"run": "r", "model": model, "seed": seed, "split": "test", "token_set": "selected",
                              "component": component, "metric": metric, "value": value + 0.01 * seed})
+            for doc in range(6):  # per-document sums whose totals give the same FVU
+                sst = 10.0 + doc
+                docs.append({"run": "r", "model": model, "seed": seed, "split": "test", "token_set": "selected",
+                             "component": component, "doc_id": doc, "tokens": 100, "sse": (value + 0.01 * seed) * sst
+                             * (1 + 0.05 * (doc % 2 - 0.5)), "sst": sst, "sse_raw": 1.0, "sst_raw": 2.0})
     pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
+    pd.DataFrame(docs).to_parquet(tmp_path / "d.parquet")
     params = pd.DataFrame({"model": ["joint"], "seed": [0], "component": ["total"], "parameters": [10]})
     params.to_parquet(tmp_path / "p.parquet")
-    summary = gather([tmp_path / "m.parquet"], [tmp_path / "p.parquet"], tmp_path / "all.parquet",
-                     tmp_path / "summary.parquet", tmp_path / "params.parquet", tmp_path / "fig.png")
+    summary = gather([tmp_path / "m.parquet"], [tmp_path / "d.parquet"], [tmp_path / "p.parquet"],
+                     tmp_path / "all.parquet", tmp_path / "summary.parquet", tmp_path / "params.parquet",
+                     tmp_path / "fig.png", EvaluationSettings(bootstrap=300, ci_level=0.95), seed=0)
     improvement = summary[(summary["metric"] == "improvement_vs_standard_mse") & (summary["model"] == "joint")]
     expected = np.mean([1 - 0.3 / 0.4, 1 - 0.31 / 0.41])
-    assert improvement["mean"].iloc[0] == pytest.approx(expected) and improvement["n_seeds"].iloc[0] == 2
+    row = improvement.iloc[0]
+    assert row["mean"] == pytest.approx(expected) and row["n_seeds"] == 2
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0
+    assert "bootstrap over test documents" in row["interval"]
+    assert (summary["n_documents"] == 6).all() and (summary["n_tokens"] == 600).all()
     assert (tmp_path / "fig.png").stat().st_size > 5000
+
+
+def test_per_document_sums_add_up_to_the_split_metrics(tmp_path: Path) -> None:
+    from featint.evaluation import reconstruction_metrics_by_set
+
+    model, normaliser, store, _ = model_and_data(tmp_path)
+    tokens = pd.read_parquet(tmp_path / "test" / "tokens.parquet")
+    tokens["doc_id"] = (tokens["row"] // 700).astype("int32")  # five documents of unequal sizes
+    tokens.to_parquet(tmp_path / "test" / "tokens.parquet")
+    store = ActivationStore(tmp_path / "test")
+    documents: dict[str, pd.DataFrame] = {}
+    result = reconstruction_metrics_by_set(model, normaliser, store, chunk=512, documents=documents)
+    for token_set, frame in documents.items():
+        assert set(frame["doc_id"]) == set(range(5))
+        for component, rows in frame.groupby("component"):
+            expected = result[token_set]["components"][component]  # type: ignore[index]
+            assert rows["sse"].sum() / rows["sst"].sum() == pytest.approx(expected["fvu"], rel=1e-9)
+            assert rows["sse_raw"].sum() / rows["sst_raw"].sum() == pytest.approx(expected["fvu_raw"], rel=1e-9)
+            assert rows["tokens"].sum() == result[token_set]["tokens"]
 
 
 def test_one_pass_over_several_token_sets_equals_separate_passes(tmp_path: Path) -> None:

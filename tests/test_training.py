@@ -163,3 +163,46 @@ def test_checkpoint_of_another_configuration_is_not_resumed(toy_store, tmp_path:
                        s.sae.auxk, 1e-3, tmp_path / "c.pt", name="standard")
     assert "ignoring checkpoint" in caplog.text
     assert result.log["step"].iloc[0] == 5  # started from step 0, not from the checkpoint's step 10
+
+
+def _toy_activations(tmp_path: Path) -> Path:
+    """A toy activations directory (train / validation splits + normaliser) as the stages read it."""
+    x = toy_data(6000, 0, 1.0)
+    write_store_from_tensor(tmp_path / "acts" / "train", x[:5000], "train", "toy", shard_rows=1000)
+    write_store_from_tensor(tmp_path / "acts" / "validation", x[5000:], "validation", "toy", shard_rows=1000)
+    Normaliser.fit([x[:5000]], "zscore", "toy").save(tmp_path / "acts" / "normaliser.safetensors")
+    return tmp_path / "acts"
+
+
+def test_lr_selection_extends_the_grid_past_an_edge_until_the_optimum_is_interior(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from featint.training import chosen_lr, run_lr_selection
+
+    acts = _toy_activations(tmp_path)
+    # a grid far below the useful range: the best LR is its upper edge, so the grid grows upwards
+    s = settings(lr_grid=[1e-5, 3e-5], lr_selection_tokens=256 * 20, lr_grid_factor=10.0, lr_grid_extensions=4,
+                 validate_every=20)
+    frame = run_lr_selection(s, "standard", acts, tmp_path / "standard.parquet")
+    assert list(frame["lr"]) == sorted(frame["lr"]) and frame["lr"].max() > 3e-5
+    assert (frame.loc[frame["lr"] > 3e-5, "extension"] > 0).all() and (frame.loc[frame["lr"] <= 3e-5, "extension"] == 0).all()
+    assert frame["chosen"].sum() == 1
+    assert frame.loc[frame["chosen"], "validation_fvu"].item() == frame["validation_fvu"].min()
+    best = frame.index[frame["chosen"]][0]
+    assert frame["interior"].iloc[0] == (0 < best < len(frame) - 1)
+    assert chosen_lr(s, "standard", tmp_path / "standard.parquet") == frame.loc[frame["chosen"], "lr"].item()
+    # a kind sharing another kind's choice reads that kind's table; another kind's table is refused
+    pd.read_parquet(tmp_path / "standard.parquet").assign(model="sequential").to_parquet(tmp_path / "seq.parquet")
+    assert chosen_lr(s, "sequential_truncated", tmp_path / "seq.parquet") == frame.loc[frame["chosen"], "lr"].item()
+    with pytest.raises(TrainingError, match="not the lr-selection table of joint"):
+        chosen_lr(s, "joint", tmp_path / "standard.parquet")
+
+
+def test_lr_selection_stops_extending_when_the_best_is_interior(tmp_path: Path) -> None:
+    from featint.training import run_lr_selection
+
+    acts = _toy_activations(tmp_path)
+    s = settings(lr_grid=[1e-4, 3e-3, 3.0], lr_selection_tokens=256 * 20, lr_grid_extensions=3, validate_every=20)
+    frame = run_lr_selection(s, "standard", acts, tmp_path / "standard.parquet")
+    assert len(frame) == 3 and (frame["extension"] == 0).all()  # 3e-3 beats a too-small and a diverging LR
+    assert frame.loc[frame["chosen"], "lr"].item() == 3e-3 and frame["interior"].all()

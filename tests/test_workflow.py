@@ -95,8 +95,25 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
         assert {"weights.safetensors", "init.safetensors", "train_log.parquet", "parameters.parquet",
                 "reconstruction.parquet"} <= {p.name for p in model_dir.iterdir()}
         assert not (model_dir / "checkpoint.pt").exists()
-    lr = pd.read_parquet(results / "lr_selection" / "sae.parquet")
-    assert lr["chosen"].sum() == 1 and lr.loc[lr["chosen"], "validation_fvu"].item() == lr["validation_fvu"].min()
+    # a learning rate chosen per kind on the validation split (sequential_truncated shares sequential's choice)
+    lr = pd.read_parquet(results / "lr_selection" / "summary.parquet")
+    assert set(lr["model"]) == kinds - {"sequential_truncated"}
+    for _, table in lr.groupby("model"):
+        assert table["chosen"].sum() == 1
+        assert table.loc[table["chosen"], "validation_fvu"].item() == table["validation_fvu"].min()
+    assert (results / "lr_selection" / "figures" / "lr_selection.png").stat().st_size > 10_000
+    summary_rec = pd.read_parquet(results / "metrics" / "reconstruction_summary.parquet")
+    test_docs = ActivationStore(results / "activations" / "test").tokens()["doc_id"].nunique()
+    assert (summary_rec["n_documents"] == test_docs).all() and summary_rec["n_tokens"].gt(0).all()
+    joint_gain = summary_rec[(summary_rec["model"] == "joint") & (summary_rec["metric"] == "improvement_vs_standard_mse")
+                             & (summary_rec["token_set"] == "selected")].iloc[0]
+    assert joint_gain["ci_low"] <= joint_gain["mean"] <= joint_gain["ci_high"]
+
+    # the convergence check: standard and joint retrained at twice the budget, criteria reported
+    convergence = pd.read_parquet(results / "convergence" / "summary.parquet")
+    assert set(convergence["quantity"]) == {"test_fvu", "improvement_vs_standard"}
+    assert (convergence["tokens_longer"] == 2 * convergence["tokens_default"]).all()
+    assert (results / "convergence" / "figures" / "convergence.png").stat().st_size > 10_000
 
     # geometry: per-feature tables, verdicts for every model, figures
     verdicts = pd.read_parquet(results / "geometry" / "verdicts.parquet")
@@ -108,7 +125,7 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
 
     # behaviour: every model spliced on test windows, references, a bootstrap summary, figures
     behaviour = pd.read_parquet(results / "behaviour" / "summary.parquet")
-    boot = behaviour[behaviour["method"] == "window_bootstrap"]
+    boot = behaviour[behaviour["method"] == "document_window_bootstrap"]
     assert set(boot["model"]) == kinds | {"reference"}
     ratios = boot[(boot["metric"] == "pathology_ratio") & boot["seed"].isna()]
     assert set(ratios["model"]) == kinds and (ratios["estimate"] > 0).all()
@@ -117,6 +134,8 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert clean["mean_kl"] == 0.0 and clean["ce_loss_recovered"] == 1.0
     tokens = pd.read_parquet(results / "behaviour" / "joint" / "seed~0" / "tokens.parquet")
     assert tokens["window"].nunique() == 8 and tokens["position"].max() == 15
+    assert tokens["doc_id"].nunique() == min(8, test_docs)  # windows spread over the test documents
+    assert (boot["n_documents"] == tokens["doc_id"].nunique()).all()
     assert (results / "behaviour" / "figures" / "pathology_ratios.png").stat().st_size > 10_000
 
     # interventions: secondary SAEs, selection + ANOVAs, clamps with an exact no-op, FDR, figures
@@ -144,7 +163,10 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     ratio = boot[(boot["model"] == "standard") & (boot["condition"] == "sae") & (boot["metric"] == "pathology_ratio")
                  & boot["seed"].isna()]["estimate"].item()
     assert claims.loc["sae_pathology_ratio", "ours_corrected"] == pytest.approx(ratio)
-    assert claims["paper_value"].notna().all() and len(claims) >= 20
+    assert claims.drop(index="budget_convergence")["paper_value"].notna().all() and len(claims) >= 20
+    largest = convergence.loc[convergence["quantity"] == "test_fvu", "change"].abs().max()
+    assert claims.loc["budget_convergence", "ours_corrected"] == pytest.approx(largest)
+    assert claims.loc["joint_improvement", "rests_on"].startswith(f"{test_docs} test documents")
     assert "| Joint training improves reconstruction |" in (results / "report" / "claims.md").read_text()
     assert "snakemake" in (results / "report" / "versions.tsv").read_text()
 

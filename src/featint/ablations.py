@@ -68,13 +68,16 @@ def settings_for(settings: Settings, instance: dict[str, Any]) -> Settings:
     return Settings.from_dict(raw, source=f"ablation {instance}")
 
 
-def run_ablation(settings: Settings, instance_json: str, activations_dir: str | Path, lr_tables: dict[str, str],
-                 out_dir: str | Path, run: str) -> pd.DataFrame:
-    """Stage entry point: train and evaluate one ablation instance; reconstruction.parquet in ``out_dir``."""
+def run_ablation(settings: Settings, instance_json: str, activations_dir: str | Path,
+                 lr_tables: list[str | Path], out_dir: str | Path, run: str) -> pd.DataFrame:
+    """Stage entry point: train and evaluate one ablation instance; reconstruction.parquet in ``out_dir``.
+    ``lr_tables`` are LR-selection tables (each names its kind); an instance uses its kind's choice, made
+    with the run's default sizes."""
     from featint.evaluation import reconstruction_table
     from featint.runtime import resolve_device, seed_everything
-    from featint.training import LR_FAMILY, chosen_lr, run_train
+    from featint.training import chosen_lr, lr_selection_kind, run_train
 
+    tables = {str(pd.read_parquet(path)["model"].iloc[0]): str(path) for path in lr_tables}
     instance = parse_instance(json.loads(instance_json))
     local = settings_for(settings, instance)
     out_dir = Path(out_dir)
@@ -84,12 +87,13 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     if kind in FROM_STANDARD:
         seed_everything(seed)
         run_train(local, "standard", seed, activations_dir, out_dir / "standard",
-                  chosen_lr(local, "standard", lr_tables.get("sae")), device=device)
+                  chosen_lr(local, "standard", tables.get("standard")), device=device)
         standard_weights = out_dir / "standard" / "weights.safetensors"
     seed_everything(seed)
-    run_train(local, kind, seed, activations_dir, out_dir / "model", chosen_lr(local, kind, lr_tables.get(LR_FAMILY[kind])),
-              device=device, standard_weights=standard_weights)
-    frame = reconstruction_table(out_dir / "model" / "weights.safetensors", activations_dir, run=run)
+    run_train(local, kind, seed, activations_dir, out_dir / "model",
+              chosen_lr(local, kind, tables.get(lr_selection_kind(kind))), device=device,
+              standard_weights=standard_weights)
+    frame, _ = reconstruction_table(out_dir / "model" / "weights.safetensors", activations_dir, run=run)
     for column, value in reversed(list(instance.items())):
         frame.insert(0, f"ablation_{column}", value)
     write_parquet(frame, out_dir / "reconstruction.parquet", metadata={"instance": instance})

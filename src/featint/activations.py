@@ -254,28 +254,36 @@ class Window:
 def plan_windows(
     documents: pd.DataFrame, bridge: Any, context_length: int, max_tokens: int | None
 ) -> tuple[list[Window], dict[str, int]]:
-    """Cut each document (in doc_id order) into non-overlapping windows of BOS + (context_length - 1)
-    tokens until ``max_tokens`` stored tokens are reached. A trailing piece shorter than a window is dropped."""
+    """Cut each document into non-overlapping windows of BOS + (context_length - 1) tokens (a trailing piece
+    shorter than a window is dropped) and keep up to ``max_tokens`` stored tokens **spread over every
+    document**: windows are taken round-robin (window 0 of each document in doc_id order, then window 1, ...),
+    so a cap never confines a split to its first few documents (statistics that resample documents need many).
+    The kept windows are returned in (doc_id, position in document) order."""
     bos = bos_token_id(bridge)
     body = context_length - 1
-    windows: list[Window] = []
     stats = {"documents_used": 0, "tokens_dropped_tail": 0, "documents_too_short": 0}
-    budget_windows = None if max_tokens is None else max(1, max_tokens // context_length)
+    per_document: list[list[Window]] = []
     for doc in documents.sort_values("doc_id").itertuples():
-        if budget_windows is not None and len(windows) >= budget_windows:
-            break
         ids = encode_document(bridge, doc.text)
         n_full = len(ids) // body
         stats["tokens_dropped_tail"] += len(ids) - n_full * body
         if n_full == 0:
             stats["documents_too_short"] += 1
             continue
-        stats["documents_used"] += 1
-        for w in range(n_full):
-            if budget_windows is not None and len(windows) >= budget_windows:
-                break
-            windows.append(Window(int(doc.doc_id), w, [bos] + ids[w * body : (w + 1) * body]))
-    return windows, stats
+        per_document.append([Window(int(doc.doc_id), w, [bos] + ids[w * body : (w + 1) * body])
+                             for w in range(n_full)])
+    budget = None if max_tokens is None else max(1, max_tokens // context_length)
+    kept: list[Window] = []
+    depth = 0
+    while per_document and (budget is None or len(kept) < budget):
+        layer = [windows[depth] for windows in per_document if depth < len(windows)]
+        if not layer:
+            break
+        kept.extend(layer if budget is None else layer[: budget - len(kept)])
+        depth += 1
+    kept.sort(key=lambda w: (w.doc_id, w.index_in_doc))
+    stats["documents_used"] = len({w.doc_id for w in kept})
+    return kept, stats
 
 
 def train_norm_threshold(train_dir: str | Path) -> tuple[float, float]:

@@ -115,10 +115,15 @@ class EvaluationWindows:
     ``spliced`` [W, P] (positions replaced and averaged), ``stored`` [W, P, d] (the stored activations)."""
 
     window_ids: np.ndarray
+    doc_ids: np.ndarray  # [W], the document of each window (the bootstrap resamples documents)
     tokens: torch.Tensor
     targets: torch.Tensor
     spliced: torch.Tensor
     stored: torch.Tensor
+
+    @property
+    def n_documents(self) -> int:
+        return int(np.unique(self.doc_ids).size)
 
     @property
     def n_positions(self) -> int:
@@ -130,9 +135,27 @@ class EvaluationWindows:
             yield slice(start, min(len(self.window_ids), start + per_batch))
 
 
+def spread_over_documents(doc_of_window: pd.Series, n_windows: int) -> np.ndarray:
+    """Up to ``n_windows`` window ids (index of ``doc_of_window``) spread over **every** document: each
+    document gets an equal share (capped by what it has, the rest passed on to the longer ones), taken evenly
+    spaced inside it. Sorted."""
+    by_doc = {doc: np.sort(group.index.to_numpy()) for doc, group in doc_of_window.groupby(doc_of_window)}
+    have = {doc: ids.size for doc, ids in by_doc.items()}
+    share = dict.fromkeys(by_doc, 0)
+    left = min(n_windows, sum(have.values()))
+    while left > 0:
+        open_docs = [doc for doc in by_doc if share[doc] < have[doc]]
+        for doc in open_docs[:left]:
+            share[doc] += 1
+        left -= min(left, len(open_docs))
+    chosen = [ids[np.unique(np.linspace(0, ids.size - 1, share[doc]).round().astype(int))]
+              for doc, ids in by_doc.items() if share[doc] > 0]
+    return np.sort(np.concatenate(chosen))
+
+
 def evaluation_windows(store: ActivationStore, settings: BehaviourSettings) -> EvaluationWindows:
-    """``settings.windows`` windows spread evenly over the split (whole documents' order kept), their first
-    ``settings.positions`` positions."""
+    """``settings.windows`` windows spread over every document of the split (:func:`spread_over_documents`),
+    their first ``settings.positions`` positions."""
     tokens = store.tokens()
     if len(tokens) == 0:
         raise BehaviourError(f"{store.directory} holds no token; extract the test split with extraction.max_tokens.test > 0.")
@@ -142,8 +165,8 @@ def evaluation_windows(store: ActivationStore, settings: BehaviourSettings) -> E
     candidates = np.sort(complete[complete].index.to_numpy())
     if candidates.size == 0:
         raise BehaviourError(f"no window in {store.directory} has {positions} positions; lower behaviour.positions.")
-    take = np.unique(np.linspace(0, candidates.size - 1, min(settings.windows, candidates.size)).round().astype(int))
-    window_ids = candidates[take]
+    doc_of_window = tokens.groupby("window")["doc_id"].first()
+    window_ids = spread_over_documents(doc_of_window.loc[candidates], settings.windows)
     rows = tokens[tokens["window"].isin(window_ids) & (tokens["position"] <= positions)]
     rows = rows.sort_values(["window", "position"])
     mask = store.token_set_mask(settings.token_set)
@@ -168,7 +191,7 @@ def evaluation_windows(store: ActivationStore, settings: BehaviourSettings) -> E
     for row_ids, vectors in store.iter_shards(wanted):
         cells = np.array([row_to_cell[r] for r in row_ids])
         stored[cells[:, 0], cells[:, 1]] = vectors
-    return EvaluationWindows(window_ids=window_ids, tokens=torch.from_numpy(token_grid[:, :positions].copy()),
+    return EvaluationWindows(window_ids=window_ids, doc_ids=doc_of_window.loc[window_ids].to_numpy(), tokens=torch.from_numpy(token_grid[:, :positions].copy()),
                              targets=torch.from_numpy(token_grid[:, 1:].copy()),
                              spliced=torch.from_numpy(spliced), stored=stored)
 
@@ -268,6 +291,7 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
             clean_distribution = CleanDistribution.from_logits(clean_logits.reshape(-1, vocab))
             del clean_logits
             window_grid = np.repeat(windows.window_ids[window_slice], P).astype(np.int32)
+            doc_grid = np.repeat(windows.doc_ids[window_slice], P).astype(np.int32)
             position_grid = np.tile(np.arange(P), tokens.shape[0]).astype(np.int16)
             per_call = max(1, settings.batch_tokens // (tokens.shape[0] * P))
             for group in _groups(make_conditions(clean, positions, batch_index), per_call):
@@ -282,7 +306,7 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
                     frames.append(pd.DataFrame({
                         "condition": condition.condition, "condition_kind": condition.kind,
                         "component": condition.component, "draw": np.int16(condition.draw),
-                        "window": window_grid, "position": position_grid,
+                        "doc_id": doc_grid, "window": window_grid, "position": position_grid,
                         "spliced": positions.reshape(-1).numpy(), "kl": kl.numpy(), "ce": ce.numpy(),
                         "error_norm": condition.error_norm.reshape(-1).double().numpy(),
                     }))
@@ -380,6 +404,7 @@ class WindowSums:
     n_kl: np.ndarray  # [W]
     n_ce: np.ndarray  # [W]
     window_ids: np.ndarray  # [W]
+    doc_ids: np.ndarray  # [W], the document of each window
 
     def column(self, model: str, seed: int, condition: str) -> int | None:
         hit = self.keys.index[(self.keys["model"] == model) & (self.keys["seed"] == seed)
@@ -401,6 +426,10 @@ def window_sums(tokens: pd.DataFrame) -> WindowSums:
     for column in ("kl", "ce", "n_kl", "n_ce"):
         grouped[column] = grouped[column] / grouped["n_draws"]
     window_ids = np.sort(grouped["window"].unique())
+    if "doc_id" not in used.columns:
+        raise BehaviourError("the behaviour tables have no doc_id column (written by an older featint); rerun "
+                             "them (snakemake --forcerun behaviour_reference behaviour).")
+    doc_ids = used.groupby("window")["doc_id"].first().loc[window_ids].to_numpy()
     keys = grouped[keys_cols].drop_duplicates().sort_values(keys_cols).reset_index(drop=True)
     kl = grouped.pivot_table(index=keys_cols, columns="window", values="kl", fill_value=np.nan)
     ce = grouped.pivot_table(index=keys_cols, columns="window", values="ce", fill_value=np.nan)
@@ -412,7 +441,7 @@ def window_sums(tokens: pd.DataFrame) -> WindowSums:
     if np.isnan(kl).any() or not (np.allclose(counts, counts[0]) and np.allclose(counts_ce, counts_ce[0])):
         raise BehaviourError("the behaviour tables do not cover the same windows and positions (different "
                              "behaviour settings between rules?); rerun them with one config.")
-    return WindowSums(keys, kl, ce, counts[0], counts_ce[0], window_ids)
+    return WindowSums(keys, kl, ce, counts[0], counts_ce[0], window_ids, doc_ids)
 
 
 SUMMARY_METRICS: dict[str, str] = {
@@ -430,11 +459,12 @@ SUMMARY_METRICS: dict[str, str] = {
 
 
 def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: int) -> pd.DataFrame:
-    """Tidy summary: one row per (model, seed, condition, metric) with the estimate, a percentile bootstrap
-    CI over windows (paired: one set of resampling rows for everything), per seed and averaged over seeds
-    (``seed`` = NA); plus the paper's unpaired per-token t-tests, labelled ``method = paper_unpaired_t``."""
+    """Tidy summary: one row per (model, seed, condition, metric) with the estimate, a percentile CI of a
+    two-stage cluster bootstrap (test documents, then windows inside each drawn document; paired: one set of
+    resampling rows for everything), per seed and averaged over seeds (``seed`` = NA); plus the paper's
+    unpaired per-token t-tests, labelled ``method = paper_unpaired_t``."""
     sums = window_sums(tokens)
-    weights = stats.cluster_bootstrap_weights(len(sums.window_ids), n_boot, seed)
+    weights = stats.nested_cluster_bootstrap_weights(sums.doc_ids, n_boot, seed)
     denominator_kl = weights @ sums.n_kl
     denominator_ce = weights @ sums.n_ce
     mean_kl = (weights @ sums.kl.T) / denominator_kl[:, None]  # [1 + B, K]
@@ -466,8 +496,8 @@ def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: i
             per_seed[(model, model_seed, condition, metric)] = replicates
 
     rows = []
-    base = {"run": run, "n_windows": len(sums.window_ids), "n_tokens": int(sums.n_kl.sum()),
-            "method": "window_bootstrap", "ci_level": level}
+    base = {"run": run, "n_documents": int(np.unique(sums.doc_ids).size), "n_windows": len(sums.window_ids),
+            "n_tokens": int(sums.n_kl.sum()), "method": "document_window_bootstrap", "ci_level": level}
     for (model, model_seed, condition, metric), replicates in per_seed.items():
         interval = stats.percentile_interval(replicates, level)
         rows.append({**base, "model": model, "seed": model_seed, "n_seeds": 1, "condition": condition,
@@ -508,6 +538,7 @@ def _paper_t_tests(tokens: pd.DataFrame, run: str) -> list[dict[str, Any]]:
                 t, p = stats.unpaired_t_test(kl[condition], other)
                 rows.append({"run": run, "model": model, "seed": int(model_seed), "n_seeds": 1,
                              "condition": condition, "metric": metric, "estimate": t, "p_value": p,
+                             "n_documents": int(group["doc_id"].nunique()),
                              "n_windows": int(group["window"].nunique()), "n_tokens": int(kl[condition].size),
                              "method": "paper_unpaired_t"})
     return rows

@@ -2,7 +2,8 @@
 artefact of an upstream rule (never typed), under the paper's definition and under the corrected one.
 
 The paper's values live in ``config/paper_claims.tsv`` (with the section of the reading in PAPER_SPEC they come
-from). Intervals: window-bootstrap CIs for behavioural claims (mean over seeds), the range over seeds for the
+from). Intervals: bootstrap CIs over test documents (and, for behaviour, their windows) for reconstruction
+improvements and behavioural claims (mean over seeds), the range over seeds for the
 others (``interval`` says which).
 """
 
@@ -31,18 +32,24 @@ class Artefacts:
     behaviour: pd.DataFrame  # behaviour/summary.parquet
     interventions: pd.DataFrame  # interventions/summary.parquet
     clamps: pd.DataFrame  # interventions/clamp_statistics.parquet
+    reconstruction_summary: pd.DataFrame  # metrics/reconstruction_summary.parquet (documents, tokens)
+    convergence: pd.DataFrame  # convergence/summary.parquet (empty when convergence.models is empty)
 
     @classmethod
     def load(cls, results: str | Path) -> "Artefacts":
         results = Path(results)
         paths = {"reconstruction": "metrics/reconstruction.parquet", "parameters": "metrics/parameters.parquet",
                  "geometry": "geometry/summary.parquet", "behaviour": "behaviour/summary.parquet",
-                 "interventions": "interventions/summary.parquet", "clamps": "interventions/clamp_statistics.parquet"}
+                 "interventions": "interventions/summary.parquet", "clamps": "interventions/clamp_statistics.parquet",
+                 "reconstruction_summary": "metrics/reconstruction_summary.parquet"}
         frames = {}
         for name, relative in paths.items():
             if not (results / relative).is_file():
                 raise ClaimsError(f"{results / relative} does not exist; run the workflow up to its gather rule.")
             frames[name] = pd.read_parquet(results / relative)
+        # the convergence rule runs when convergence.models is set (the workflow then requires its output)
+        convergence = results / "convergence" / "summary.parquet"
+        frames["convergence"] = pd.read_parquet(convergence) if convergence.is_file() else pd.DataFrame()
         return cls(**frames)
 
 
@@ -81,10 +88,36 @@ class Reader:
         frame = frame[(frame["split"] == "test") & (frame["token_set"] == "selected")]
         return _seed_values(frame, model=model, metric=metric, component=component)
 
+    def recon_interval(self, model: str, metric: str, component: str = "model") -> tuple[float, float, float, int]:
+        """(mean over seeds, CI low, CI high, seeds) of the document bootstrap in the reconstruction summary."""
+        frame = self.a.reconstruction_summary
+        row = frame[(frame["split"] == "test") & (frame["token_set"] == "selected") & (frame["model"] == model)
+                    & (frame["metric"] == metric) & (frame["component"] == component)]
+        if row.empty:
+            return float("nan"), float("nan"), float("nan"), 0
+        r = row.iloc[0]
+        return float(r["mean"]), float(r.get("ci_low", np.nan)), float(r.get("ci_high", np.nan)), int(r["n_seeds"])
+
+    def recon_basis(self) -> str:
+        frame = self.a.reconstruction_summary
+        row = frame[(frame["split"] == "test") & (frame["token_set"] == "selected")]
+        if row.empty or "n_documents" not in row.columns:
+            return ""
+        return f"{int(row['n_documents'].iloc[0])} test documents, {int(row['n_tokens'].iloc[0]):,} tokens"
+
+    def behaviour_basis(self) -> str:
+        frame = self.a.behaviour
+        row = frame[frame["method"] == "document_window_bootstrap"]
+        if row.empty:
+            return ""
+        r = row.iloc[0]
+        return (f"{int(r['n_documents'])} test documents, {int(r['n_windows'])} windows, "
+                f"{int(r['n_tokens']):,} spliced tokens")
+
     def behaviour(self, model: str, condition: str, metric: str) -> tuple[float, float, float, int]:
         frame = self.a.behaviour
         row = frame[(frame["model"] == model) & (frame["condition"] == condition) & (frame["metric"] == metric)
-                    & frame["seed"].isna() & (frame["method"] == "window_bootstrap")]
+                    & frame["seed"].isna() & (frame["method"] == "document_window_bootstrap")]
         if row.empty:
             return float("nan"), float("nan"), float("nan"), 0
         r = row.iloc[0]
@@ -129,9 +162,16 @@ def _seeds(paper: np.ndarray, corrected: np.ndarray, corrected_definition: str, 
                 int(corrected.size), corrected_definition, note)
 
 
+def _documents(paper: np.ndarray, corrected: tuple[float, float, float, int], corrected_definition: str,
+               note: str) -> Ours:
+    return Ours(float(np.mean(paper)) if paper.size else float("nan"), corrected[0], corrected[1], corrected[2],
+                "95% CI, bootstrap over test documents, mean over seeds", corrected[3], corrected_definition, note)
+
+
 def _bootstrap(paper: tuple[float, float, float, int], corrected: tuple[float, float, float, int],
                corrected_definition: str, note: str) -> Ours:
-    return Ours(paper[0], corrected[0], corrected[1], corrected[2], "95% window-bootstrap CI, mean over seeds",
+    return Ours(paper[0], corrected[0], corrected[1], corrected[2],
+                "95% CI, bootstrap over test documents and their windows, mean over seeds",
                 corrected[3], corrected_definition, note)
 
 
@@ -152,20 +192,39 @@ def _nonlinear_share(r: Reader) -> Ours:
                 "(KL(joint_no_interaction) - KL(joint)) / (KL(standard) - KL(joint))", note)
 
 
+def _convergence(r: Reader) -> Ours:
+    table = r.a.convergence
+    if table.empty:
+        return Ours(float("nan"), float("nan"), float("nan"), float("nan"), "not run", 0, "",
+                    "convergence.models is empty: the check did not run")
+    fvu = table[table["quantity"] == "test_fvu"]
+    largest = float(fvu["change"].abs().max())
+    parts = [f"{row.model} test FVU {row.change:+.2%}" for row in fvu.itertuples()]
+    parts += [f"{row.model} {row.quantity} {row.change:+.4f} (seed sd {row.threshold:.4f})"
+              for row in table[table["quantity"] != "test_fvu"].itertuples()]
+    verdict = "passes" if bool(table["passes"].all()) else "FAILS"
+    factor = int(table["tokens_longer"].iloc[0]) / int(table["tokens_default"].iloc[0])
+    return Ours(float("nan"), largest, float("nan"), float("nan"), "point estimate (one seed)", 1,
+                f"largest |relative change| of test FVU when the budget is multiplied by {factor:g} "
+                f"({int(table['tokens_default'].iloc[0]):,} -> {int(table['tokens_longer'].iloc[0]):,} tokens)",
+                f"{verdict}: " + "; ".join(parts))
+
+
 EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
+    "budget_convergence": _convergence,
     "sae_variance_explained": lambda r: _seeds(
         r.recon("standard", "variance_explained_paper", "sae"), 1.0 - r.recon("standard", "fvu", "sae"),
         "1 - FVU (uncentred residual, normalised space), " + HELD_OUT,
         "paper: training batches; ours: held-out text with a smaller model and budget"),
-    "sequential_error_reduction": lambda r: _seeds(
-        r.recon("sequential_truncated", "improvement_own_sae"), r.recon("sequential", "improvement_vs_standard_mse"),
+    "sequential_error_reduction": lambda r: _documents(
+        r.recon("sequential_truncated", "improvement_own_sae"), r.recon_interval("sequential", "improvement_vs_standard_mse"),
         "1 - MSE(sequential, SAE at its trained k) / MSE(standalone standard SAE)",
         "the paper's figure needs the SAE run at k/4 (sequential_truncated); at its trained k the NFM gains less"),
     "sequential_linear_share": lambda r: _seeds(
         r.recon("sequential", "linear_share"), r.recon("sequential", "linear_share"),
         "same definition, " + HELD_OUT, "output magnitudes; the definitions agree"),
-    "joint_improvement": lambda r: _seeds(
-        r.recon("joint", "improvement_own_sae"), r.recon("joint", "improvement_vs_standard_mse"),
+    "joint_improvement": lambda r: _documents(
+        r.recon("joint", "improvement_own_sae"), r.recon_interval("joint", "improvement_vs_standard_mse"),
         "1 - MSE(joint) / MSE(independently trained standard SAE, same seed, budget, data)",
         "the paper compares with the joint model's own ablated SAE path, which alone is a poor SAE"),
     "joint_linear_share": lambda r: _seeds(
@@ -258,6 +317,20 @@ def read_paper_claims(path: str | Path) -> pd.DataFrame:
     return table
 
 
+#: The held-out data each claim's numbers rest on, by the artefact they come from.
+def _rests_on(claim_id: str, r: Reader) -> str:
+    if claim_id in {"sae_variance_explained", "sequential_error_reduction", "sequential_linear_share",
+                    "joint_improvement", "joint_linear_share", "budget_convergence"}:
+        return r.recon_basis()
+    if claim_id in {"sae_pathology_ratio", "sequential_pathology_ratio", "sequential_kl_reduction",
+                    "joint_kl_reduction", "joint_nonlinear_kl_reduction", "joint_ce_reduction",
+                    "nonlinear_share_of_improvement"}:
+        return r.behaviour_basis()
+    if claim_id.startswith(("secondary", "clamp")):
+        return "held-out test sentences and prompts of config/stimuli (see interventions/summary.parquet)"
+    return "trained weights (and train tokens for firing statistics)"
+
+
 def claims_table(paper: pd.DataFrame, artefacts: Artefacts) -> pd.DataFrame:
     reader = Reader(artefacts)
     rows = []
@@ -265,6 +338,7 @@ def claims_table(paper: pd.DataFrame, artefacts: Artefacts) -> pd.DataFrame:
         ours = EXTRACTORS[record["claim_id"]](reader)
         rows.append({**record, "ours_paper_definition": ours.paper_definition, "ours_corrected": ours.corrected,
                      "ci_low": ours.low, "ci_high": ours.high, "interval": ours.interval, "seeds": ours.seeds,
+                     "rests_on": _rests_on(record["claim_id"], reader),
                      "corrected_definition": ours.corrected_definition, "note": ours.note})
     return pd.DataFrame(rows)
 
@@ -282,12 +356,13 @@ def claims_markdown(table: pd.DataFrame, run: str) -> str:
              "Paper values from `config/paper_claims.tsv`; ours read from this run's Parquet artefacts. "
              "`paper def.` applies the paper's definition to our models; `corrected` the definition in the last "
              "column (held-out text, independent baselines, per-condition epsilon, proper ANOVA).", "",
-             "| claim | paper | ours, paper def. | ours, corrected | interval | seeds | corrected definition | note |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| claim | paper | ours, paper def. | ours, corrected | interval | seeds | rests on | corrected definition | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
         interval = "–" if not np.isfinite(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] ({r['interval']})"
         lines.append(f"| {r['claim']} | {_fmt(r['paper_value'])} {r['unit']} | {_fmt(r['ours_paper_definition'])} | "
-                     f"{_fmt(r['ours_corrected'])} | {interval} | {r['seeds']} | {r['corrected_definition']} | "
+                     f"{_fmt(r['ours_corrected'])} | {interval} | {r['seeds']} | {r['rests_on']} | "
+                     f"{r['corrected_definition']} | "
                      f"{r['note']} |")
     return "\n".join(lines) + "\n"
 

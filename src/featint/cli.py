@@ -30,9 +30,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "normaliser": ("normaliser",),
     "summarise": (),
     "select-lr": ("sae", "nfm", "training"),
+    "gather-lr-selection": (),
     "train": ("sae", "nfm", "training"),
     "evaluate": (),
-    "gather-metrics": (),
+    "gather-metrics": ("seed", "evaluation"),
+    "convergence": ("convergence",),
     "geometry": ("geometry",),
     "gather-geometry": ("geometry",),
     "behaviour-reference": ("seed", "model", "hook", "behaviour"),
@@ -112,8 +114,15 @@ def cmd_select_lr(args: argparse.Namespace) -> None:
     from featint.training import run_lr_selection
 
     settings = _settings(args)
-    run_lr_selection(settings, args.family, args.activations, args.out,
-                     device=resolve_device(settings.model.device))
+    run_lr_selection(settings, args.kind, args.activations, args.out,
+                     device=resolve_device(settings.model.device), standard_weights=args.standard)
+
+
+def cmd_gather_lr_selection(args: argparse.Namespace) -> None:
+    from featint.training import gather_lr_selection
+
+    frame = gather_lr_selection(args.tables, args.out_table, args.out_figure)
+    log.info("chosen learning rates:\n%s", frame[frame["chosen"]].to_string(index=False))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -122,23 +131,34 @@ def cmd_train(args: argparse.Namespace) -> None:
     settings = _settings(args)
     lr = chosen_lr(settings, args.kind, args.lr_table)
     result = run_train(settings, args.kind, args.seed, args.activations, args.out, lr,
-                       device=resolve_device(settings.model.device), standard_weights=args.standard)
+                       device=resolve_device(settings.model.device), standard_weights=args.standard,
+                       budget_factor=args.budget_factor)
     final = result.log[result.log["split"] == "validation"].iloc[-1]
     log.info("%s seed %d: %d steps at lr %g, validation FVU %.4f", args.kind, args.seed, result.steps, lr,
              final["fvu"])
 
 
+def cmd_convergence(args: argparse.Namespace) -> None:
+    from featint.convergence import run_convergence
+
+    settings = _settings(args)
+    summary = run_convergence(settings.convergence, args.default, args.longer, args.logs, args.out,
+                              args.out_figure)
+    log.info("convergence:\n%s", summary.to_string(index=False))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from featint.evaluation import run_evaluate
 
-    run_evaluate(args.weights, args.activations, args.out, run=args.run)
+    run_evaluate(args.weights, args.activations, args.out, run=args.run, out_documents=args.out_documents)
 
 
 def cmd_gather_metrics(args: argparse.Namespace) -> None:
     from featint.evaluation import gather
 
-    summary = gather(args.tables, args.parameters, args.out_metrics, args.out_summary, args.out_parameters,
-                     args.out_figure)
+    settings = _settings(args)
+    summary = gather(args.tables, args.documents, args.parameters, args.out_metrics, args.out_summary,
+                     args.out_parameters, args.out_figure, settings.evaluation, settings.seed)
     view = summary[(summary["metric"].isin(["fvu", "improvement_vs_standard_mse"]))
                    & summary["component"].isin(["full", "model"]) & (summary["token_set"] == "selected")]
     log.info("test reconstruction:\n%s", view.to_string(index=False))
@@ -258,8 +278,7 @@ def cmd_ablation(args: argparse.Namespace) -> None:
     from featint.ablations import run_ablation
 
     settings = _settings(args)
-    lr_tables = {family: path for family, path in (("sae", args.lr_sae), ("nfm", args.lr_nfm)) if path}
-    frame = run_ablation(settings, args.instance, args.activations, lr_tables, args.out, run=args.run)
+    frame = run_ablation(settings, args.instance, args.activations, args.lr_tables or [], args.out, run=args.run)
     view = frame[(frame["metric"] == "fvu") & (frame["token_set"] == "selected")]
     log.info("ablation %s:\n%s", args.instance, view[["component", "value"]].to_string(index=False))
 
@@ -308,24 +327,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-positions", required=True)
     p.add_argument("--out-figure", required=True)
-    p = add("select-lr", cmd_select_lr, "choose a model family's learning rate on the validation split")
-    p.add_argument("--family", required=True, choices=("sae", "nfm"))
+    p = add("select-lr", cmd_select_lr, "choose a model kind's learning rate on the validation split")
+    p.add_argument("--kind", required=True)
     p.add_argument("--activations", required=True, help="activations directory (splits + normaliser)")
+    p.add_argument("--standard", help="weights of the standard SAE (kinds that start from it)")
     p.add_argument("--out", required=True)
+    p = add("gather-lr-selection", cmd_gather_lr_selection, "every kind's LR selection in one table and figure",
+            config=False)
+    p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-figure", required=True)
     p = add("train", cmd_train, "train one model kind for one seed")
     p.add_argument("--kind", required=True)
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--activations", required=True)
-    p.add_argument("--lr-table", help="lr-selection table of the kind's family (when training.lr is null)")
+    p.add_argument("--lr-table", help="lr-selection table the kind uses (when training.lr is null)")
     p.add_argument("--standard", help="weights of the standard SAE (sequential kinds and the refit)")
+    p.add_argument("--budget-factor", type=float, default=1.0, help="multiple of training.tokens (convergence check)")
     p.add_argument("--out", required=True, help="model directory")
+    p = add("convergence", cmd_convergence, "does a longer training change the test FVU and the improvement?")
+    p.add_argument("--default", nargs="+", required=True, help="reconstruction tables of the default models")
+    p.add_argument("--longer", nargs="+", required=True, help="reconstruction tables of the longer trainings")
+    p.add_argument("--logs", nargs="+", required=True, help="train logs of the compared models (both budgets)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--out-figure", required=True)
     p = add("evaluate", cmd_evaluate, "reconstruction metrics of one model on the test split", config=False)
     p.add_argument("--weights", required=True)
     p.add_argument("--activations", required=True)
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
-    p = add("gather-metrics", cmd_gather_metrics, "one tidy table and figure over models and seeds", config=False)
+    p.add_argument("--out-documents", help="per-document sums of squares (for document-bootstrap intervals)")
+    p = add("gather-metrics", cmd_gather_metrics, "one tidy table and figure over models and seeds")
     p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--documents", nargs="+", required=True, help="per-document tables written by evaluate")
     p.add_argument("--parameters", nargs="+", required=True)
     p.add_argument("--out-metrics", required=True)
     p.add_argument("--out-summary", required=True)
@@ -380,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ablation", cmd_ablation, "train and evaluate one ablation instance (a row of the ablation table)")
     p.add_argument("--instance", required=True, help="the row as JSON (column -> value)")
     p.add_argument("--activations", required=True)
-    p.add_argument("--lr-sae", help="lr-selection table of the SAE family (when training.lr is null)")
-    p.add_argument("--lr-nfm", help="lr-selection table of the NFM family (when training.lr is null)")
+    p.add_argument("--lr-tables", nargs="*", help="lr-selection tables of the instance's kind and of standard "
+                   "(when training.lr is null)")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p = add("gather-ablations", cmd_gather_ablations, "one table and figure over the ablation instances",

@@ -103,7 +103,14 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
         raise ConfigError(f"{source}: sae.k={sae['k']} exceeds sae.n_features={sae['n_features']}.")
     if completed["nfm"]["truncated_k"] > sae["k"]:
         raise ConfigError(f"{source}: nfm.truncated_k must not exceed sae.k={sae['k']}.")
-    needs_standard = {"sequential", "sequential_truncated", "standard_refit"} & set(completed["models"])
+    repeated = sorted(set(completed["models"]) & set(completed["single_seed_models"]))
+    if repeated:
+        raise ConfigError(f"{source}: single_seed_models repeats {repeated} of models; list each kind once.")
+    needs_standard = {"sequential", "sequential_truncated", "standard_refit"} & (
+        set(completed["models"]) | set(completed["single_seed_models"]))
+    missing = sorted(set(completed["convergence"]["models"]) - set(completed["models"]))
+    if missing:
+        raise ConfigError(f"{source}: convergence.models {missing} are not in models; the check compares with them.")
     if needs_standard and "standard" not in completed["models"]:
         raise ConfigError(f"{source}: models {sorted(needs_standard)} start from the standard SAE; add 'standard'.")
     return completed
@@ -219,6 +226,8 @@ class TrainingSettings:
     lr: float | None
     lr_grid: list[float]
     lr_selection_tokens: int
+    lr_grid_factor: float
+    lr_grid_extensions: int
     betas: list[float]
     eps: float
     lr_final_factor: float
@@ -234,6 +243,19 @@ class TrainingSettings:
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    bootstrap: int
+    ci_level: float
+
+
+@dataclass(frozen=True)
+class ConvergenceSettings:
+    models: list[str]
+    budget_factor: float
+    max_relative_fvu_change: float
 
 
 @dataclass(frozen=True)
@@ -308,12 +330,21 @@ class Settings:
     sae: SAESettings
     nfm: NFMSettings
     models: list[str]
+    single_seed_models: list[str]
     training: TrainingSettings
+    evaluation: EvaluationSettings
+    convergence: ConvergenceSettings
     geometry: GeometrySettings
     behaviour: BehaviourSettings
     interventions: InterventionSettings
     ablations: AblationSettings
     raw: dict[str, Any]
+
+    def model_instances(self) -> list[tuple[str, int]]:
+        """Every (kind, seed) trained: ``models`` on every seed, ``single_seed_models`` on the first."""
+        seeds = self.training.seeds
+        return [(kind, seed) for kind in self.models for seed in seeds] + [
+            (kind, seeds[0]) for kind in self.single_seed_models]
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], source: str = "config") -> "Settings":
@@ -334,7 +365,10 @@ class Settings:
             sae=SAESettings(**sae),
             nfm=NFMSettings(**c["nfm"]),
             models=list(c["models"]),
+            single_seed_models=list(c["single_seed_models"]),
             training=TrainingSettings(**c["training"]),
+            evaluation=EvaluationSettings(**c["evaluation"]),
+            convergence=ConvergenceSettings(**{**c["convergence"], "models": list(c["convergence"]["models"])}),
             geometry=GeometrySettings(**c["geometry"]),
             behaviour=BehaviourSettings(**c["behaviour"]),
             interventions=InterventionSettings(**{**c["interventions"],

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from featint.activations import TOKEN_SETS, ActivationStore
+from featint.config import EvaluationSettings
 from featint.errors import ShardError
 from featint.io import write_parquet
 from featint.models import FeatureModel, load_model
@@ -112,15 +113,71 @@ class _ModelStats:
         self.fired = torch.zeros(self.n_features, dtype=torch.bool)
 
 
+@dataclass
+class _DocumentSums:
+    """Per-document sums of one token set: enough to recompute FVU (normalised and raw) exactly over any
+    multiset of documents, so intervals can resample test documents."""
+
+    n_documents: int
+    d: int
+    n: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sum_x: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sum_sq: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sum_x_raw: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sum_sq_raw: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sse: dict[str, np.ndarray] = field(default_factory=dict)
+    sse_raw: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        D, d = self.n_documents, self.d
+        self.n, self.sum_sq, self.sum_sq_raw = np.zeros(D), np.zeros(D), np.zeros(D)
+        self.sum_x, self.sum_x_raw = np.zeros((D, d)), np.zeros((D, d))
+
+    def add(self, doc: np.ndarray, x: torch.Tensor, x_raw: torch.Tensor,
+            residuals: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        xd, xr = x.double().numpy(), x_raw.double().numpy()
+        np.add.at(self.n, doc, 1.0)
+        np.add.at(self.sum_x, doc, xd)
+        np.add.at(self.sum_x_raw, doc, xr)
+        np.add.at(self.sum_sq, doc, (xd * xd).sum(1))
+        np.add.at(self.sum_sq_raw, doc, (xr * xr).sum(1))
+        for component, (r, r_raw) in residuals.items():
+            np.add.at(self.sse.setdefault(component, np.zeros(self.n_documents)), doc,
+                      (r.double() ** 2).sum(1).numpy())
+            np.add.at(self.sse_raw.setdefault(component, np.zeros(self.n_documents)), doc,
+                      (r_raw.double() ** 2).sum(1).numpy())
+
+    def table(self, doc_ids: np.ndarray) -> pd.DataFrame:
+        """One row per (component, document): tokens, sse, sst (about the token set's overall mean, so the
+        documents' sst add up to the set's total), and both in raw space."""
+        n_total = self.n.sum()
+
+        def sst(sum_x: np.ndarray, sum_sq: np.ndarray) -> np.ndarray:
+            mean = sum_x.sum(0) / n_total
+            return sum_sq - 2.0 * sum_x @ mean + self.n * float(mean @ mean)
+
+        seen = self.n > 0
+        sst_norm, sst_raw = sst(self.sum_x, self.sum_sq), sst(self.sum_x_raw, self.sum_sq_raw)
+        return pd.concat([pd.DataFrame({"component": component, "doc_id": doc_ids[seen],
+                                        "tokens": self.n[seen].astype(np.int64), "sse": self.sse[component][seen],
+                                        "sst": sst_norm[seen], "sse_raw": self.sse_raw[component][seen],
+                                        "sst_raw": sst_raw[seen]}) for component in self.sse], ignore_index=True)
+
+
 @torch.no_grad()
 def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
-                                  token_sets: tuple[str, ...] = TOKEN_SETS,
-                                  chunk: int = 4096) -> dict[str, dict[str, float | dict[str, float]]]:
-    """Metrics for several token sets in one pass: the model runs once on the union of the sets."""
+                                  token_sets: tuple[str, ...] = TOKEN_SETS, chunk: int = 4096,
+                                  documents: dict[str, pd.DataFrame] | None = None,
+                                  ) -> dict[str, dict[str, float | dict[str, float]]]:
+    """Metrics for several token sets in one pass: the model runs once on the union of the sets. When
+    ``documents`` is a dict, it receives each token set's per-document sums (:meth:`_DocumentSums.table`)."""
     masks = {name: store.token_set_mask(name) for name in token_sets}
     union = np.logical_or.reduce(list(masks.values()))
     accumulators = {name: _Accumulator(store.meta.d_model) for name in token_sets}
     stats = {name: _ModelStats(model.sae.n_features) for name in token_sets}
+    token_table = store.tokens().sort_values("row")
+    doc_ids, doc_of_row = np.unique(token_table["doc_id"].to_numpy(), return_inverse=True)
+    per_document = {name: _DocumentSums(doc_ids.size, store.meta.d_model) for name in token_sets}
     components = components_of(model)
     for row_ids, raw_rows in store.iter_shards(union):
         for start in range(0, raw_rows.shape[0], chunk):
@@ -136,8 +193,11 @@ def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, s
                     continue
                 acc, st = accumulators[name], stats[name]
                 acc.add_inputs(x[keep], x_raw[keep])
-                for component, x_hat in hats.items():
-                    acc.add_residual(component, x[keep] - x_hat[keep], x_raw[keep] - hats_raw[component][keep])
+                residuals = {component: (x[keep] - x_hat[keep], x_raw[keep] - hats_raw[component][keep])
+                             for component, x_hat in hats.items()}
+                for component, (r, r_raw) in residuals.items():
+                    acc.add_residual(component, r, r_raw)
+                per_document[name].add(doc_of_row[rows[keep.numpy()]], x[keep], x_raw[keep], residuals)
                 values, indices = rec.code.values[keep], rec.code.indices[keep]
                 active = values > 0
                 st.fired[indices[active]] = True
@@ -146,6 +206,9 @@ def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, s
                     st.linear_abs += float(rec.linear[keep].abs().sum())
                 if rec.interaction is not None:
                     st.interaction_abs += float(rec.interaction[keep].abs().sum())
+    if documents is not None:
+        for name in token_sets:
+            documents[name] = per_document[name].table(doc_ids)
     return {name: _finish(model, accumulators[name], stats[name]) for name in token_sets}
 
 
@@ -171,8 +234,9 @@ def reconstruction_metrics(model: FeatureModel, normaliser: Normaliser, store: A
 
 
 def reconstruction_table(weights_path: str | Path, activations_dir: str | Path, run: str,
-                         split: str = "test") -> pd.DataFrame:
-    """Tidy reconstruction table of one trained model on a split (test by default)."""
+                         split: str = "test") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy reconstruction table of one trained model on a split (test by default), and its per-document
+    sums of squares (one row per token set, component and document)."""
     activations_dir = Path(activations_dir)
     normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
     store = ActivationStore(activations_dir / split)
@@ -180,20 +244,28 @@ def reconstruction_table(weights_path: str | Path, activations_dir: str | Path, 
     check_model_matches_store(model, extra, store, weights_path)
     rows = []
     base = {"run": run, "model": model.kind, "seed": int(extra["seed"]), "split": split}
-    for token_set, result in reconstruction_metrics_by_set(model, normaliser, store).items():
+    documents: dict[str, pd.DataFrame] = {}
+    for token_set, result in reconstruction_metrics_by_set(model, normaliser, store, documents=documents).items():
         for component, metrics in result.pop("components").items():  # type: ignore[union-attr]
             rows += [{**base, "token_set": token_set, "component": component, "metric": m, "value": v}
                      for m, v in metrics.items()]
         rows += [{**base, "token_set": token_set, "component": "model", "metric": m, "value": float(v)}
                  for m, v in result.items()]
-    return pd.DataFrame(rows)
+    per_document = pd.concat([frame.assign(**base, token_set=token_set) for token_set, frame in documents.items()],
+                             ignore_index=True)
+    front = [*base, "token_set"]
+    per_document = per_document[front + [c for c in per_document.columns if c not in front]]
+    return pd.DataFrame(rows), per_document
 
 
 def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path: str | Path,
-                 run: str, split: str = "test") -> pd.DataFrame:
-    """Stage entry point: :func:`reconstruction_table` written to ``out_path``."""
-    frame = reconstruction_table(weights_path, activations_dir, run, split)
+                 run: str, split: str = "test", out_documents: str | Path | None = None) -> pd.DataFrame:
+    """Stage entry point: :func:`reconstruction_table` written to ``out_path`` (and the per-document sums to
+    ``out_documents``)."""
+    frame, documents = reconstruction_table(weights_path, activations_dir, run, split)
     write_parquet(frame, out_path)
+    if out_documents is not None:
+        write_parquet(documents, out_documents)
     return frame
 
 
@@ -208,10 +280,63 @@ def final_reconstruction(metrics: pd.DataFrame, keys: tuple[str, ...] = FINAL_KE
     return final["value"].reset_index()
 
 
-def gather(tables: list[str | Path], parameter_tables: list[str | Path], out_metrics: str | Path,
-           out_summary: str | Path, out_parameters: str | Path, figure_path: str | Path) -> pd.DataFrame:
+#: Reconstruction metrics given document-bootstrap intervals in the summary.
+INTERVAL_METRICS: tuple[str, ...] = ("fvu", "fvu_raw", "improvement_vs_standard_mse")
+
+
+def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed: int) -> pd.DataFrame:
+    """Percentile intervals of a bootstrap over test documents (one set of resampling rows for every model,
+    seed and component, so improvements are paired), per seed and for the mean over seeds. Rows: run, model,
+    seed (NA = mean over seeds), split, token_set, component, metric, estimate, ci_low, ci_high,
+    n_documents, n_tokens. ``fvu`` for every component; ``improvement_vs_standard_mse`` (component
+    ``model``) = 1 - SSE(final reconstruction) / SSE(standard SAE of the same seed) on the same tokens."""
+    from featint import stats
+
+    out = []
+    for (run, split, token_set), frame in documents.groupby(["run", "split", "token_set"]):
+        doc_ids = np.sort(frame["doc_id"].unique())
+        weights = stats.nested_cluster_bootstrap_weights(doc_ids, n_boot, seed)
+        tokens = frame.drop_duplicates("doc_id").set_index("doc_id")["tokens"].reindex(doc_ids).to_numpy()
+
+        def replicates(rows: pd.DataFrame, column: str) -> np.ndarray:
+            return weights @ rows.set_index("doc_id")[column].reindex(doc_ids).fillna(0.0).to_numpy()
+
+        series: dict[tuple[str, int, str, str], np.ndarray] = {}
+        for (model, model_seed, component), rows in frame.groupby(["model", "seed", "component"]):
+            series[(model, int(model_seed), component, "fvu")] = replicates(rows, "sse") / replicates(rows, "sst")
+            series[(model, int(model_seed), component, "fvu_raw")] = (replicates(rows, "sse_raw")
+                                                                     / replicates(rows, "sst_raw"))
+        final = {(m, sd): ("full" if (m, sd, "full", "fvu") in series else "sae") for m, sd, _, _ in series}
+        for (model, model_seed), component in final.items():
+            standard = ("standard", model_seed, "sae", "fvu")
+            if model != "standard" and standard in series:
+                series[(model, model_seed, "model", "improvement_vs_standard_mse")] = (
+                    1.0 - series[(model, model_seed, component, "fvu")] / series[standard])
+        base = {"run": run, "split": split, "token_set": token_set, "n_documents": int(doc_ids.size),
+                "n_tokens": int(tokens.sum())}
+        pooled: dict[tuple[str, str, str], list[np.ndarray]] = {}
+        for (model, model_seed, component, metric), values in series.items():
+            interval = stats.percentile_interval(values, level)
+            out.append({**base, "model": model, "seed": model_seed, "component": component, "metric": metric,
+                        "estimate": interval.estimate, "ci_low": interval.low, "ci_high": interval.high})
+            pooled.setdefault((model, component, metric), []).append(values)
+        for (model, component, metric), values_list in pooled.items():
+            interval = stats.percentile_interval(np.mean(values_list, axis=0), level)
+            out.append({**base, "model": model, "seed": pd.NA, "component": component, "metric": metric,
+                        "estimate": interval.estimate, "ci_low": interval.low, "ci_high": interval.high,
+                        "n_seeds": len(values_list)})
+    frame = pd.DataFrame(out)
+    frame["seed"] = frame["seed"].astype("Int32")
+    return frame
+
+
+def gather(tables: list[str | Path], document_tables: list[str | Path], parameter_tables: list[str | Path],
+           out_metrics: str | Path, out_summary: str | Path, out_parameters: str | Path, figure_path: str | Path,
+           settings: EvaluationSettings, seed: int) -> pd.DataFrame:
     """Stage entry point: one tidy table over models and seeds, improvements against the independently
-    trained standard SAE of the same seed, mean / sd / n over seeds, parameters, and the comparison figure."""
+    trained standard SAE of the same seed, mean / sd / n over seeds with a 95% interval of a bootstrap over
+    test documents (of the mean over seeds), the documents and tokens it rests on, parameters, and the
+    comparison figure."""
     from featint import plots
 
     metrics = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
@@ -223,8 +348,18 @@ def gather(tables: list[str | Path], parameter_tables: list[str | Path], out_met
     merged["component"] = "model"
     metrics = pd.concat([metrics, merged.drop(columns="standard")], ignore_index=True)
     write_parquet(metrics, out_metrics)
-    summary = (metrics.groupby(["run", "model", "split", "token_set", "component", "metric"])["value"]
+    keys = ["run", "model", "split", "token_set", "component", "metric"]
+    summary = (metrics.groupby(keys)["value"]
                .agg(mean="mean", sd="std", n_seeds="count", minimum="min", maximum="max").reset_index())
+    documents = pd.concat([pd.read_parquet(p) for p in document_tables], ignore_index=True)
+    intervals = document_intervals(documents, settings.bootstrap, settings.ci_level, seed)
+    pooled = intervals[intervals["seed"].isna() & intervals["metric"].isin(INTERVAL_METRICS)]
+    summary = summary.merge(pooled[keys + ["ci_low", "ci_high"]], on=keys, how="left")
+    summary["interval"] = np.where(summary["ci_low"].notna(),
+                                   f"{settings.ci_level:.0%} bootstrap over test documents, mean over seeds", "")
+    counts = intervals.drop_duplicates(["run", "split", "token_set"])[["run", "split", "token_set", "n_documents",
+                                                                       "n_tokens"]]
+    summary = summary.merge(counts, on=["run", "split", "token_set"], how="left")
     write_parquet(summary, out_summary)
     parameters = pd.concat([pd.read_parquet(p) for p in parameter_tables], ignore_index=True)
     write_parquet(parameters, out_parameters)

@@ -94,8 +94,10 @@ class TopKEncoderFunction(torch.autograd.Function):
         values, indices = pre.topk(k, dim=-1, sorted=False)
         aux_values = aux_indices = None
         if aux_mask is not None and k_aux > 0:
-            masked = pre.masked_fill(~aux_mask, float("-inf"))
-            aux_values, aux_indices = masked.topk(min(k_aux, int(aux_mask.sum())), dim=-1, sorted=False)
+            # Top k_aux among the dead columns only: cheaper than masking all F columns when few are dead.
+            dead = aux_mask.nonzero().squeeze(1)
+            aux_values, position = pre.index_select(1, dead).topk(min(k_aux, dead.numel()), dim=-1, sorted=False)
+            aux_indices = dead[position]
             ctx.mark_non_differentiable(aux_indices)
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(x_in, W, indices, aux_indices if aux_indices is not None else indices[:, :0])

@@ -164,7 +164,7 @@ def behaviour_ratios(summary: pd.DataFrame, path: str | Path) -> None:
     """Pathology ratio KL(condition) / KL(epsilon-random) and KL improvement over the standalone standard SAE,
     with window-bootstrap CIs (mean over seeds)."""
     sns.set_theme(style="whitegrid", context="notebook")
-    pooled = summary[summary["seed"].isna() & (summary["method"] == "window_bootstrap")]
+    pooled = summary[summary["seed"].isna() & (summary["method"] == "document_window_bootstrap")]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
     for ax, metric, label in ((axes[0], "pathology_ratio", "KL(condition) / KL(epsilon-random)"),
                               (axes[1], "improvement_kl_vs_standard", "1 - KL / KL(standard SAE)")):
@@ -283,5 +283,45 @@ def ablation_summary(summary: pd.DataFrame, path: str | Path) -> None:
     sns.barplot(data=frame, y="setting", x="fvu", hue="ablation_kind", ax=ax, orient="h", dodge=True)
     ax.set(xlabel="test FVU (selected tokens)", ylabel="")
     ax.set_title("Ablation sweep (config/ablations.tsv)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def lr_selection(frame: pd.DataFrame, path: str | Path) -> None:
+    """Validation FVU against learning rate, one line per kind; the chosen LR ringed, LRs added past the
+    starting grid drawn hollow, diverged LRs left out."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    shown = frame[~frame["diverged"]]
+    order = _order(frame["model"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    sns.lineplot(data=shown, x="lr", y="validation_fvu", hue="model", hue_order=order, marker="o", ax=ax)
+    added = shown[shown["extension"] > 0]
+    ax.scatter(added["lr"], added["validation_fvu"], s=90, facecolors="white", edgecolors="grey", zorder=3,
+               label="added past the grid")
+    chosen = shown[shown["chosen"]]
+    ax.scatter(chosen["lr"], chosen["validation_fvu"], s=160, facecolors="none", edgecolors="black", lw=1.5,
+               zorder=4, label="chosen")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="validation FVU (normalised space)",
+           title="Learning rate chosen per kind on the validation split")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def convergence_curves(logs: pd.DataFrame, table: pd.DataFrame, path: str | Path) -> None:
+    """Validation FVU against tokens for the default and the longer budget, one panel per model, with the
+    test-FVU change of the check in each panel's title."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    validation = logs[logs["split"] == "validation"].copy()
+    validation["budget"] = validation["budget_tokens"].map(lambda t: f"{t:,} tokens")
+    models = _order(validation["model"])
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.8), squeeze=False)
+    changes = table[table["quantity"] == "test_fvu"].set_index("model")["change"]
+    for ax, model in zip(axes[0], models):
+        sns.lineplot(data=validation[validation["model"] == model], x="tokens", y="fvu", hue="budget", ax=ax)
+        change = changes.get(model, np.nan)
+        ax.set(title=f"{model}: test FVU change {change:+.1%}", xlabel="tokens seen",
+               ylabel="validation FVU (normalised space)")
+        ax.legend(fontsize=8, title=None)
     fig.tight_layout()
     _save(fig, path)

@@ -157,6 +157,32 @@ def cluster_bootstrap_weights(n_clusters: int, n_boot: int, seed: int) -> np.nda
     return np.vstack([np.ones((1, n_clusters)), counts])
 
 
+def nested_cluster_bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """[1 + n_boot, n_units] resampling counts of a two-stage cluster bootstrap: each replicate draws the
+    groups (documents) with replacement, then, inside every drawn group, its units (windows) with
+    replacement. Row 0 is the sample itself (all ones). ``groups`` [n_units] names each unit's group. When
+    every unit is its own group this is the one-stage bootstrap of :func:`cluster_bootstrap_weights`
+    (documents resampled as wholes); with many units per group it keeps the between-document variance that a
+    bootstrap over windows alone would miss. Statistics built from unit sums with the same rows are paired."""
+    groups = np.asarray(groups)
+    labels, unit_group = np.unique(groups, return_inverse=True)
+    n_units, n_groups = unit_group.size, labels.size
+    if n_groups < 1:
+        raise ValueError("the bootstrap needs at least one group")
+    members = [np.flatnonzero(unit_group == g) for g in range(n_groups)]
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, n_units), dtype=np.float64)
+    drawn_groups = rng.integers(0, n_groups, size=(n_boot, n_groups))
+    for b in range(n_boot):
+        for g in drawn_groups[b]:
+            units = members[g]
+            if units.size == 1:
+                counts[b, units[0]] += 1.0
+            else:
+                np.add.at(counts[b], units[rng.integers(0, units.size, size=units.size)], 1.0)
+    return np.vstack([np.ones((1, n_units)), counts])
+
+
 @dataclass(frozen=True)
 class Interval:
     estimate: float

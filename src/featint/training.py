@@ -303,14 +303,15 @@ def train(
 # ---------------------------------------------------------------------------------------------------------
 # Stage entry points
 
-#: Which learning-rate family each kind uses when the LR is chosen on the validation split.
-LR_FAMILY: dict[str, str] = {
-    "standard": "sae", "param_matched": "sae", "standard_refit": "sae",
-    "joint": "nfm", "joint_no_interaction": "nfm", "joint_no_linear": "nfm",
-    "sequential": "nfm", "sequential_truncated": "nfm",
-}
-#: The kind trained to choose each family's learning rate.
-LR_FAMILY_PROBE: dict[str, str] = {"sae": "standard", "nfm": "joint"}
+#: Kinds that take another kind's learning-rate choice because they train the same parameter set on the same
+#: inputs (``sequential_truncated`` trains the sequential NFM on the same frozen SAE). Every other kind that
+#: trains its own parameters is chosen on itself.
+LR_SOURCE: dict[str, str] = {"sequential_truncated": "sequential"}
+
+
+def lr_selection_kind(kind: str) -> str:
+    """The kind whose validation-split LR selection ``kind`` uses (itself unless listed in :data:`LR_SOURCE`)."""
+    return LR_SOURCE.get(kind, kind)
 
 
 @dataclass
@@ -350,8 +351,10 @@ def _fresh_model(kind: str, seed: int, settings: Settings, data: TrainingData,
 
 def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | Path, out_dir: str | Path,
               lr: float, device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
-              stop_after_step: int | None = None) -> TrainResult:
-    """Stage entry point: train one model kind for one seed; write weights, init weights, log, parameters, figure."""
+              stop_after_step: int | None = None, budget_factor: float = 1.0) -> TrainResult:
+    """Stage entry point: train one model kind for one seed; write weights, init weights, log, parameters, figure.
+    ``budget_factor`` multiplies the budget (``training.tokens``; the convergence check), the LR schedule
+    keeping its shape over the longer run."""
     from featint.models import FROM_STANDARD, load_model, save_model
 
     out_dir = Path(out_dir)
@@ -361,13 +364,14 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
     batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards, seed, device)
     model = _fresh_model(kind, seed, settings, data, standard, batches)
+    steps = max(1, round(training.steps * budget_factor))
     extra = {"hook_name": data.normaliser.hook_name, "normaliser_kind": data.normaliser.kind, "seed": seed, "lr": lr,
-             "tokens": training.steps * training.batch_size}
+             "tokens": steps * training.batch_size, "budget_factor": budget_factor}
     if not (out_dir / "init.safetensors").is_file():
         save_model(model, out_dir / "init.safetensors", extra)
     validation = load_selected(data.validation, data.normaliser, training.validation_tokens).to(batches.device)
     result = train(model, batches, validation, training, settings.sae.auxk, lr, out_dir / "checkpoint.pt",
-                   name=f"{kind}/seed~{seed}", stop_after_step=stop_after_step)
+                   name=f"{kind}/seed~{seed}", steps=steps, stop_after_step=stop_after_step)
     counts = model.parameter_counts()
     counts_frame = pd.DataFrame([{"model": kind, "seed": seed, "component": c, "parameters": n}
                                  for c, n in counts.items()])
@@ -375,8 +379,9 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     counts_frame.loc[counts_frame["component"] == "total", "share"] = 1.0
     counts_frame["trainable"] = sum(p.numel() for p in model.trainable_parameters())
     write_parquet(counts_frame, out_dir / "parameters.parquet")
-    save_training_outputs(model, result, out_dir, kind, seed, extra, {"lr": lr, "steps": result.steps},
-                          title=f"{kind}, seed {seed}, lr {lr:g}")
+    save_training_outputs(model, result, out_dir, kind, seed, extra,
+                          {"lr": lr, "steps": result.steps, "budget_factor": budget_factor},
+                          title=f"{kind}, seed {seed}, lr {lr:g}, {steps * training.batch_size:,} tokens")
     return result
 
 
@@ -395,39 +400,87 @@ def save_training_outputs(model: FeatureModel, result: TrainResult, out_dir: Pat
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
 
 
-def run_lr_selection(settings: Settings, family: str, activations_dir: str | Path, out_path: str | Path,
-                     device: torch.device | str = "cpu") -> pd.DataFrame:
-    """Stage entry point: train the family's probe kind at every LR of the grid on the same short budget and
-    seed; choose the LR with the lowest validation FVU."""
-    kind = LR_FAMILY_PROBE[family]
+def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path, out_path: str | Path,
+                     device: torch.device | str = "cpu", standard_weights: str | Path | None = None) -> pd.DataFrame:
+    """Stage entry point: train ``kind`` (first seed) at every LR of ``training.lr_grid`` on
+    ``training.lr_selection_tokens`` and choose the LR with the lowest validation FVU. While the best LR sits
+    at an edge of the LRs tried, the grid is extended past that edge by ``lr_grid_factor`` (at most
+    ``lr_grid_extensions`` times, each logged), so the optimum is interior; ``interior`` says whether it is.
+    A diverging LR (non-finite loss) counts as infinitely bad."""
+    from featint.models import FROM_STANDARD, load_model
+
     data = TrainingData.open(activations_dir)
     training = settings.training
     seed = training.seeds[0]
     steps = max(1, training.lr_selection_tokens // training.batch_size)
     validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for lr in training.lr_grid:
-            batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards,
-                                      seed, device)
-            model = _fresh_model(kind, seed, settings, data, None, batches)
-            result = train(model, batches, validation.to(batches.device), training, settings.sae.auxk, lr,
-                           Path(tmp) / f"lr{lr:g}.pt", name=f"lr-selection {kind} lr={lr:g}", steps=steps)
-            final = result.log[result.log["split"] == "validation"].iloc[-1]
-            rows.append({"family": family, "probe_model": kind, "lr": lr, "steps": steps, "seed": seed,
-                         "validation_fvu": float(final["fvu"]), "validation_mse": float(final["mse"])})
-    frame = pd.DataFrame(rows)
-    frame["chosen"] = frame["validation_fvu"] == frame["validation_fvu"].min()
+    standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
+    if kind in FROM_STANDARD and standard is None:
+        raise TrainingError(f"choosing the LR of {kind} needs the trained standard SAE (--standard).")
+    results: dict[float, dict[str, Any]] = {}
+
+    def probe(lr: float, extension: int) -> None:
+        batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards, seed,
+                                  device)
+        model = _fresh_model(kind, seed, settings, data, standard, batches)
+        row: dict[str, Any] = {"model": kind, "lr": lr, "steps": steps, "tokens": steps * training.batch_size,
+                               "seed": seed, "extension": extension, "diverged": False}
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                result = train(model, batches, validation.to(batches.device), training, settings.sae.auxk, lr,
+                               Path(tmp) / "probe.pt", name=f"lr-selection {kind} lr={lr:g}", steps=steps)
+            except TrainingError as error:
+                log.warning("lr selection %s: lr %g diverged (%s)", kind, lr, error)
+                row.update(diverged=True, validation_fvu=float("inf"), validation_mse=float("inf"))
+            else:
+                final = result.log[result.log["split"] == "validation"].iloc[-1]
+                row.update(validation_fvu=float(final["fvu"]), validation_mse=float(final["mse"]))
+        results[lr] = row
+
+    for lr in sorted(training.lr_grid):
+        probe(lr, 0)
+    for extension in range(1, training.lr_grid_extensions + 1):
+        tried = sorted(results)
+        best = min(tried, key=lambda lr: results[lr]["validation_fvu"])
+        if best not in (tried[0], tried[-1]) or len(tried) < 2:
+            break
+        new = best * training.lr_grid_factor if best == tried[-1] else best / training.lr_grid_factor
+        log.info("lr selection %s: best lr %g is at the %s edge of %s; extending the grid to %g", kind, best,
+                 "upper" if best == tried[-1] else "lower", [f"{lr:g}" for lr in tried], new)
+        probe(new, extension)
+    frame = pd.DataFrame([results[lr] for lr in sorted(results)])
+    best_index = int(frame["validation_fvu"].idxmin())
+    frame["chosen"] = frame.index == best_index
+    frame["interior"] = 0 < best_index < len(frame) - 1
+    if not frame["interior"].iloc[0]:
+        log.warning("lr selection %s: the chosen lr %g is still at an edge of the grid after %d extensions; "
+                    "widen training.lr_grid or raise training.lr_grid_extensions.", kind,
+                    frame.loc[best_index, "lr"], training.lr_grid_extensions)
     write_parquet(frame, out_path)
-    log.info("lr selection (%s):\n%s", family, frame.to_string(index=False))
+    log.info("lr selection (%s):\n%s", kind, frame.to_string(index=False))
+    return frame
+
+
+def gather_lr_selection(tables: list[str | Path], out_table: str | Path, figure_path: str | Path) -> pd.DataFrame:
+    """Stage entry point: every kind's LR-selection table in one, and the validation-FVU-vs-LR figure."""
+    from featint import plots
+
+    frame = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
+    write_parquet(frame, out_table)
+    plots.lr_selection(frame, figure_path)
     return frame
 
 
 def chosen_lr(settings: Settings, kind: str, selection_path: str | Path | None) -> float:
-    """The LR of ``kind``: ``training.lr`` when set, else its family's choice on the validation split."""
+    """The LR of ``kind``: ``training.lr`` when set, else the choice on the validation split read from the
+    selection table of :func:`lr_selection_kind` (``selection_path``)."""
     if settings.training.lr is not None:
         return settings.training.lr
     if selection_path is None:
         raise TrainingError("training.lr is null, so the learning rate comes from the lr-selection table; pass it.")
     frame = pd.read_parquet(selection_path)
+    source = lr_selection_kind(kind)
+    if "model" not in frame.columns or set(frame["model"]) != {source}:
+        raise TrainingError(f"{selection_path} is not the lr-selection table of {source} (the table {kind} uses); "
+                            "rerun select_lr.")
     return float(frame.loc[frame["chosen"], "lr"].iloc[0])

@@ -8,22 +8,26 @@ ABLATIONS = Paramspace(featint_ablations.read_table(config["ablations"]["table"]
 
 
 def ablation_lr_tables(wildcards):
+    """LR-selection tables of the instance's kind (and of standard, which kinds on a standard SAE train first)."""
     if config["training"]["lr"] is not None:
-        return {}
-    return {family: f"{RESULTS}/lr_selection/{family}.parquet" for family in ("sae", "nfm")}
+        return []
+    kind = ABLATIONS.instance(wildcards)["kind"]
+    kinds = {featint_training.lr_selection_kind(kind)}
+    if kind in featint_models.FROM_STANDARD:
+        kinds.add("standard")
+    return [f"{RESULTS}/lr_selection/{k}.parquet" for k in sorted(kinds)]
 
 
 rule ablation:
     input:
-        unpack(ablation_lr_tables),
         ACTIVATION_FILES,
+        lr_tables=ablation_lr_tables,
     output:
         f"{RESULTS}/ablations/{ABLATIONS.wildcard_pattern}/reconstruction.parquet",
     params:
         config=stage_config("ablation"),
         instance=lambda wc: json.dumps(ABLATIONS.instance(wc), default=str),
-        lr=lambda wc, input: " ".join(f"--lr-{family} {input[family]}" for family in ("sae", "nfm")
-                                      if family in input.keys()),
+        lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
         out=lambda wc: f"{RESULTS}/ablations/{wc.instance}",
     log:
         f"{LOGS}/ablations/{ABLATIONS.wildcard_pattern}.log",

@@ -63,7 +63,7 @@ rule behaviour:
 
 rule gather_behaviour:
     input:
-        tables=expand(f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet", kind=MODEL_KINDS, seed=SEEDS),
+        tables=instance_paths(f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet"),
         reference=f"{RESULTS}/behaviour/reference/tokens.parquet",
     output:
         summary=f"{RESULTS}/behaviour/summary.parquet",

@@ -52,9 +52,9 @@ rule geometry:
 
 rule gather_geometry:
     input:
-        features=expand(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet", kind=MODEL_KINDS, seed=SEEDS),
-        summaries=expand(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet", kind=MODEL_KINDS, seed=SEEDS),
-        pca=expand(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet", kind=MODEL_KINDS, seed=SEEDS),
+        features=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet"),
+        summaries=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet"),
+        pca=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet"),
     output:
         summary=f"{RESULTS}/geometry/summary.parquet",
         verdicts=f"{RESULTS}/geometry/verdicts.parquet",

@@ -9,6 +9,8 @@ rule claims:
     input:
         paper="config/paper_claims.tsv",
         reconstruction=f"{RESULTS}/metrics/reconstruction.parquet",
+        reconstruction_summary=f"{RESULTS}/metrics/reconstruction_summary.parquet",
+        convergence=[f"{RESULTS}/convergence/summary.parquet"] if CONVERGENCE["models"] else [],
         parameters=f"{RESULTS}/metrics/parameters.parquet",
         geometry=f"{RESULTS}/geometry/summary.parquet",
         behaviour=f"{RESULTS}/behaviour/summary.parquet",

@@ -1,60 +1,105 @@
-# Training: learning rates chosen on the validation split (unless training.lr is set), then every model kind
-# for every seed on the same activations, seed and token budget; reconstruction metrics on the test split.
+# Training: learning rates chosen per kind on the validation split (unless training.lr is set), then every model
+# kind for every seed on the same activations, seed and token budget; reconstruction metrics on the test split;
+# the convergence check retrains some kinds at a multiple of the budget.
 
 MODEL_KINDS = config["models"]
 SEEDS = config["training"]["seeds"]
+#: every (kind, seed) trained: `models` on every seed, `single_seed_models` on the first
+MODEL_INSTANCES = SETTINGS.model_instances()
+#: the kinds whose LR is chosen on the validation split (kinds sharing a choice point at their source)
+LR_KINDS = sorted({featint_training.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES})
+CONVERGENCE = config["convergence"]
 ACTS = f"{RESULTS}/activations"
 ACTIVATION_FILES = [f"{ACTS}/{split}" for split in SPLITS] + [f"{ACTS}/normaliser.safetensors"]
 
 
-def model_dir(kind, seed):
-    return f"{RESULTS}/models/{kind}/seed~{seed}"
+def model_dir(kind, seed, group="models"):
+    return f"{RESULTS}/{group}/{kind}/seed~{seed}"
+
+
+def instance_paths(pattern, instances=None):
+    """`pattern` (with {kind} and {seed}) for every trained model instance."""
+    return [pattern.format(kind=kind, seed=seed) for kind, seed in (instances or MODEL_INSTANCES)]
+
+
+def convergence_instances():
+    return [(kind, SEEDS[0]) for kind in CONVERGENCE["models"]]
 
 
 def training_targets():
-    return [
+    targets = [
         f"{RESULTS}/metrics/reconstruction.parquet",
         f"{RESULTS}/metrics/reconstruction_summary.parquet",
         f"{RESULTS}/metrics/parameters.parquet",
         f"{RESULTS}/metrics/figures/reconstruction.png",
     ]
+    if config["training"]["lr"] is None:
+        targets += [f"{RESULTS}/lr_selection/summary.parquet", f"{RESULTS}/lr_selection/figures/lr_selection.png"]
+    if CONVERGENCE["models"]:
+        targets += [f"{RESULTS}/convergence/summary.parquet", f"{RESULTS}/convergence/figures/convergence.png"]
+    return targets
 
 
 def lr_table(wildcards):
     if config["training"]["lr"] is not None:
         return []
-    family = featint_training.LR_FAMILY[wildcards.kind]
-    return f"{RESULTS}/lr_selection/{family}.parquet"
+    return f"{RESULTS}/lr_selection/{featint_training.lr_selection_kind(wildcards.kind)}.parquet"
 
 
 def standard_weights(wildcards):
     if wildcards.kind in featint_models.FROM_STANDARD:
-        return f"{model_dir('standard', wildcards.seed)}/weights.safetensors"
+        seed = getattr(wildcards, "seed", SEEDS[0])
+        return f"{model_dir('standard', seed)}/weights.safetensors"
     return []
 
 
 rule select_lr:
     input:
         ACTIVATION_FILES,
+        standard=standard_weights,
     output:
-        f"{RESULTS}/lr_selection/{{family}}.parquet",
+        f"{RESULTS}/lr_selection/{{kind}}.parquet",
     wildcard_constraints:
-        family="sae|nfm",
+        kind="|".join(featint_models.MODEL_KINDS),
     params:
         config=stage_config("select-lr"),
+        standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
     log:
-        f"{LOGS}/select_lr_{{family}}.log",
+        f"{LOGS}/select_lr_{{kind}}.log",
     benchmark:
-        f"{BENCH}/select_lr_{{family}}.tsv"
+        f"{BENCH}/select_lr_{{kind}}.tsv"
     conda:
         FEATINT_ENV
     threads: 4
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=240,
     shell:
-        "python -m featint select-lr --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --family {wildcards.family}"
-        " --activations {ACTS} --out {output} > {log} 2>&1"
+        "python -m featint select-lr --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --kind {wildcards.kind}"
+        " --activations {ACTS} {params.standard} --out {output} > {log} 2>&1"
+
+
+rule gather_lr_selection:
+    input:
+        expand(f"{RESULTS}/lr_selection/{{kind}}.parquet", kind=LR_KINDS),
+    output:
+        table=f"{RESULTS}/lr_selection/summary.parquet",
+        figure=report(
+            f"{RESULTS}/lr_selection/figures/lr_selection.png",
+            caption="../report/lr_selection.rst",
+            category="Training",
+        ),
+    log:
+        f"{LOGS}/gather_lr_selection.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m featint gather-lr-selection --tables {input} --out-table {output.table}"
+        " --out-figure {output.figure} > {log} 2>&1"
 
 
 rule train:
@@ -63,28 +108,31 @@ rule train:
         lr_table=lr_table,
         standard=standard_weights,
     output:
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
-        init=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/init.safetensors",
-        log=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/train_log.parquet",
-        parameters=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/parameters.parquet",
+        weights=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/weights.safetensors",
+        init=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/init.safetensors",
+        log=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/train_log.parquet",
+        parameters=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/parameters.parquet",
         figure=report(
-            f"{RESULTS}/models/{{kind}}/seed~{{seed}}/figures/loss.png",
+            f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/figures/loss.png",
             caption="../report/training_curves.rst",
             category="Training",
-            subcategory="{kind}",
+            subcategory="{group}: {kind}",
         ),
     wildcard_constraints:
+        group="models|convergence",
         kind="|".join(featint_models.MODEL_KINDS),
         seed=r"\d+",
     params:
         config=stage_config("train"),
         lr_table=lambda wc, input: f"--lr-table {input.lr_table}" if input.lr_table else "",
         standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
-        out=lambda wc: model_dir(wc.kind, wc.seed),
+        # the convergence check trains the same model at a multiple of the budget
+        budget=lambda wc: CONVERGENCE["budget_factor"] if wc.group == "convergence" else 1,
+        out=lambda wc: model_dir(wc.kind, wc.seed, wc.group),
     log:
-        f"{LOGS}/train_{{kind}}_seed~{{seed}}.log",
+        f"{LOGS}/train_{{group}}_{{kind}}_seed~{{seed}}.log",
     benchmark:
-        f"{BENCH}/train_{{kind}}_seed~{{seed}}.tsv"
+        f"{BENCH}/train_{{group}}_{{kind}}_seed~{{seed}}.tsv"
     conda:
         FEATINT_ENV
     threads: 4
@@ -94,19 +142,22 @@ rule train:
     shell:
         "python -m featint train --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --kind {wildcards.kind}"
         " --seed {wildcards.seed} --activations {ACTS} {params.lr_table} {params.standard}"
-        " --out {params.out} > {log} 2>&1"
+        " --budget-factor {params.budget} --out {params.out} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
     input:
         ACTIVATION_FILES,
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+        weights=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/weights.safetensors",
     output:
-        f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction.parquet",
+        table=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/reconstruction.parquet",
+        documents=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/reconstruction_documents.parquet",
+    wildcard_constraints:
+        group="models|convergence",
     log:
-        f"{LOGS}/evaluate_{{kind}}_seed~{{seed}}.log",
+        f"{LOGS}/evaluate_{{group}}_{{kind}}_seed~{{seed}}.log",
     benchmark:
-        f"{BENCH}/evaluate_{{kind}}_seed~{{seed}}.tsv"
+        f"{BENCH}/evaluate_{{group}}_{{kind}}_seed~{{seed}}.tsv"
     conda:
         FEATINT_ENV
     threads: 4
@@ -115,15 +166,14 @@ rule evaluate_reconstruction:
         runtime=30,
     shell:
         "python -m featint evaluate --threads {threads} --cpu-share {CPU_SHARE} --weights {input.weights} --activations {ACTS}"
-        " --run {RUN} --out {output} > {log} 2>&1"
+        " --run {RUN} --out {output.table} --out-documents {output.documents} > {log} 2>&1"
 
 
 rule gather_reconstruction:
     input:
-        tables=expand(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction.parquet", kind=MODEL_KINDS,
-                      seed=SEEDS),
-        parameters=expand(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/parameters.parquet", kind=MODEL_KINDS,
-                          seed=SEEDS),
+        tables=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction.parquet"),
+        documents=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction_documents.parquet"),
+        parameters=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/parameters.parquet"),
     output:
         metrics=f"{RESULTS}/metrics/reconstruction.parquet",
         summary=f"{RESULTS}/metrics/reconstruction_summary.parquet",
@@ -133,6 +183,8 @@ rule gather_reconstruction:
             caption="../report/reconstruction.rst",
             category="Reconstruction",
         ),
+    params:
+        config=stage_config("gather-metrics"),
     log:
         f"{LOGS}/gather_reconstruction.log",
     conda:
@@ -142,6 +194,37 @@ rule gather_reconstruction:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m featint gather-metrics --tables {input.tables} --parameters {input.parameters}"
+        "python -m featint gather-metrics --config-json {params.config:q} --tables {input.tables}"
+        " --documents {input.documents} --parameters {input.parameters}"
         " --out-metrics {output.metrics} --out-summary {output.summary} --out-parameters {output.parameters}"
         " --out-figure {output.figure} > {log} 2>&1"
+
+
+rule convergence:
+    input:
+        default=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction.parquet"),
+        longer=instance_paths(f"{RESULTS}/convergence/{{kind}}/seed~{{seed}}/reconstruction.parquet",
+                              convergence_instances()),
+        logs=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/train_log.parquet", convergence_instances())
+        + instance_paths(f"{RESULTS}/convergence/{{kind}}/seed~{{seed}}/train_log.parquet", convergence_instances()),
+    output:
+        summary=f"{RESULTS}/convergence/summary.parquet",
+        figure=report(
+            f"{RESULTS}/convergence/figures/convergence.png",
+            caption="../report/convergence.rst",
+            category="Training",
+        ),
+    params:
+        config=stage_config("convergence"),
+    log:
+        f"{LOGS}/convergence.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m featint convergence --config-json {params.config:q} --default {input.default}"
+        " --longer {input.longer} --logs {input.logs} --out {output.summary} --out-figure {output.figure}"
+        " > {log} 2>&1"
