@@ -27,6 +27,34 @@ def test_mixture_bic_picks_two_on_bimodal_and_one_on_unimodal() -> None:
     assert stats.bimodality_coefficient(bimodal) > 5 / 9 > stats.bimodality_coefficient(unimodal)
 
 
+@pytest.mark.parametrize("name", ["lognormal", "gamma", "skew_normal", "skew_normal_left", "t3", "log_gamma"])
+def test_two_peak_verdict_calls_skewed_unimodal_samples_unimodal(name: str) -> None:
+    # samples of the real size (F = 4608) from unimodal skewed or heavy-tailed laws; BIC and Sarle's
+    # coefficient call many of these bimodal, the two-peak verdict must not (>= 95% unimodal)
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(sum(map(ord, name)))
+    draw = {"lognormal": lambda: rng.lognormal(0.0, 0.8, 4608), "gamma": lambda: rng.gamma(0.8, 1.0, 4608),
+            "skew_normal": lambda: scipy_stats.skewnorm.rvs(8, size=4608, random_state=rng),
+            "skew_normal_left": lambda: scipy_stats.skewnorm.rvs(-8, size=4608, random_state=rng),
+            "t3": lambda: rng.standard_t(3, 4608),
+            "log_gamma": lambda: scipy_stats.loggamma.rvs(0.5, size=4608, random_state=rng)}[name]
+    calls = [stats.two_peak_test(draw()).bimodal for _ in range(20)]
+    assert sum(calls) <= 1
+
+
+def test_two_peak_verdict_finds_separated_mixtures_and_reports_density_maxima() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        sample = np.concatenate([rng.normal(0.05, 0.012, 1500), rng.normal(0.37, 0.06, 3108)])
+        result = stats.two_peak_test(sample)
+        assert result.bimodal and result.ashman_d > 2
+        np.testing.assert_allclose(result.modes, [0.05, 0.37], atol=0.01)  # density maxima, not means
+    # a shoulder (two components, one peak) is not bimodal
+    shoulder = np.concatenate([rng.normal(0.0, 1.0, 4000), rng.normal(1.5, 1.0, 600)])
+    assert not stats.two_peak_test(shoulder).bimodal
+
+
 def test_centred_pca_equals_numpy_eigendecomposition() -> None:
     rows = np.random.default_rng(1).normal(size=(200, 7)) @ np.diag([5, 3, 2, 1, 0.5, 0.2, 0.1])
     expected = np.sort(np.linalg.eigvals(np.cov(rows, rowvar=False)).real)[::-1]
@@ -100,3 +128,40 @@ def test_control_detects_a_low_mode_made_of_untrained_features() -> None:
     low = features["cluster"] == "low"
     assert (low == ~live.numpy()).mean() > 0.98  # the low cluster is the untrained half
     assert rows[("fraction_never_fired", "all")] == pytest.approx(0.5)
+
+
+@torch.no_grad()
+def test_activation_contributions_are_expectations_over_the_same_tokens() -> None:
+    """Brute force: every term averaged over the same scanned tokens, a silent feature contributing 0; NaN for
+    features that never fired there."""
+    from featint.geometry import activation_statistics
+
+    torch.manual_seed(3)
+    d, n_features, k = 12, 30, 3
+    model = FeatureModel("joint", TopKSAE(d, n_features, k), NFM(n_features, d, 5, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.sae.b_enc[-4:] = -1e4  # four features never fire
+    x = torch.randn(96, d)
+    frame = activation_statistics(model, x, interaction_tokens=64, chunk=32)
+    scanned = x[:64]
+    code, _ = model.sae.encode(scanned)
+    f = code.dense(n_features).double()
+    assert model.nfm is not None
+    full = model.nfm(code).interaction.double()  # type: ignore[union-attr]
+    direct = f.mean(0) * model.sae.W_dec.detach().double().norm(dim=1)
+    linear = f.mean(0) * model.nfm.W_lin.detach().double().norm(dim=1)
+    interaction = torch.zeros(n_features, dtype=torch.float64)
+    for i in range(n_features):
+        values = torch.where(code.indices == i, torch.zeros_like(code.values), code.values)
+        without = model.nfm(SparseCode(code.indices, values)).interaction.double()  # type: ignore[union-attr]
+        interaction[i] = (without - full).norm(dim=1).mean()
+    seen = (f > 0).any(0).numpy()
+    assert (frame["contribution_tokens"] == 64).all()
+    np.testing.assert_allclose(frame["activation_direct"].to_numpy()[seen], direct.numpy()[seen], rtol=1e-5)
+    np.testing.assert_allclose(frame["activation_linear"].to_numpy()[seen], linear.numpy()[seen], rtol=1e-5)
+    np.testing.assert_allclose(frame["activation_interaction"].to_numpy()[seen], interaction.numpy()[seen],
+                               rtol=1e-4, atol=1e-9)
+    assert frame.loc[~seen, ["activation_direct", "activation_linear", "activation_interaction",
+                             "activation_nfm_share"]].isna().all().all()
+    assert (~seen[-4:]).all()
+    assert frame["fires"].sum() == int((model.sae.encode(x)[0].values > 0).sum())  # firing over all of x

@@ -152,7 +152,8 @@ def _bimodality_note(r: Reader) -> str:
         verdicts = r.geometry(model, "verdict_bimodal")
         if verdicts.size:
             parts.append(f"{model} {int(verdicts.sum())}/{verdicts.size}")
-    return "seeds with a bimodal verdict: " + ", ".join(parts)
+    return ("paper def. = the mixture components' means; seeds called bimodal (two density peaks and Ashman's "
+            "D > 2): " + ", ".join(parts))
 
 
 def _seeds(paper: np.ndarray, corrected: np.ndarray, corrected_definition: str, note: str) -> Ours:
@@ -271,12 +272,12 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "centred PCA, components for 90% of the total variance of the decoder rows",
         "our decoder lives in d = 576 dimensions (paper: 3200): compare as fractions of d"),
     "squared_norm_mode_low": lambda r: _seeds(
-        r.geometry("joint", "squared_norm_mode_low"), np.exp(r.geometry("joint", "log_squared_norm_mode_low")),
-        "low mode of a 2-component mixture on log squared norms; bimodality verdict in geometry/verdicts.parquet",
+        r.geometry("joint", "squared_norm_component_mean_low"), r.geometry("joint", "squared_norm_density_mode_low"),
+        "lowest maximum of the fitted 2-component density of squared norms (one peak: the only mode)",
         _bimodality_note(r)),
     "squared_norm_mode_high": lambda r: _seeds(
-        r.geometry("joint", "squared_norm_mode_high"), np.exp(r.geometry("joint", "log_squared_norm_mode_high")),
-        "high mode of a 2-component mixture on log squared norms",
+        r.geometry("joint", "squared_norm_component_mean_high"), r.geometry("joint", "squared_norm_density_mode_high"),
+        "second maximum of that density; NaN on seeds whose density has one peak",
         _bimodality_note(r)),
     "spearman_norm_vs_nfm": lambda r: _seeds(
         r.geometry("joint", "spearman_squared_norm_vs_nfm_ratio"),

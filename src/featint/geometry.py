@@ -5,15 +5,18 @@ Per model and seed (:func:`run_geometry`):
 
 * per feature (``features.parquet``): squared decoder norm, its value at step 0 (``init.safetensors``) and the
   relative distance moved from init, firing frequency and mean activation when active (train tokens), the
-  paper's weight-norm contribution ratios, activation-based contributions (direct E[f_i] ||d_i||, linear
-  E[f_i] ||W_lin_i||, interaction = mean ||I(f) - I(f without i)|| over tokens where i fires), the 2-component
+  paper's weight-norm contribution ratios, activation-based contributions on one scale (expectations over the
+  same scanned tokens: direct E[f_i] ||d_i||, linear E[f_i] ||W_lin_i||, interaction
+  E[||I(f) - I(f without i)||], a silent feature contributing 0; NaN where it never fired), the 2-component
   cluster (log squared norm) and the paper's fixed-threshold group;
-* summary (``summary.parquet``, tidy, with a ``definition`` column: ``paper`` or ``corrected``): Gram
-  off-diagonal statistics, 1- vs 2-component mixture BIC on squared and log squared norms, the bimodality
-  coefficient, group means, Spearman rho (paper definition and activation-based, with a partial correlation
-  controlling for firing frequency), PCA components for 90% of the variance (centred full spectrum and the
-  author's uncentred truncated one), and the verdict: bimodal at all, and still bimodal once features that
-  rarely fired or barely moved from init are removed;
+* summary (``summary.parquet``, tidy, with a ``definition`` column: ``paper``, ``corrected`` or
+  ``descriptive``): Gram off-diagonal statistics; on squared and log squared norms the two-peak evidence (the
+  fitted 2-component density's maxima = the modes, Ashman's D) and, labelled ``descriptive``, the 1- vs
+  2-component BIC, Sarle's coefficient and the component means (skewed unimodal samples meet those too);
+  group means, Spearman rho (paper definition and activation-based, with a partial correlation controlling
+  for firing frequency), PCA components for 90% of the variance (centred full spectrum and the author's
+  uncentred truncated one), and the verdict: bimodal (two density peaks of the squared norms and Ashman's
+  D > 2) at all, and still bimodal once features that rarely fired or barely moved from init are removed;
 * ``pca.parquet``: cumulative explained-variance curves.
 """
 
@@ -94,39 +97,53 @@ def paper_contribution_ratios(model: FeatureModel) -> pd.DataFrame:
 @torch.no_grad()
 def activation_statistics(model: FeatureModel, x: torch.Tensor, interaction_tokens: int,
                           chunk: int = 2048) -> pd.DataFrame:
-    """Firing count and frequency, mean activation when active, and activation-based contributions."""
+    """Firing count and frequency and mean activation when active (all of ``x``), and activation-based
+    contributions on one scale: each term is an expectation over the same scanned tokens (the first
+    ``interaction_tokens`` of ``x``, whole chunks), a silent feature contributing 0 to that token:
+
+    * ``activation_direct`` = E[f_i] ||d_i||, ``activation_linear`` = E[f_i] ||W_lin_i||,
+    * ``activation_interaction`` = E[||I(f) - I(f without i)||];
+
+    NaN for features that never fired in the scanned tokens (nothing was measured), and 0 for a term the
+    model does not have."""
     n_features = model.sae.n_features
     count = torch.zeros(n_features, dtype=torch.float64)
     total = torch.zeros(n_features, dtype=torch.float64)
+    scan_count = torch.zeros(n_features, dtype=torch.float64)
+    scan_total = torch.zeros(n_features, dtype=torch.float64)
     interaction_sum = torch.zeros(n_features, dtype=torch.float64)
-    interaction_count = torch.zeros(n_features, dtype=torch.float64)
+    scanned = 0
     nfm = model.nfm
     with_interaction = nfm is not None and nfm.use_interaction
     for start in range(0, x.shape[0], chunk):
         batch = x[start : start + chunk]
         code, _ = model.sae.encode(batch, model.infer_k)
         active = code.values > 0
-        count.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))
+        ones = torch.ones(int(active.sum()), dtype=torch.float64)
+        count.index_add_(0, code.indices[active], ones)
         total.index_add_(0, code.indices[active], code.values[active].double())
-        if with_interaction and start < interaction_tokens:
-            delta = interaction_removal_effect(model, code)
-            interaction_sum.index_add_(0, code.indices[active], delta[active].double())
-            interaction_count.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))
+        if start < interaction_tokens:
+            scanned += batch.shape[0]
+            scan_count.index_add_(0, code.indices[active], ones)
+            scan_total.index_add_(0, code.indices[active], code.values[active].double())
+            if with_interaction:
+                delta = interaction_removal_effect(model, code)
+                interaction_sum.index_add_(0, code.indices[active], delta[active].double())
     n = x.shape[0]
-    expected = total / n
     decoder_norm, linear_norm, _ = feature_row_norms(model)
-    interaction = torch.where(interaction_count > 0, interaction_sum / interaction_count.clamp_min(1),
-                              torch.zeros_like(interaction_sum))
+    seen = scan_count > 0
+    nan = torch.full_like(total, float("nan"))
+    expected = scan_total / max(scanned, 1)
     frame = pd.DataFrame({
         "fires": count.numpy().astype(np.int64),
         "firing_frequency": (count / n).numpy(),
-        "mean_activation_when_active": torch.where(count > 0, total / count.clamp_min(1),
-                                                   torch.full_like(total, float("nan"))).numpy(),
-        "activation_direct": (expected * decoder_norm).numpy(),
-        "activation_linear": (expected * linear_norm).numpy(),
-        "activation_interaction": interaction.numpy(),
+        "mean_activation_when_active": torch.where(count > 0, total / count.clamp_min(1), nan).numpy(),
+        "contribution_tokens": np.full(n_features, scanned, dtype=np.int64),
+        "activation_direct": torch.where(seen, expected * decoder_norm, nan).numpy(),
+        "activation_linear": torch.where(seen, expected * linear_norm, nan).numpy(),
+        "activation_interaction": torch.where(seen, interaction_sum / max(scanned, 1), nan).numpy(),
     })
-    parts = frame[["activation_direct", "activation_linear", "activation_interaction"]].sum(axis=1)
+    parts = frame[["activation_direct", "activation_linear", "activation_interaction"]].sum(axis=1, min_count=3)
     frame["activation_nfm_share"] = np.where(
         parts > 0, (frame["activation_linear"] + frame["activation_interaction"]) / parts.where(parts > 0, 1), np.nan)
     return frame
@@ -159,16 +176,30 @@ def interaction_removal_effect(model: FeatureModel, code: SparseCode, chunk: int
 # Stage
 
 
+#: Bimodality metrics that only describe the sample (skewed unimodal samples meet them too; not verdicts).
+DESCRIPTIVE_BIMODALITY = ("bic_1", "bic_2", "prefers_2", "bimodality_coefficient", "component_mean_low",
+                          "component_mean_high", "weight_low")
+
+
 def _bimodality(values: np.ndarray) -> dict[str, float]:
+    """Two-peak evidence (:func:`featint.stats.two_peak_test`: the fitted 2-component density's maxima,
+    Ashman's D, the verdict) and, descriptive only, the 1- vs 2-component BIC, Sarle's coefficient and the
+    components' means."""
     values = np.asarray(values, dtype=np.float64)
+    names = ("bic_1", "bic_2", "prefers_2", "bimodality_coefficient", "component_mean_low", "component_mean_high",
+             "weight_low", "n_density_modes", "density_mode_low", "density_mode_high", "ashman_d", "two_peak_bimodal")
     if values.size < 10 or np.ptp(values) == 0:
-        return {"bic_1": float("nan"), "bic_2": float("nan"), "prefers_2": float("nan"),
-                "bimodality_coefficient": float("nan")}
+        return dict.fromkeys(names, float("nan"))
     one = stats.fit_gaussian_mixture_1d(values, 1)
     two = stats.fit_gaussian_mixture_1d(values, 2)
+    peaks = stats.TwoPeakTest(stats.mixture_density_maxima(two), stats.ashman_d(two), float(two.weights[0]))
     return {"bic_1": one.bic, "bic_2": two.bic, "prefers_2": float(two.bic < one.bic),
             "bimodality_coefficient": stats.bimodality_coefficient(values),
-            "mode_low": float(two.means[0]), "mode_high": float(two.means[1]), "weight_low": float(two.weights[0])}
+            "component_mean_low": float(two.means[0]), "component_mean_high": float(two.means[1]),
+            "weight_low": float(two.weights[0]), "n_density_modes": float(peaks.modes.size),
+            "density_mode_low": float(peaks.modes[0]),
+            "density_mode_high": float(peaks.modes[-1]) if peaks.two_peaks else float("nan"),
+            "ashman_d": peaks.ashman_d, "two_peak_bimodal": float(peaks.bimodal)}
 
 
 def feature_table(model: FeatureModel, init: FeatureModel, x: torch.Tensor,
@@ -209,7 +240,8 @@ def summary_rows(model: FeatureModel, features: pd.DataFrame, settings: Geometry
     for subset, mask in (("all", np.ones(len(features), dtype=bool)), ("trained", features["trained"].to_numpy())):
         for space, values in (("squared_norm", squared[mask]), ("log_squared_norm", np.log(squared[mask]))):
             for metric, value in _bimodality(values).items():
-                add(f"{space}_{metric}", value, subset=subset)
+                add(f"{space}_{metric}", value, "descriptive" if metric in DESCRIPTIVE_BIMODALITY else "corrected",
+                    subset=subset)
     below = features["paper_group"] == "below"
     add("paper_fraction_below_threshold", float(below.mean()), "paper")
     for ratio in ("paper_residual_ratio", "paper_linear_ratio", "paper_interaction_ratio"):
@@ -230,7 +262,8 @@ def summary_rows(model: FeatureModel, features: pd.DataFrame, settings: Geometry
     add("spearman_squared_norm_vs_relative_move", stats.spearman(squared, features["relative_move_from_init"])[0])
     for subset in ("all", "trained"):
         found = {r["metric"]: r["value"] for r in rows if r["subset"] == subset}
-        bimodal = found["log_squared_norm_prefers_2"] == 1.0 and found["log_squared_norm_bimodality_coefficient"] > 5 / 9
+        # two peaks in the fitted density of the squared norms (the paper's scale) and Ashman's D > 2
+        bimodal = found["squared_norm_two_peak_bimodal"] == 1.0
         add("verdict_bimodal" if subset == "all" else "verdict_bimodal_after_removing_untrained", float(bimodal),
             subset=subset)
     return rows
@@ -294,9 +327,10 @@ def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], p
     summary = pd.concat([pd.read_parquet(p) for p in summary_tables], ignore_index=True)
     curves = pd.concat([pd.read_parquet(p) for p in pca_tables], ignore_index=True)
     write_parquet(summary, out_summary)
-    verdict_metrics = ["verdict_bimodal", "verdict_bimodal_after_removing_untrained", "log_squared_norm_prefers_2",
-                       "log_squared_norm_bimodality_coefficient", "log_squared_norm_mode_low",
-                       "log_squared_norm_mode_high", "fraction_never_fired", "fraction_trained",
+    verdict_metrics = ["verdict_bimodal", "verdict_bimodal_after_removing_untrained", "squared_norm_ashman_d",
+                       "squared_norm_n_density_modes", "squared_norm_density_mode_low",
+                       "squared_norm_density_mode_high", "squared_norm_prefers_2",
+                       "squared_norm_bimodality_coefficient", "fraction_never_fired", "fraction_trained",
                        "spearman_squared_norm_vs_nfm_ratio", "spearman_squared_norm_vs_activation_nfm_share",
                        "partial_spearman_squared_norm_vs_activation_nfm_share_given_frequency",
                        "spearman_squared_norm_vs_firing_frequency"]
