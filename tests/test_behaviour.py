@@ -133,6 +133,10 @@ def _planted_tokens(n_windows: int = 12, per_window: int = 5) -> pd.DataFrame:
         add(model, 0, "sae", "reconstruction", "sae", 2 * base * factor, ce_clean + base * factor)
         for draw in range(3):
             add(model, 0, "epsilon:sae", "epsilon_random", "sae", base * factor, ce_clean + 0.5 * base * factor, draw)
+    # the joint model's full reconstruction: 3x its own epsilon control, which has 1/4 of the SAE path's norm KL
+    add("joint", 0, "full", "reconstruction", "full", 0.375 * base, ce_clean + 0.2 * base)
+    for draw in range(3):
+        add("joint", 0, "epsilon:full", "epsilon_random", "full", 0.125 * base, ce_clean + 0.1 * base, draw)
     return pd.concat(rows, ignore_index=True)
 
 
@@ -144,6 +148,10 @@ def test_summary_known_answers_and_pairing() -> None:
     # paired resampling: an exact 2x per token gives exactly 2 in every replicate
     assert ratio["estimate"] == pytest.approx(2.0) and ratio["ci_low"] == pytest.approx(2.0)
     assert ratio["ci_high"] == pytest.approx(2.0)
+    # the paper's definition divides every condition by the epsilon control at the SAE path's error norm
+    paper_ratio = boot.loc[("joint", 0, "full", "pathology_ratio_paper_epsilon")]
+    assert paper_ratio["estimate"] == pytest.approx(0.375 / 0.5) and paper_ratio["ci_low"] == pytest.approx(0.75)
+    assert boot.loc[("joint", 0, "full", "pathology_ratio")]["estimate"] == pytest.approx(3.0)
     improvement = boot.loc[("joint", 0, "sae", "improvement_kl_vs_standard")]
     assert improvement["estimate"] == pytest.approx(0.5) and improvement["ci_high"] == pytest.approx(0.5)
     recovered = boot.loc[("standard", 0, "sae", "ce_loss_recovered")]

@@ -450,6 +450,8 @@ SUMMARY_METRICS: dict[str, str] = {
     "delta_ce": "mean CE(spliced) - CE(clean)",
     "ce_loss_recovered": "(CE_zero - CE) / (CE_zero - CE_clean)",
     "pathology_ratio": "mean KL(condition) / mean KL(its epsilon-random control)",
+    "pathology_ratio_paper_epsilon": "mean KL(condition) / mean KL(epsilon-random at the SAE path's error norm) - "
+                                     "the paper's definition",
     "improvement_kl_own_sae": "1 - KL(condition) / KL(the same model's SAE path) - the paper's definition",
     "improvement_kl_vs_standard": "1 - KL(condition) / KL(the standalone standard SAE, same seed)",
     "improvement_ce_own_sae": "1 - CE(condition) / CE(own SAE path) - the paper's definition",
@@ -482,6 +484,9 @@ def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: i
             eps = sums.column(model, model_seed, EPSILON_PREFIX + condition)
             if eps is not None:
                 values["pathology_ratio"] = mean_kl[:, k] / mean_kl[:, eps]
+            eps_sae = sums.column(model, model_seed, EPSILON_PREFIX + "sae")
+            if eps_sae is not None:
+                values["pathology_ratio_paper_epsilon"] = mean_kl[:, k] / mean_kl[:, eps_sae]
             own = sums.column(model, model_seed, "sae")
             if condition != "sae" and own is not None:
                 values["improvement_kl_own_sae"] = 1.0 - mean_kl[:, k] / mean_kl[:, own]

@@ -163,6 +163,19 @@ def _seeds(paper: np.ndarray, corrected: np.ndarray, corrected_definition: str, 
                 int(corrected.size), corrected_definition, note)
 
 
+def _combined_p(paper: np.ndarray, corrected: np.ndarray, corrected_definition: str, note: str) -> Ours:
+    """p / q values of several seeds: never averaged. Both columns hold the intersection-union combination
+    (the largest value: every seed must pass), valid whatever the dependence between seeds (they share the
+    stimuli); the per-seed values go into the note."""
+    low, high = _range(corrected)
+    per_seed = ", ".join(_fmt(v) for v in corrected)
+    paper_seeds = ", ".join(_fmt(v) for v in paper)
+    return Ours(float(np.max(paper)) if paper.size else float("nan"),
+                float(np.max(corrected)) if corrected.size else float("nan"), low, high, "range over seeds",
+                int(corrected.size), corrected_definition,
+                f"{note}; per seed: paper p {paper_seeds}; corrected q {per_seed}; combined = max over seeds")
+
+
 def _documents(paper: np.ndarray, corrected: tuple[float, float, float, int], corrected_definition: str,
                note: str) -> Ours:
     return Ours(float(np.mean(paper)) if paper.size else float("nan"), corrected[0], corrected[1], corrected[2],
@@ -236,7 +249,8 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "KL(SAE) / KL(epsilon at the SAE's own error norm), spliced at the training hook with the normaliser, test text",
         "the paper spliced one layer off without normalisation on training text"),
     "sequential_pathology_ratio": lambda r: _bootstrap(
-        r.behaviour("sequential", "full", "pathology_ratio"), r.behaviour("sequential", "full", "pathology_ratio"),
+        r.behaviour("sequential", "full", "pathology_ratio_paper_epsilon"),
+        r.behaviour("sequential", "full", "pathology_ratio"),
         "KL(full) / KL(epsilon at the full model's own error norm)",
         "the paper's epsilon used the SAE's error norm for every condition"),
     "sequential_kl_reduction": lambda r: _bootstrap(
@@ -294,10 +308,11 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         r.clamp("sequential", "two_way_anova_type2_word_means", -4.0, "F"),
         "two-way ANOVA interaction F on per-word mean logit changes (words as units), clamp -4",
         "the paper's F pairs rows by list order and treats prompt x word rows as independent"),
-    "clamp_interaction_p": lambda r: _seeds(
+    "clamp_interaction_p": lambda r: _combined_p(
         r.clamp("sequential", "paper_difference_score_F", -4.0, "p"),
         r.clamp("sequential", "two_way_anova_type2_word_means", -4.0, "q"),
-        "BH q-value of the by-word interaction across all clamped features x values",
+        "BH q-value of the by-word interaction across all clamped features x values, combined over seeds by "
+        "the intersection-union test (max over seeds: significant only if significant in every seed)",
         "no multiple-comparison correction in the paper"),
     "clamp_interaction_effect": lambda r: _seeds(
         np.abs(r.clamp("sequential", "paper_difference_score_F", -4.0, "interaction_contrast")),
