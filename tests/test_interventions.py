@@ -170,6 +170,25 @@ def test_feature_selection_recovers_planted_features() -> None:
     assert two_way.loc[(23, "formality:emotion"), "interaction_contrast"] == pytest.approx(0.6, abs=0.15)
 
 
+def test_the_clamped_feature_is_tested_and_firing_is_counted_on_select_sentences_only() -> None:
+    rng = np.random.default_rng(2)
+    sentences = _planted_sentences(24)
+    select = (sentences["split"] == "select").to_numpy()
+    formal = (sentences["formality"] == "formal").to_numpy()
+    pooled = rng.gamma(1.0, 0.1, size=(len(sentences), 40))
+    pooled[:, 3] = 0.0
+    pooled[formal, 3] = 1.0  # rank 1 on select, fires on half the select sentences
+    pooled[:, 30] = 0.0
+    pooled[~select, 30] = 1.0  # fires on test sentences only: never selected for firing
+    tests = secondary_tests(pooled, sentences, top=1, alpha=0.05, min_fires_fraction=0.6)
+    ranking = tests[tests["test"] == "one_way_anova_cells"].set_index("feature")
+    assert ranking.loc[3, "rank"] == 1 and ranking.loc[3, "fires_fraction"] == pytest.approx(0.5)
+    assert ranking.loc[30, "fires_fraction"] == 0.0  # test sentences do not count
+    tested = set(tests.loc[tests["test"] == "two_way_anova_type2", "feature"])
+    firing = ranking[ranking["fires_fraction"] >= 0.6].sort_values("rank")
+    assert tested == {3, int(firing.index[0])}  # the top one, and the one clamp_specs will clamp
+
+
 def _planted_read_out(effect: float, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []

@@ -251,22 +251,27 @@ def primary_tests(pooled: np.ndarray, sentences: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def secondary_tests(pooled: np.ndarray, sentences: pd.DataFrame, top: int, alpha: float) -> pd.DataFrame:
+def secondary_tests(pooled: np.ndarray, sentences: pd.DataFrame, top: int, alpha: float,
+                    min_fires_fraction: float = 0.0) -> pd.DataFrame:
     """One-way ANOVA across the four cells per secondary feature on the select split (the paper's ranking),
-    then for the ``top`` ranked features a two-way ANOVA on the test split with BH q-values across them."""
+    then for the ``top`` ranked features, and the best-ranked one firing on at least ``min_fires_fraction`` of
+    the select sentences (the one that is clamped), a two-way ANOVA on the test split with BH q-values across
+    them. Every selection statistic (rank, ``fires_fraction``) comes from the select split only."""
     select = (sentences["split"] == "select").to_numpy()
     test = ~select
     f, p = stats.one_way_anova_by_column(pooled[select], sentences.loc[select, "cell"].to_numpy())
     order = np.lexsort((-f, p))
     rank = np.empty(len(f), dtype=np.int32)
     rank[order] = np.arange(1, len(f) + 1)
-    fires = (pooled > 0).mean(axis=0)
+    fires = (pooled[select] > 0).mean(axis=0)
+    firing = order[fires[order] >= min_fires_fraction]
+    to_test = list(order[:top]) + [f_ for f_ in firing[:1] if f_ not in set(order[:top])]
     ranking = pd.DataFrame({"feature": np.arange(len(f), dtype=np.int32), "split": "select",
                             "test": "one_way_anova_cells", "effect": "cell", "F": f, "p": p, "rank": rank,
                             "fires_fraction": fires})
     tested = []
     test_frame = sentences[test].reset_index(drop=True)
-    for feature in order[:top]:
+    for feature in to_test:
         frame = test_frame.assign(activation=pooled[test, feature])
         if np.ptp(frame["activation"]) == 0:
             continue
@@ -543,7 +548,8 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
     log.info("stimuli: %d sentences, cell means differ by %.2f tokens, %d outlier token(s) excluded",
              len(stimuli.sentences), spread, features.outliers_excluded)
     primary = primary_tests(features.primary, stimuli.sentences)
-    secondary = secondary_tests(features.secondary, stimuli.sentences, config.top_secondary, config.fdr_alpha)
+    secondary = secondary_tests(features.secondary, stimuli.sentences, config.top_secondary, config.fdr_alpha,
+                                config.min_fires_fraction)
     specs = clamp_specs(settings, primary, secondary, features, seed)
     prompts = tokenize_batch(tokenizer, stimuli.prompts, bos_id)
     read_out = clamp_read_out(continuation, prompts, pipeline, specs, words, stimuli.prompts)
@@ -630,6 +636,21 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
         for record in two_way.to_dict("records"):
             rows.append({**base, "quantity": f"secondary_top_test_F[{record['effect']}]", "value": float(record["F"]),
                          "feature": int(top["feature"]), "p": float(record["p"]), "q": float(record["q"])})
+        # the feature that is clamped (best-ranked among those firing often enough; may differ from rank 1)
+        clamped = tables["clamp_statistics"]
+        clamped = clamped[(clamped["model"] == model) & (clamped["seed"] == seed)
+                          & (clamped["role"] == "selected_secondary")]
+        if len(clamped):
+            feature = int(clamped["feature"].iloc[0])
+            own = ranking[ranking["feature"] == feature].iloc[0]
+            rows.append({**base, "quantity": "secondary_clamped_select_F", "value": float(own["F"]),
+                         "feature": feature, "p": float(own["p"]), "rank": int(own["rank"]),
+                         "fires_fraction": float(own["fires_fraction"])})
+            tested = secondary[(secondary["test"] == "two_way_anova_type2") & (secondary["feature"] == feature)]
+            for record in tested.to_dict("records"):
+                rows.append({**base, "quantity": f"secondary_clamped_test_F[{record['effect']}]",
+                             "value": float(record["F"]), "feature": feature, "p": float(record["p"]),
+                             "q": float(record["q"])})
         rows.append({**base, "quantity": "secondary_tested_interaction_passing_fdr",
                      "value": float(((secondary["effect"] == "formality:emotion") & (secondary["q"] < alpha)).sum())})
         clamp = tables["clamp_statistics"]
