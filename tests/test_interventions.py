@@ -222,6 +222,29 @@ def test_clamp_statistics_recover_a_planted_interaction_and_stay_quiet_without_o
     assert (np.array(null_p) < 0.05).mean(axis=0).max() <= 0.15
 
 
+def test_word_level_random_effects_inflate_the_row_level_test_but_not_the_by_item_test() -> None:
+    """Null data with crossed random effects: a prompt intercept and a word intercept (each word's response
+    repeats across prompts), no set-level interaction. Prompt x word rows are then not independent: the
+    prompt-blocked row-level ANOVA rejects far too often, while the by-item test (words as units) holds its
+    level; in this balanced design the prompt intercepts cancel from every within-prompt contrast, so the by-item
+    F on word means is the exact test of the crossed random-intercept model."""
+    rejections = {"two_way_anova_type2_prompt_block": 0, "two_way_anova_type2_word_means": 0}
+    draws = 200
+    for seed in range(draws):
+        rng = np.random.default_rng(1000 + seed)
+        frame = _planted_read_out(0.0, seed=1000 + seed)
+        word_effect = dict(zip(sorted(frame["word"].unique()), rng.normal(scale=0.5, size=32)))
+        frame["delta_vs_pipeline"] = frame["delta_vs_pipeline"] + frame["word"].map(word_effect)
+        table = clamp_statistics(frame)
+        rows = table[(table["effect"] == "word_formality:word_emotion") & (table["reference"] == "delta_vs_pipeline")]
+        for test in rejections:
+            rejections[test] += int(rows.set_index("test").loc[test, "p"] < 0.05)
+    row_level = rejections["two_way_anova_type2_prompt_block"] / draws
+    by_item = rejections["two_way_anova_type2_word_means"] / draws
+    assert by_item <= 0.07  # nominal 5%: within sampling error of 200 draws
+    assert row_level >= 0.3  # pseudo-replication: the row-level test is badly anti-conservative
+
+
 def test_noop_clamp_rows_are_reported_not_tested() -> None:
     frame = _planted_read_out(0.0).assign(value=1.0, delta_vs_pipeline=0.0)
     table = clamp_statistics(frame)
