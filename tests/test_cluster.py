@@ -18,10 +18,12 @@ from test_workflow import workflow_copy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-# Every rule of the DAG, with fewer models and seeds than tiny.yaml, so the cluster run stays short.
+# Every rule of the DAG but the convergence check (tested locally by test_workflow), with fewer models and seeds
+# than tiny.yaml, so the cluster run stays short.
 CLUSTER_CONFIG = """
 models: [standard, joint]
 single_seed_models: []
+convergence: {models: []}
 interventions: {models: [joint]}
 """
 COMPARED = ["metrics/reconstruction.parquet", "behaviour/summary.parquet", "geometry/summary.parquet",
