@@ -192,7 +192,7 @@ def _bimodality(values: np.ndarray) -> dict[str, float]:
         return dict.fromkeys(names, float("nan"))
     one = stats.fit_gaussian_mixture_1d(values, 1)
     two = stats.fit_gaussian_mixture_1d(values, 2)
-    peaks = stats.TwoPeakTest(stats.mixture_density_maxima(two), stats.ashman_d(two), float(two.weights[0]))
+    peaks = stats.two_peak_test(values, two)
     return {"bic_1": one.bic, "bic_2": two.bic, "prefers_2": float(two.bic < one.bic),
             "bimodality_coefficient": stats.bimodality_coefficient(values),
             "component_mean_low": float(two.means[0]), "component_mean_high": float(two.means[1]),

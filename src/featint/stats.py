@@ -126,9 +126,9 @@ class TwoPeakTest:
         return self.two_peaks and self.ashman_d > 2.0
 
 
-def two_peak_test(x: np.ndarray) -> TwoPeakTest:
-    """:class:`TwoPeakTest` of a 1-D sample."""
-    two = fit_gaussian_mixture_1d(x, 2)
+def two_peak_test(x: np.ndarray, two: GaussianMixture1D | None = None) -> TwoPeakTest:
+    """:class:`TwoPeakTest` of a 1-D sample (``two``: its 2-component fit, when already made)."""
+    two = fit_gaussian_mixture_1d(x, 2) if two is None else two
     return TwoPeakTest(mixture_density_maxima(two), ashman_d(two), float(two.weights[0]))
 
 
