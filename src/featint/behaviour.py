@@ -191,7 +191,8 @@ def evaluation_windows(store: ActivationStore, settings: BehaviourSettings) -> E
     for row_ids, vectors in store.iter_shards(wanted):
         cells = np.array([row_to_cell[r] for r in row_ids])
         stored[cells[:, 0], cells[:, 1]] = vectors
-    return EvaluationWindows(window_ids=window_ids, doc_ids=doc_of_window.loc[window_ids].to_numpy(), tokens=torch.from_numpy(token_grid[:, :positions].copy()),
+    return EvaluationWindows(window_ids=window_ids, doc_ids=doc_of_window.loc[window_ids].to_numpy(),
+                             tokens=torch.from_numpy(token_grid[:, :positions].copy()),
                              targets=torch.from_numpy(token_grid[:, 1:].copy()),
                              spliced=torch.from_numpy(spliced), stored=stored)
 
@@ -339,8 +340,8 @@ def _setup(settings: Settings, lm_dir: str | Path, activations_dir: str | Path,
     windows = evaluation_windows(store, settings.behaviour)
     bridge = load_bridge(lm_dir, settings.model.dtype, device)
     continuation = ModelContinuation(bridge, hook, check_tokens=windows.tokens[:2].to(device))
-    log.info("evaluating %d test windows x %d positions (%d spliced tokens)", len(windows.window_ids),
-             windows.n_positions, int(windows.spliced.sum()))
+    log.info("evaluating %d test windows from %d documents x %d positions (%d spliced tokens)",
+             len(windows.window_ids), windows.n_documents, windows.n_positions, int(windows.spliced.sum()))
     return continuation, windows, store, normaliser
 
 
@@ -503,18 +504,11 @@ def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: i
     rows = []
     base = {"run": run, "n_documents": int(np.unique(sums.doc_ids).size), "n_windows": len(sums.window_ids),
             "n_tokens": int(sums.n_kl.sum()), "method": "document_window_bootstrap", "ci_level": level}
-    for (model, model_seed, condition, metric), replicates in per_seed.items():
-        interval = stats.percentile_interval(replicates, level)
-        rows.append({**base, "model": model, "seed": model_seed, "n_seeds": 1, "condition": condition,
-                     "metric": metric, **_interval_columns(interval)})
-    pooled: dict[tuple[str, str, str], list[np.ndarray]] = {}
-    for (model, model_seed, condition, metric), replicates in per_seed.items():
-        if model != "reference":
-            pooled.setdefault((model, condition, metric), []).append(replicates)
-    for (model, condition, metric), replicate_list in pooled.items():
-        interval = stats.percentile_interval(np.mean(replicate_list, axis=0), level)
-        rows.append({**base, "model": model, "seed": pd.NA, "n_seeds": len(replicate_list), "condition": condition,
-                     "metric": metric, **_interval_columns(interval)})
+    for item in stats.per_seed_and_pooled(per_seed, level, pooled=lambda model: model != "reference"):
+        condition, metric = item.rest
+        rows.append({**base, "model": item.model, "seed": pd.NA if item.seed is None else item.seed,
+                     "n_seeds": item.n_seeds, "condition": condition, "metric": metric,
+                     **_interval_columns(item.interval)})
     rows += _paper_t_tests(tokens, run)
     summary = pd.DataFrame(rows)
     summary["seed"] = summary["seed"].astype("Int32")

@@ -333,8 +333,8 @@ def read_paper_claims(path: str | Path) -> pd.DataFrame:
     return table
 
 
-#: The held-out data each claim's numbers rest on, by the artefact they come from.
 def _rests_on(claim_id: str, r: Reader) -> str:
+    """The held-out data a claim's numbers rest on, by the artefact they come from."""
     if claim_id in {"sae_variance_explained", "sequential_error_reduction", "sequential_linear_share",
                     "joint_improvement", "joint_linear_share", "budget_convergence"}:
         return r.recon_basis()

@@ -314,17 +314,12 @@ def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed:
                     1.0 - series[(model, model_seed, component, "fvu")] / series[standard])
         base = {"run": run, "split": split, "token_set": token_set, "n_documents": int(doc_ids.size),
                 "n_tokens": int(tokens.sum())}
-        pooled: dict[tuple[str, str, str], list[np.ndarray]] = {}
-        for (model, model_seed, component, metric), values in series.items():
-            interval = stats.percentile_interval(values, level)
-            out.append({**base, "model": model, "seed": model_seed, "component": component, "metric": metric,
-                        "estimate": interval.estimate, "ci_low": interval.low, "ci_high": interval.high})
-            pooled.setdefault((model, component, metric), []).append(values)
-        for (model, component, metric), values_list in pooled.items():
-            interval = stats.percentile_interval(np.mean(values_list, axis=0), level)
-            out.append({**base, "model": model, "seed": pd.NA, "component": component, "metric": metric,
-                        "estimate": interval.estimate, "ci_low": interval.low, "ci_high": interval.high,
-                        "n_seeds": len(values_list)})
+        for item in stats.per_seed_and_pooled(series, level):
+            component, metric = item.rest
+            out.append({**base, "model": item.model, "seed": pd.NA if item.seed is None else item.seed,
+                        "n_seeds": item.n_seeds, "component": component, "metric": metric,
+                        "estimate": item.interval.estimate, "ci_low": item.interval.low,
+                        "ci_high": item.interval.high})
     frame = pd.DataFrame(out)
     frame["seed"] = frame["seed"].astype("Int32")
     return frame

@@ -251,6 +251,13 @@ def primary_tests(pooled: np.ndarray, sentences: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+def clamp_candidates(ranking: pd.DataFrame, min_fires_fraction: float) -> pd.DataFrame:
+    """Secondary features that may be clamped, best first: the select-split ranking (one-way ANOVA rows)
+    restricted to features firing on at least ``min_fires_fraction`` of the select sentences."""
+    ranking = ranking[ranking["test"] == "one_way_anova_cells"].sort_values("rank")
+    return ranking[ranking["fires_fraction"] >= min_fires_fraction]
+
+
 def secondary_tests(pooled: np.ndarray, sentences: pd.DataFrame, top: int, alpha: float,
                     min_fires_fraction: float = 0.0) -> pd.DataFrame:
     """One-way ANOVA across the four cells per secondary feature on the select split (the paper's ranking),
@@ -264,11 +271,11 @@ def secondary_tests(pooled: np.ndarray, sentences: pd.DataFrame, top: int, alpha
     rank = np.empty(len(f), dtype=np.int32)
     rank[order] = np.arange(1, len(f) + 1)
     fires = (pooled[select] > 0).mean(axis=0)
-    firing = order[fires[order] >= min_fires_fraction]
-    to_test = list(order[:top]) + [f_ for f_ in firing[:1] if f_ not in set(order[:top])]
     ranking = pd.DataFrame({"feature": np.arange(len(f), dtype=np.int32), "split": "select",
                             "test": "one_way_anova_cells", "effect": "cell", "F": f, "p": p, "rank": rank,
                             "fires_fraction": fires})
+    clamped = clamp_candidates(ranking, min_fires_fraction)["feature"].to_numpy()[:1]
+    to_test = list(order[:top]) + [int(c) for c in clamped if c not in set(order[:top])]
     tested = []
     test_frame = sentences[test].reset_index(drop=True)
     for feature in to_test:
@@ -368,8 +375,7 @@ def clamp_specs(settings: Settings, primary: pd.DataFrame, secondary: pd.DataFra
     random secondary feature among those that fire on the stimuli, and the NFM linear-term column of the top
     primary feature of each factor (no interaction expected)."""
     config = settings.interventions
-    ranking = secondary[secondary["test"] == "one_way_anova_cells"].sort_values("rank")
-    firing = ranking[ranking["fires_fraction"] >= config.min_fires_fraction]
+    firing = clamp_candidates(secondary, config.min_fires_fraction)
     if firing.empty:
         raise InterventionError("no secondary feature fires on the stimuli; the secondary SAE is dead or the "
                                 "stimuli are empty.")

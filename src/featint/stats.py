@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -250,6 +251,33 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> Interval
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha])
     return Interval(estimate, float(low), float(high), float(boot.std(ddof=1)) if boot.size > 1 else float("nan"))
+
+
+@dataclass(frozen=True)
+class SeedInterval:
+    """One interval of :func:`per_seed_and_pooled`."""
+
+    model: str
+    seed: int | None  # None: the mean over the model's seeds
+    rest: tuple  # the key's fields after (model, seed), e.g. (condition, metric)
+    n_seeds: int
+    interval: Interval
+
+
+def per_seed_and_pooled(replicates: dict[tuple, np.ndarray], level: float,
+                        pooled: Callable[[str], bool] = lambda model: True) -> list[SeedInterval]:
+    """Percentile intervals of bootstrap replicates keyed (model, seed, *rest): one per key, then, for each
+    (model, *rest) whose model ``pooled`` accepts, one of the mean over its seeds taken within each replicate
+    (every seed resampled with the same rows, so the mean is paired too)."""
+    out = [SeedInterval(key[0], key[1], key[2:], 1, percentile_interval(values, level))
+           for key, values in replicates.items()]
+    groups: dict[tuple, list[np.ndarray]] = {}
+    for key, values in replicates.items():
+        if pooled(key[0]):
+            groups.setdefault((key[0], *key[2:]), []).append(values)
+    out += [SeedInterval(key[0], None, key[1:], len(values), percentile_interval(np.mean(values, axis=0), level))
+            for key, values in groups.items()]
+    return out
 
 
 def unpaired_t_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

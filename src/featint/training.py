@@ -414,9 +414,9 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
     seed = training.seeds[0]
     steps = max(1, training.lr_selection_tokens // training.batch_size)
     validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
-    standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
-    if kind in FROM_STANDARD and standard is None:
+    if kind in FROM_STANDARD and standard_weights is None:
         raise TrainingError(f"choosing the LR of {kind} needs the trained standard SAE (--standard).")
+    standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
     results: dict[float, dict[str, Any]] = {}
 
     def probe(lr: float, extension: int) -> None:
