@@ -222,27 +222,72 @@ def test_clamp_statistics_recover_a_planted_interaction_and_stay_quiet_without_o
     assert (np.array(null_p) < 0.05).mean(axis=0).max() <= 0.15
 
 
-def test_word_level_random_effects_inflate_the_row_level_test_but_not_the_by_item_test() -> None:
-    """Null data with crossed random effects: a prompt intercept and a word intercept (each word's response
-    repeats across prompts), no set-level interaction. Prompt x word rows are then not independent: the
-    prompt-blocked row-level ANOVA rejects far too often, while the by-item test (words as units) holds its
-    level; in this balanced design the prompt intercepts cancel from every within-prompt contrast, so the by-item
-    F on word means is the exact test of the crossed random-intercept model."""
-    rejections = {"two_way_anova_type2_prompt_block": 0, "two_way_anova_type2_word_means": 0}
-    draws = 200
+def _crossed_null(seed: int, prompts: int = 12, words_per_set: int = 6, unbalanced: bool = False,
+                  effect: float = 0.0) -> pd.DataFrame:
+    """Read-out with crossed random effects: prompt intercepts (sd 1), word intercepts (sd 0.7, each word's
+    response repeats across prompts), residual noise (sd 0.5); ``effect`` added to the formal-emotional set."""
+    rng = np.random.default_rng(seed)
+    prompt_effect = rng.normal(size=prompts)
+    rows = []
+    for f in ("formal", "casual"):
+        for e in ("emotional", "neutral"):
+            for index in range(words_per_set):
+                word_effect = rng.normal(scale=0.7)
+                for prompt_id in range(prompts):
+                    rows.append({"prompt_id": prompt_id, "word": f"{f}{e}{index}", "word_formality": f,
+                                 "word_emotion": e, "delta": prompt_effect[prompt_id] + word_effect
+                                 + rng.normal(scale=0.5) + (effect if (f, e) == ("formal", "emotional") else 0.0)})
+    frame = pd.DataFrame(rows)
+    if unbalanced:  # a word's logit missing at some prompts (e.g. a failed read-out)
+        frame = frame.drop(index=rng.choice(len(frame), size=len(frame) // 10, replace=False))
+    return frame
+
+
+def test_crossed_mixed_model_equals_the_by_item_test_on_a_balanced_design() -> None:
+    frame = _crossed_null(3, effect=3.0)
+    mixed = stats.crossed_random_intercepts(frame, "delta", "word_formality", "word_emotion", "prompt_id", "word")
+    means = frame.groupby(["word", "word_formality", "word_emotion"])["delta"].mean().reset_index()
+    by_item = stats.two_way_anova(means, "delta", "word_formality", "word_emotion").set_index("effect")
+    mixed = mixed.set_index("effect")
+    for effect in ("word_formality", "word_emotion", "word_formality:word_emotion"):
+        assert mixed.loc[effect, "F"] == pytest.approx(by_item.loc[effect, "F"], rel=1e-3)
+        assert mixed.loc[effect, "p"] == pytest.approx(by_item.loc[effect, "p"], rel=1e-2)
+    assert mixed["df"].eq(24 - 4).all() and mixed["converged"].all() and mixed["word_var"].gt(0).all()
+    assert mixed.loc["word_formality:word_emotion", "p"] < 0.01
+    # sum coding: the interaction coefficient is a quarter of the (FE - FN) - (CE - CN) contrast
+    cell = frame.groupby(["word_formality", "word_emotion"])["delta"].mean()
+    contrast = (cell["formal", "emotional"] - cell["formal", "neutral"]) - (
+        cell["casual", "emotional"] - cell["casual", "neutral"])
+    assert abs(mixed.loc["word_formality:word_emotion", "coefficient"]) == pytest.approx(abs(contrast) / 4, rel=1e-3)
+
+
+def test_crossed_mixed_model_holds_its_level_under_prompt_and_word_random_effects() -> None:
+    """Null calibration with word- and prompt-level random effects. Prompt x word rows are then not independent:
+    the prompt-blocked row-level ANOVA rejects far too often, while the by-item test (words as units) and the
+    crossed random-intercept model hold 5% (within sampling error of 300 draws), the mixed model also with a
+    tenth of the rows missing."""
+    draws = 300
+    rejections = {"row_level": 0, "by_item": 0, "mixed": 0, "mixed_wald_z": 0, "mixed_unbalanced": 0}
     for seed in range(draws):
-        rng = np.random.default_rng(1000 + seed)
-        frame = _planted_read_out(0.0, seed=1000 + seed)
-        word_effect = dict(zip(sorted(frame["word"].unique()), rng.normal(scale=0.5, size=32)))
-        frame["delta_vs_pipeline"] = frame["delta_vs_pipeline"] + frame["word"].map(word_effect)
-        table = clamp_statistics(frame)
-        rows = table[(table["effect"] == "word_formality:word_emotion") & (table["reference"] == "delta_vs_pipeline")]
-        for test in rejections:
-            rejections[test] += int(rows.set_index("test").loc[test, "p"] < 0.05)
-    row_level = rejections["two_way_anova_type2_prompt_block"] / draws
-    by_item = rejections["two_way_anova_type2_word_means"] / draws
-    assert by_item <= 0.07  # nominal 5%: within sampling error of 200 draws
-    assert row_level >= 0.3  # pseudo-replication: the row-level test is badly anti-conservative
+        frame = _crossed_null(5000 + seed)
+        row_level = stats.two_way_anova(frame, "delta", "word_formality", "word_emotion", block="prompt_id")
+        rejections["row_level"] += int(row_level.set_index("effect").loc["word_formality:word_emotion", "p"] < 0.05)
+        means = frame.groupby(["word", "word_formality", "word_emotion"])["delta"].mean().reset_index()
+        by_item = stats.two_way_anova(means, "delta", "word_formality", "word_emotion")
+        rejections["by_item"] += int(by_item.set_index("effect").loc["word_formality:word_emotion", "p"] < 0.05)
+        mixed = stats.crossed_random_intercepts(frame, "delta", "word_formality", "word_emotion", "prompt_id", "word")
+        interaction = mixed.set_index("effect").loc["word_formality:word_emotion"]
+        rejections["mixed"] += int(interaction["p"] < 0.05)
+        rejections["mixed_wald_z"] += int(interaction["p_wald_z"] < 0.05)
+        if seed < draws // 2:
+            unbalanced = stats.crossed_random_intercepts(_crossed_null(9000 + seed, unbalanced=True), "delta",
+                                                         "word_formality", "word_emotion", "prompt_id", "word")
+            rejections["mixed_unbalanced"] += int(
+                unbalanced.set_index("effect").loc["word_formality:word_emotion", "p"] < 0.05)
+    rate = {name: count / (draws // 2 if name == "mixed_unbalanced" else draws) for name, count in rejections.items()}
+    assert rate["row_level"] >= 0.3, rate
+    assert rate["by_item"] <= 0.07 and rate["mixed"] <= 0.07 and rate["mixed_unbalanced"] <= 0.08, rate
+    assert rate["mixed"] <= rate["mixed_wald_z"], rate  # the between-word t reference is the stricter one
 
 
 def test_noop_clamp_rows_are_reported_not_tested() -> None:

@@ -147,6 +147,8 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert (unit["test"] == "noop").all()
     tested = clamp[clamp["test"] == "two_way_anova_type2_word_means"]
     assert tested["q"].notna().any() and tested["p"].between(0, 1).all()
+    mixed = clamp[clamp["test"] == "mixedlm_crossed_prompt_word"]
+    assert len(mixed) == len(tested) and mixed["p"].between(0, 1).all() and mixed["word_var"].ge(0).all()
     summary = pd.read_parquet(results / "interventions" / "summary.parquet")
     assert "secondary_top_select_F" in set(summary["quantity"])
     secondary_log = pd.read_parquet(results / "interventions" / "joint" / "seed~0" / "secondary" / "train_log.parquet")

@@ -305,18 +305,19 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "the paper selected and tested on the same 40 sentences with a one-way F"),
     "clamp_interaction_F": lambda r: _seeds(
         r.clamp("sequential", "paper_difference_score_F", -4.0, "F"),
-        r.clamp("sequential", "two_way_anova_type2_word_means", -4.0, "F"),
-        "two-way ANOVA interaction F on per-word mean logit changes (words as units), clamp -4",
+        r.clamp("sequential", "mixedlm_crossed_prompt_word", -4.0, "F"),
+        "interaction t^2 of a mixed model with crossed random intercepts for prompt and word, clamp -4",
         "the paper's F pairs rows by list order and treats prompt x word rows as independent"),
     "clamp_interaction_p": lambda r: _combined_p(
         r.clamp("sequential", "paper_difference_score_F", -4.0, "p"),
-        r.clamp("sequential", "two_way_anova_type2_word_means", -4.0, "q"),
-        "BH q-value of the by-word interaction across all clamped features x values, combined over seeds by "
+        r.clamp("sequential", "mixedlm_crossed_prompt_word", -4.0, "q"),
+        "BH q-value of the crossed prompt + word random-intercept mixed model's interaction (t reference, "
+        "between-word df) across all clamped features x values, combined over seeds by "
         "the intersection-union test (max over seeds: significant only if significant in every seed)",
         "no multiple-comparison correction in the paper"),
     "clamp_interaction_effect": lambda r: _seeds(
         np.abs(r.clamp("sequential", "paper_difference_score_F", -4.0, "interaction_contrast")),
-        np.abs(r.clamp("sequential", "two_way_anova_type2_word_means", -4.0, "interaction_contrast")),
+        np.abs(r.clamp("sequential", "mixedlm_crossed_prompt_word", -4.0, "interaction_contrast")),
         "|(FE - FN) - (CE - CN)| of mean logit changes vs the unclamped pipeline, clamp -4",
         "the same contrast; compare with the size of a logit"),
 }

@@ -437,7 +437,9 @@ def clamp_statistics(read_out: pd.DataFrame) -> pd.DataFrame:
     """Per clamp and reference: two-way ANOVA ``delta ~ C(word_formality) * C(word_emotion) + C(prompt)``
     over prompt x word observations (Type II; main effects, interaction F, p, partial eta^2); the same design
     on per-word means over prompts (words as the sampled units: the by-item test, robust to word-specific
-    responses that repeat across prompts); the interaction contrast in logits; and the paper's test
+    responses that repeat across prompts); a linear mixed model with crossed random intercepts for prompt and
+    word (``stats.crossed_random_intercepts``; equal to the by-item test when the design is balanced, still valid
+    when it is not); the interaction contrast in logits; and the paper's test
     (difference scores paired by list order, one-way F, df (1, 2n - 2)), labelled as such."""
     rows = []
     clamps = read_out[read_out["role"] != "unclamped_pipeline"]
@@ -464,6 +466,12 @@ def clamp_statistics(read_out: pd.DataFrame) -> pd.DataFrame:
             by_word = stats.two_way_anova(word_means, "delta", "word_formality", "word_emotion")
             for record in by_word[by_word["effect"] != "Residual"].to_dict("records"):
                 rows.append({**key, "test": "two_way_anova_type2_word_means", **record,
+                             "interaction_contrast": contrast})
+            # the same question as a crossed random-intercept model (prompts and words both sampled units)
+            mixed = stats.crossed_random_intercepts(frame, "delta", "word_formality", "word_emotion",
+                                                    prompt="prompt_id", word="word")
+            for record in mixed.to_dict("records"):
+                rows.append({**key, "test": "mixedlm_crossed_prompt_word", **record,
                              "interaction_contrast": contrast})
             paired = frame.pivot_table(index=["prompt_id", "word_index"], columns=["word_formality", "word_emotion"],
                                        values="delta").dropna()
