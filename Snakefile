@@ -1,6 +1,7 @@
 # featint: reproduce and check "Feature Integration Spaces" (Claflin, arXiv 2507.00269).
 #   snakemake --cores 8                       # the embedded default (config/config.yaml)
 #   snakemake --cores 8 --configfile config/tiny.yaml
+#   snakemake --cores 8 --configfile config/synthetic.yaml   # the planted-interaction positive control
 # Rules are thin: each calls one `python -m featint <stage>` command; all logic lives in src/featint/.
 
 from snakemake.utils import min_version
@@ -24,14 +25,20 @@ include: "workflow/rules/behaviour.smk"
 include: "workflow/rules/interventions.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/ablations.smk"
+include: "workflow/rules/synthetic.smk"
 
 
 rule all:
     input:
-        activation_targets(),
-        training_targets(),
-        geometry_targets(),
-        behaviour_targets(),
-        intervention_targets(),
-        report_targets(),
+        # a planted-interaction run (config/synthetic.yaml) generates its activations: no LM stage runs
+        synthetic_targets()
+        if SYNTHETIC
+        else [
+            activation_targets(),
+            training_targets(),
+            geometry_targets(),
+            behaviour_targets(),
+            intervention_targets(),
+            report_targets(),
+        ],
     default_target: True

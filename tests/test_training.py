@@ -52,17 +52,17 @@ def test_batches_cover_the_data_and_restart_anywhere(toy_store) -> None:  # type
     per_epoch = data.batches_per_epoch(0)
     assert per_epoch == sum(n for _, n in data.epoch_groups(0)) >= 6000 // 256 - 3
     stream = data.iterate(0)
-    first_epoch = torch.cat([next(stream) for _ in range(per_epoch)])
+    first_epoch = torch.cat([next(stream).x for _ in range(per_epoch)])
     # every batch row is a distinct normalised training vector
     assert torch.unique(first_epoch, dim=0).shape[0] == first_epoch.shape[0]
     assert torch.isin(first_epoch[:, 0], normaliser.apply(x)[:, 0]).all()
     again = ShuffledBatches(store, normaliser, batch_size=256, shuffle_shards=2, seed=3)
     restarted = again.iterate(per_epoch - 2)
     full = data.iterate(0)
-    expected = [next(full) for _ in range(per_epoch + 3)][per_epoch - 2:]
+    expected = [next(full).x for _ in range(per_epoch + 3)][per_epoch - 2:]
     for batch in expected:
-        assert torch.equal(next(restarted), batch)
-    other_seed = next(ShuffledBatches(store, normaliser, 256, 2, seed=4).iterate(0))
+        assert torch.equal(next(restarted).x, batch)
+    other_seed = next(ShuffledBatches(store, normaliser, 256, 2, seed=4).iterate(0)).x
     assert not torch.equal(other_seed, expected[0])
 
 

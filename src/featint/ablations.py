@@ -73,6 +73,7 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     """Stage entry point: train and evaluate one ablation instance; reconstruction.parquet in ``out_dir``.
     ``lr_tables`` are LR-selection tables (each names its kind); an instance uses its kind's choice, made
     with the run's default sizes."""
+    from featint.codes import write_code_cache
     from featint.evaluation import reconstruction_table
     from featint.runtime import resolve_device, seed_everything
     from featint.training import chosen_lr, lr_selection_kind, run_train
@@ -83,16 +84,18 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     out_dir = Path(out_dir)
     device = resolve_device(local.model.device)
     kind, seed = instance["kind"], instance["seed"]
-    standard_weights = None
+    standard_weights = codes_dir = None
     if kind in FROM_STANDARD:
         seed_everything(seed)
         run_train(local, "standard", seed, activations_dir, out_dir / "standard",
                   chosen_lr(local, "standard", tables.get("standard")), device=device)
         standard_weights = out_dir / "standard" / "weights.safetensors"
+        codes_dir = out_dir / "standard" / "codes"
+        write_code_cache(standard_weights, activations_dir, codes_dir, local.training.batch_size, device)
     seed_everything(seed)
     run_train(local, kind, seed, activations_dir, out_dir / "model",
               chosen_lr(local, kind, tables.get(lr_selection_kind(kind))), device=device,
-              standard_weights=standard_weights)
+              standard_weights=standard_weights, codes_dir=codes_dir)
     frame, _ = reconstruction_table(out_dir / "model" / "weights.safetensors", activations_dir, run=run)
     for column, value in reversed(list(instance.items())):
         frame.insert(0, f"ablation_{column}", value)

@@ -212,27 +212,30 @@ class ActivationStore:
 
 def write_store_from_tensor(out_dir: str | Path, vectors: torch.Tensor, split: str, hook_name: str,
                             shard_rows: int = 32768, dtype: str = "float32",
-                            window_length: int | None = None) -> StoreMeta:
+                            window_length: int | None = None, doc_length: int | None = None) -> StoreMeta:
     """A split directory holding ``vectors`` (every row selected), e.g. vectors computed from a model rather
-    than extracted from the LM, or synthetic data in tests. Rows are grouped into windows of
-    ``window_length`` (default: one window) for bookkeeping; no row is position 0."""
+    than extracted from the LM, or synthetic data. Rows are grouped into windows of ``window_length`` (default:
+    one window) and documents of ``doc_length`` rows (default: one document; the unit the evaluation's
+    bootstrap resamples); no row is position 0."""
     n, d = vectors.shape
     length = window_length or n
+    doc_ids = (np.arange(n) // doc_length).astype(np.int32) if doc_length else np.zeros(n, dtype=np.int32)
     with atomic_directory(out_dir) as tmp:
         writer = ShardWriter(tmp, shard_rows, dtype)
-        writer.add(vectors.float(), np.zeros(n, dtype=np.int32))
+        writer.add(vectors.float(), doc_ids)
         manifest = writer.close()
         rows = np.arange(n, dtype=np.int64)
         tokens = pd.DataFrame({
-            "row": rows, "shard": (rows // shard_rows).astype(np.int32), "doc_id": np.zeros(n, dtype=np.int32),
-            "window": (rows // length).astype(np.int32), "window_in_doc": (rows // length).astype(np.int32),
+            "row": rows, "shard": (rows // shard_rows).astype(np.int32), "doc_id": doc_ids,
+            "window": (rows // length).astype(np.int32),
+            "window_in_doc": (rows // length - (doc_ids.astype(np.int64) * (doc_length or 0)) // length).astype(np.int32),
             "position": (rows % length + 1).astype(np.int16), "token_id": np.full(n, -1, dtype=np.int32),
             "norm": vectors.float().norm(dim=1).numpy(), "is_position_zero": np.zeros(n, dtype=bool),
             "is_outlier": np.zeros(n, dtype=bool), "selected": np.ones(n, dtype=bool),
         })
         meta = StoreMeta(split=split, hook_name=hook_name, layer=-1, site="derived", d_model=d, dtype=dtype,
                          model_key="derived", context_length=length, bos_token_id=-1, n_rows=n,
-                         n_windows=int(np.ceil(n / length)), n_documents=1,
+                         n_windows=int(np.ceil(n / length)), n_documents=int(doc_ids.max()) + 1 if n else 0,
                          median_norm=float(np.median(tokens["norm"])), outlier_threshold=float("inf"),
                          outlier_norm_factor=float("inf"), exclude_position_zero=True, exclude_outliers=False)
         write_parquet(tokens, tmp / TOKENS, metadata={"split": split})

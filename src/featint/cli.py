@@ -32,6 +32,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "select-lr": ("sae", "nfm", "training"),
     "gather-lr-selection": (),
     "train": ("sae", "nfm", "training"),
+    "cache-codes": ("model", "training"),
     "evaluate": (),
     "gather-metrics": ("seed", "evaluation"),
     "convergence": ("convergence",),
@@ -45,6 +46,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "gather-interventions": ("interventions",),
     "claims": (),
     "ablation": ("model", "sae", "nfm", "training"),
+    "synthetic-data": ("synthetic",),
+    "synthetic-models": ("sae", "nfm", "training", "synthetic"),
+    "gather-synthetic": ("synthetic",),
 }
 
 #: Packages whose versions the run report lists.
@@ -115,7 +119,8 @@ def cmd_select_lr(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     run_lr_selection(settings, args.kind, args.activations, args.out,
-                     device=resolve_device(settings.model.device), standard_weights=args.standard)
+                     device=resolve_device(settings.model.device), standard_weights=args.standard,
+                     codes_dir=args.codes)
 
 
 def cmd_gather_lr_selection(args: argparse.Namespace) -> None:
@@ -132,10 +137,51 @@ def cmd_train(args: argparse.Namespace) -> None:
     lr = chosen_lr(settings, args.kind, args.lr_table)
     result = run_train(settings, args.kind, args.seed, args.activations, args.out, lr,
                        device=resolve_device(settings.model.device), standard_weights=args.standard,
-                       budget_factor=args.budget_factor)
+                       budget_factor=args.budget_factor, codes_dir=args.codes)
     final = result.log[result.log["split"] == "validation"].iloc[-1]
     log.info("%s seed %d: %d steps at lr %g, validation FVU %.4f", args.kind, args.seed, result.steps, lr,
              final["fvu"])
+
+
+def cmd_cache_codes(args: argparse.Namespace) -> None:
+    from featint.codes import write_code_cache
+
+    settings = _settings(args)
+    write_code_cache(args.weights, args.activations, args.out, settings.training.batch_size,
+                     device=resolve_device(settings.model.device))
+
+
+def _synthetic_settings(args: argparse.Namespace) -> Settings:
+    settings = _settings(args)
+    if settings.synthetic is None:
+        raise FeatintError("this stage needs a `synthetic` config section (see config/synthetic.yaml).")
+    return settings
+
+
+def cmd_synthetic_data(args: argparse.Namespace) -> None:
+    from featint.synthetic import find_variant, write_synthetic_activations
+
+    spec = _synthetic_settings(args).synthetic
+    assert spec is not None
+    variance = write_synthetic_activations(spec, args.strength, find_variant(spec, args.variant).direction, args.out)
+    log.info("synthetic setting %s, strength %g:\n%s", args.variant, args.strength, variance.to_string(index=False))
+
+
+def cmd_synthetic_models(args: argparse.Namespace) -> None:
+    from featint.synthetic import run_setting_models
+
+    frame = run_setting_models(_synthetic_settings(args), args.variant, args.strength, args.setting, args.seed,
+                               args.out, args.run)
+    log.info("test FVU:\n%s", frame.to_string(index=False))
+
+
+def cmd_gather_synthetic(args: argparse.Namespace) -> None:
+    from featint.synthetic import gather
+
+    spec = _synthetic_settings(args).synthetic
+    assert spec is not None
+    detection = gather(args.fvu, args.pairs, args.variance, spec.ci_level, args.out)
+    log.info("smallest detected strength:\n%s", detection.to_string(index=False))
 
 
 def cmd_convergence(args: argparse.Namespace) -> None:
@@ -331,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", required=True)
     p.add_argument("--activations", required=True, help="activations directory (splits + normaliser)")
     p.add_argument("--standard", help="weights of the standard SAE (kinds that start from it)")
+    p.add_argument("--codes", help="the standard SAE's code cache (frozen-encoder kinds; else they re-encode)")
     p.add_argument("--out", required=True)
     p = add("gather-lr-selection", cmd_gather_lr_selection, "every kind's LR selection in one table and figure",
             config=False)
@@ -344,7 +391,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-table", help="lr-selection table the kind uses (when training.lr is null)")
     p.add_argument("--standard", help="weights of the standard SAE (sequential kinds and the refit)")
     p.add_argument("--budget-factor", type=float, default=1.0, help="multiple of training.tokens (convergence check)")
+    p.add_argument("--codes", help="the standard SAE's code cache (frozen-encoder kinds; else they re-encode)")
     p.add_argument("--out", required=True, help="model directory")
+    p = add("cache-codes", cmd_cache_codes, "encode the train split once with a trained SAE (frozen-encoder kinds)")
+    p.add_argument("--weights", required=True, help="the SAE (a standard model's weights.safetensors)")
+    p.add_argument("--activations", required=True, help="activations directory (splits + normaliser)")
+    p.add_argument("--out", required=True, help="cache directory")
+    p = add("synthetic-data", cmd_synthetic_data, "generate one planted-interaction setting's activations")
+    p.add_argument("--variant", required=True, help="a name from synthetic.variants")
+    p.add_argument("--strength", required=True, type=float, help="planted interaction strength c")
+    p.add_argument("--out", required=True, help="setting directory")
+    p = add("synthetic-models", cmd_synthetic_models, "train and evaluate synthetic.kinds on one setting, one seed")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--strength", required=True, type=float)
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--setting", required=True, help="the setting directory written by synthetic-data")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("gather-synthetic", cmd_gather_synthetic, "power curve, detection thresholds and pair identification")
+    p.add_argument("--fvu", nargs="+", required=True)
+    p.add_argument("--pairs", nargs="+", required=True)
+    p.add_argument("--variance", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="summary directory")
     p = add("convergence", cmd_convergence, "does a longer training change the test FVU and the improvement?")
     p.add_argument("--default", nargs="+", required=True, help="reconstruction tables of the default models")
     p.add_argument("--longer", nargs="+", required=True, help="reconstruction tables of the longer trainings")

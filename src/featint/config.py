@@ -318,6 +318,34 @@ class AblationSettings:
 
 
 @dataclass(frozen=True)
+class SyntheticVariant:
+    name: str
+    width: int
+    k: int
+    embed: int
+    direction: str
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    d_model: int
+    n_features: int
+    active_mean: float
+    zipf_exponent: float
+    magnitude_sigma: float
+    n_pairs: int
+    pair_fraction: float
+    noise_std: float
+    document_tokens: int
+    data_seed: int
+    tokens: dict[str, int]
+    strengths: list[float]
+    variants: list[SyntheticVariant]
+    kinds: list[str]
+    ci_level: float
+
+
+@dataclass(frozen=True)
 class Settings:
     run: str
     seed: int
@@ -338,6 +366,7 @@ class Settings:
     behaviour: BehaviourSettings
     interventions: InterventionSettings
     ablations: AblationSettings
+    synthetic: SyntheticSettings | None
     raw: dict[str, Any]
 
     def model_instances(self) -> list[tuple[str, int]]:
@@ -374,8 +403,31 @@ class Settings:
             interventions=InterventionSettings(**{**c["interventions"],
                                                   "secondary": SecondarySAESettings(**c["interventions"]["secondary"])}),
             ablations=AblationSettings(**c["ablations"]),
+            synthetic=_synthetic(c.get("synthetic"), source),
             raw=c,
         )
+
+
+def _synthetic(section: dict[str, Any] | None, source: str) -> SyntheticSettings | None:
+    if section is None:
+        return None
+    variants = [SyntheticVariant(**v) for v in section["variants"]]
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: synthetic.variants names must be unique (got {names}).")
+    for variant in variants:
+        if variant.k > variant.width:
+            raise ConfigError(f"{source}: synthetic variant {variant.name!r} has k = {variant.k} > width = "
+                              f"{variant.width}.")
+    if 0 not in section["strengths"]:
+        raise ConfigError(f"{source}: synthetic.strengths must include 0 (the null every planted strength is "
+                          "compared with).")
+    missing = {"joint", "joint_no_interaction", "param_matched"} - set(section["kinds"])
+    if missing:
+        raise ConfigError(f"{source}: synthetic.kinds must include {sorted(missing)} (the interaction term and "
+                          "its references).")
+    return SyntheticSettings(**{**section, "tokens": dict(section["tokens"]), "strengths": list(section["strengths"]),
+                                "variants": variants, "kinds": list(section["kinds"])})
 
 
 def load_settings(path: str | Path | None = None, json_text: str | None = None) -> Settings:

@@ -71,6 +71,16 @@ class SparseCode:
     def l0(self) -> torch.Tensor:
         return (self.values > 0).sum(dim=1)
 
+    def top(self, k: int) -> "SparseCode":
+        """The ``k`` largest of each token's codes (the code a top-k encoder gives at a smaller k)."""
+        if k >= self.indices.shape[1]:
+            return self
+        values, position = self.values.topk(k, dim=-1, sorted=False)
+        return SparseCode(self.indices.gather(1, position), values)
+
+    def to(self, device: torch.device | str) -> "SparseCode":
+        return SparseCode(self.indices.to(device), self.values.to(device))
+
 
 def gather_sum(table: torch.Tensor, code: SparseCode) -> torch.Tensor:
     """sum_i values_i * table[indices_i]: the k active rows of ``table`` [F, m] -> [N, m]."""
@@ -314,8 +324,21 @@ class FeatureModel(nn.Module):
         self.kind, self.sae, self.nfm = kind, sae, nfm
         self.infer_k = infer_k or sae.k
 
-    def forward(self, x: torch.Tensor, aux_mask: torch.Tensor | None = None, k_aux: int = 0) -> Reconstruction:
-        code, aux_code = self.sae.encode(x, self.infer_k, aux_mask, k_aux)
+    @property
+    def encoder_frozen(self) -> bool:
+        """The kind never changes its encoder (nor the encoder's input): its codes can be cached."""
+        return self.kind in FROM_STANDARD
+
+    def forward(self, x: torch.Tensor, aux_mask: torch.Tensor | None = None, k_aux: int = 0,
+                code: SparseCode | None = None) -> Reconstruction:
+        """Reconstruct ``x``; ``code`` (frozen-encoder kinds: the cached code of ``x``, at least ``infer_k``
+        wide) replaces the encoder."""
+        if code is None:
+            code, aux_code = self.sae.encode(x, self.infer_k, aux_mask, k_aux)
+        else:
+            if not self.encoder_frozen:
+                raise ValueError(f"{self.kind} trains its encoder: its codes cannot be supplied")
+            code, aux_code = code.top(self.infer_k), None
         sae_out = self.sae.decode(code)
         if self.nfm is None:
             return Reconstruction(code, sae_out, None, None, None, aux_code)

@@ -19,7 +19,7 @@ import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from featint.activations import ActivationStore
+from featint.codes import CodeCache
 from featint.config import AuxKSettings, Settings, TrainingSettings
 from featint.errors import FeatintError
 from featint.io import atomic_path, write_parquet
@@ -45,6 +46,13 @@ class TrainingError(FeatintError):
 # Data
 
 
+class Batch(NamedTuple):
+    """One training batch."""
+
+    x: torch.Tensor  #: normalised activations [batch_size, d]
+    code: SparseCode | None  #: the frozen SAE's cached code of ``x`` (streams with a code cache), else None
+
+
 class ShuffledBatches:
     """Shuffled, normalised batches of selected train tokens, streamed a group of shards at a time.
 
@@ -56,8 +64,8 @@ class ShuffledBatches:
     """
 
     def __init__(self, store: ActivationStore, normaliser: Normaliser, batch_size: int, shuffle_shards: int,
-                 seed: int, device: torch.device | str = "cpu") -> None:
-        self.store, self.normaliser = store, normaliser
+                 seed: int, device: torch.device | str = "cpu", codes: CodeCache | None = None) -> None:
+        self.store, self.normaliser, self.codes = store, normaliser, codes
         self.batch_size, self.shuffle_shards, self.seed = batch_size, shuffle_shards, seed
         self.device = torch.device(device)
         self.mask = store.selected_mask()
@@ -96,23 +104,31 @@ class ShuffledBatches:
     def batches_per_epoch(self, epoch: int) -> int:
         return sum(n for _, n in self.epoch_groups(epoch))
 
-    def _load_group(self, shards: list[int], epoch: int, group: int) -> torch.Tensor:
+    def _load_group(self, shards: list[int], epoch: int, group: int) -> tuple[torch.Tensor, SparseCode | None]:
         data = torch.cat([self.store.read_shard_rows(shard, self.mask)[1] for shard in shards])
         perm = torch.randperm(data.shape[0], generator=self._generator(epoch, group))
-        return self.normaliser.apply(data[perm])
+        code = None
+        if self.codes is not None:
+            parts = [self.codes.read_shard(shard) for shard in shards]
+            code = SparseCode(torch.cat([c.indices for c in parts])[perm], torch.cat([c.values for c in parts])[perm])
+        return self.normaliser.apply(data[perm]), code
 
-    def iterate(self, start_step: int = 0) -> Iterator[torch.Tensor]:
-        """Endless batches [batch_size, d], beginning with global batch ``start_step``."""
+    def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+        """Endless batches (x [batch_size, d], and its cached code when the stream has a code cache), beginning
+        with global batch ``start_step``."""
         step, epoch = 0, 0
         while True:
             for group, (shards, n_batches) in enumerate(self.epoch_groups(epoch)):
                 if step + n_batches <= start_step:
                     step += n_batches
                     continue
-                data = self._load_group(shards, epoch, group)
+                data, code = self._load_group(shards, epoch, group)
                 for b in range(n_batches):
                     if step >= start_step:
-                        yield data[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
+                        rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                        yield Batch(data[rows].to(self.device),
+                                    None if code is None else SparseCode(code.indices[rows], code.values[rows]).to(
+                                        self.device))
                     step += 1
             epoch += 1
 
@@ -181,19 +197,27 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def evaluate_mse(model: FeatureModel, x: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
-    """(MSE per element, FVU) of the full reconstruction on ``x``, in eval mode."""
+def evaluate_mse(model: FeatureModel, x: torch.Tensor, chunk: int = 4096,
+                 codes: list[SparseCode] | None = None) -> tuple[float, float]:
+    """(MSE per element, FVU) of the full reconstruction on ``x``, in eval mode; ``codes`` (frozen-encoder
+    kinds) are the chunks' codes from :func:`encode_chunks`, computed once instead of at every validation."""
     was_training = model.training
     model.eval()
     sq_err = 0.0
     with torch.no_grad():
-        for start in range(0, x.shape[0], chunk):
+        for number, start in enumerate(range(0, x.shape[0], chunk)):
             batch = x[start : start + chunk]
-            hat = model(batch).total
+            hat = model(batch, code=None if codes is None else codes[number]).total
             sq_err += float(((batch - hat) ** 2).sum())
     model.train(was_training)
     total_var = float(((x - x.mean(0)) ** 2).sum())
     return sq_err / x.numel(), sq_err / total_var
+
+
+@torch.no_grad()
+def encode_chunks(model: FeatureModel, x: torch.Tensor, chunk: int = 4096) -> list[SparseCode]:
+    """The SAE's codes of ``x`` in :func:`evaluate_mse`'s chunks (at the SAE's own k)."""
+    return [model.sae.encode(x[start : start + chunk])[0] for start in range(0, x.shape[0], chunk)]
 
 
 def train(
@@ -218,7 +242,9 @@ def train(
     params = list(model.trainable_parameters())
     trains_encoder = any(p is model.sae.W_enc for p in params)
     use_auxk = auxk.enabled and trains_encoder
-    optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(training.betas), eps=training.eps)  # type: ignore[arg-type]
+    # the fused kernel: one pass over each parameter instead of a dozen elementwise ops (7x faster on CPU here)
+    optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(training.betas), eps=training.eps,  # type: ignore[arg-type]
+                                 fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, training.lr_final_factor, training.lr_decay_fraction))
     n_features = model.sae.n_features
@@ -243,16 +269,18 @@ def train(
         log.info("%s: resumed from %s at step %d", name, checkpoint_path, start_step)
 
     autocast = training.bf16_autocast and device.type == "cuda"
+    # a frozen encoder's validation codes never change: encode the validation tokens once
+    validation_codes = encode_chunks(model, validation) if model.encoder_frozen else None
     model.train()
     batches = data.iterate(start_step)
     progress = tqdm(range(start_step, total_steps), desc=f"train {name}", unit="step", mininterval=10,
                     initial=start_step, total=total_steps)
     for step in progress:
-        x = next(batches)
+        x, code = next(batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             dead = since_fired > auxk.dead_after_tokens
             with_aux = use_auxk and bool(dead.any())
-            rec = model(x, aux_mask=dead if with_aux else None, k_aux=auxk.k_aux if with_aux else 0)
+            rec = model(x, aux_mask=dead if with_aux else None, k_aux=auxk.k_aux if with_aux else 0, code=code)
             x_hat = rec.total.float()
             mse = ((x_hat - x) ** 2).mean()
             aux = auxk_loss(model, x, x_hat, rec.aux_code, auxk) if rec.aux_code is not None \
@@ -285,7 +313,7 @@ def train(
                          "dead_fraction": float((since_fired > auxk.dead_after_tokens).float().mean()),
                          "lr": float(scheduler.get_last_lr()[0]), "grad_norm": grad_norm})
         if done % training.validate_every == 0 or done == total_steps:
-            val_mse, val_fvu = evaluate_mse(model, validation)
+            val_mse, val_fvu = evaluate_mse(model, validation, codes=validation_codes)
             rows.append({"step": done, "tokens": done * x.shape[0], "split": "validation", "loss": val_mse,
                          "mse": val_mse, "fvu": val_fvu})
             progress.set_postfix(val_fvu=f"{val_fvu:.3f}")
@@ -345,24 +373,44 @@ def _fresh_model(kind: str, seed: int, settings: Settings, data: TrainingData,
     model = build_model(kind, data.d_model, settings.sae, settings.nfm, standard)
     if kind not in FROM_STANDARD:  # start the decoder bias at the mean of the first batch (normalised space)
         with torch.no_grad():
-            model.sae.b_dec.copy_(next(batches.iterate(0)).mean(0).cpu())
+            model.sae.b_dec.copy_(next(batches.iterate(0)).x.mean(0).cpu())
     return model.to(batches.device)
+
+
+def _code_cache(kind: str, settings: Settings, data: TrainingData, standard_weights: str | Path | None,
+                codes_dir: str | Path | None) -> CodeCache | None:
+    """The standard SAE's code cache for a frozen-encoder kind (checked against its weights), else None."""
+    from featint.models import FROM_STANDARD
+
+    if codes_dir is None or kind not in FROM_STANDARD:
+        return None
+    assert standard_weights is not None
+    cache = CodeCache(codes_dir)
+    cache.check(standard_weights, data.train,
+                settings.nfm.truncated_k if kind == "sequential_truncated" else settings.sae.k)
+    return cache
 
 
 def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | Path, out_dir: str | Path,
               lr: float, device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
-              stop_after_step: int | None = None, budget_factor: float = 1.0) -> TrainResult:
+              stop_after_step: int | None = None, budget_factor: float = 1.0,
+              codes_dir: str | Path | None = None) -> TrainResult:
     """Stage entry point: train one model kind for one seed; write weights, init weights, log, parameters, figure.
     ``budget_factor`` multiplies the budget (``training.tokens``; the convergence check), the LR schedule
-    keeping its shape over the longer run."""
+    keeping its shape over the longer run. Frozen-encoder kinds read the standard SAE's cached codes from
+    ``codes_dir`` when given (:mod:`featint.codes`) instead of encoding every batch."""
     from featint.models import FROM_STANDARD, load_model, save_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = TrainingData.open(activations_dir)
     training = settings.training
+    if kind in FROM_STANDARD and standard_weights is None:
+        raise TrainingError(f"{kind} starts from the trained standard SAE (--standard).")
     standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
-    batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards, seed, device)
+    codes = _code_cache(kind, settings, data, standard_weights, codes_dir)
+    batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards, seed, device,
+                              codes)
     model = _fresh_model(kind, seed, settings, data, standard, batches)
     steps = max(1, round(training.steps * budget_factor))
     extra = {"hook_name": data.normaliser.hook_name, "normaliser_kind": data.normaliser.kind, "seed": seed, "lr": lr,
@@ -401,7 +449,8 @@ def save_training_outputs(model: FeatureModel, result: TrainResult, out_dir: Pat
 
 
 def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path, out_path: str | Path,
-                     device: torch.device | str = "cpu", standard_weights: str | Path | None = None) -> pd.DataFrame:
+                     device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
+                     codes_dir: str | Path | None = None) -> pd.DataFrame:
     """Stage entry point: train ``kind`` (first seed) at every LR of ``training.lr_grid`` on
     ``training.lr_selection_tokens`` and choose the LR with the lowest validation FVU. While the best LR sits
     at an edge of the LRs tried, the grid is extended past that edge by ``lr_grid_factor`` (at most
@@ -417,11 +466,12 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
     if kind in FROM_STANDARD and standard_weights is None:
         raise TrainingError(f"choosing the LR of {kind} needs the trained standard SAE (--standard).")
     standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
+    codes = _code_cache(kind, settings, data, standard_weights, codes_dir)
     results: dict[float, dict[str, Any]] = {}
 
     def probe(lr: float, extension: int) -> None:
         batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards, seed,
-                                  device)
+                                  device, codes)
         model = _fresh_model(kind, seed, settings, data, standard, batches)
         row: dict[str, Any] = {"model": kind, "lr": lr, "steps": steps, "tokens": steps * training.batch_size,
                                "seed": seed, "extension": extension, "diverged": False}

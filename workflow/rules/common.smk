@@ -52,4 +52,4 @@ CPU_SHARE = cpu_share()
 def stage_config(stage):
     """JSON of the config sections `stage` reads, for `params`: a rule reruns when these change."""
     sections = STAGE_SECTIONS[stage]
-    return json.dumps({key: config[key] for key in sections}, sort_keys=True)
+    return json.dumps({key: config[key] for key in sections if key in config}, sort_keys=True)

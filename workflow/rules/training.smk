@@ -53,10 +53,43 @@ def standard_weights(wildcards):
     return []
 
 
+def standard_codes(wildcards):
+    if wildcards.kind in featint_models.FROM_STANDARD:
+        seed = getattr(wildcards, "seed", SEEDS[0])
+        return f"{RESULTS}/codes/standard/seed~{seed}"
+    return []
+
+
+rule cache_codes:
+    input:
+        ACTIVATION_FILES,
+        weights=f"{model_dir('standard', '{seed}')}/weights.safetensors",
+    output:
+        directory(f"{RESULTS}/codes/standard/seed~{{seed}}"),
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        config=stage_config("cache-codes"),
+    log:
+        f"{LOGS}/cache_codes_standard_seed~{{seed}}.log",
+    benchmark:
+        f"{BENCH}/cache_codes_standard_seed~{{seed}}.tsv"
+    conda:
+        FEATINT_ENV
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m featint cache-codes --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        " --weights {input.weights} --activations {ACTS} --out {output} > {log} 2>&1"
+
+
 rule select_lr:
     input:
         ACTIVATION_FILES,
         standard=standard_weights,
+        codes=standard_codes,
     output:
         f"{RESULTS}/lr_selection/{{kind}}.parquet",
     wildcard_constraints:
@@ -64,6 +97,7 @@ rule select_lr:
     params:
         config=stage_config("select-lr"),
         standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
+        codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
     log:
         f"{LOGS}/select_lr_{{kind}}.log",
     benchmark:
@@ -76,7 +110,7 @@ rule select_lr:
         runtime=240,
     shell:
         "python -m featint select-lr --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --kind {wildcards.kind}"
-        " --activations {ACTS} {params.standard} --out {output} > {log} 2>&1"
+        " --activations {ACTS} {params.standard} {params.codes} --out {output} > {log} 2>&1"
 
 
 rule gather_lr_selection:
@@ -107,6 +141,7 @@ rule train:
         ACTIVATION_FILES,
         lr_table=lr_table,
         standard=standard_weights,
+        codes=standard_codes,
     output:
         weights=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/weights.safetensors",
         init=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/init.safetensors",
@@ -126,6 +161,7 @@ rule train:
         config=stage_config("train"),
         lr_table=lambda wc, input: f"--lr-table {input.lr_table}" if input.lr_table else "",
         standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
+        codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
         # the convergence check trains the same model at a multiple of the budget
         budget=lambda wc: CONVERGENCE["budget_factor"] if wc.group == "convergence" else 1,
         out=lambda wc: model_dir(wc.kind, wc.seed, wc.group),
@@ -141,7 +177,7 @@ rule train:
         runtime=240,
     shell:
         "python -m featint train --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --kind {wildcards.kind}"
-        " --seed {wildcards.seed} --activations {ACTS} {params.lr_table} {params.standard}"
+        " --seed {wildcards.seed} --activations {ACTS} {params.lr_table} {params.standard} {params.codes}"
         " --budget-factor {params.budget} --out {params.out} > {log} 2>&1"
 
 

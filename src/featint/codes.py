@@ -1,0 +1,129 @@
+"""Cached sparse codes of a frozen SAE: encode the train split once, train the frozen-encoder kinds on the cache.
+
+``sequential``, ``sequential_truncated`` and ``standard_refit`` never change the standard SAE's encoder, so the
+code of every train token is the same at every step and every epoch. Re-running the encoder product and top-k
+for each batch costs more than everything these kinds train (the NFM, or the decoder's k gathered rows). The
+cache holds, per activation shard, the (indices, values) of the selected rows in row order: int32 and float32
+arrays of ``[rows, k]`` in safetensors files, each with its sha256 in ``manifest.parquet``, whose metadata names
+the SAE (sha256 of its weights file) and the batch size the codes were computed at.
+
+Codes are computed in chunks of exactly ``batch_size`` rows (the last chunk padded), the shape every training
+batch has, so the encoder takes the same kernel path as in a training step and the cached codes equal the
+re-encoded ones bit for bit (tested: ``sequential`` trains to identical weights). ``sequential_truncated``
+takes the top ``truncated_k`` of the cached k (the same set as encoding at the smaller k; equal values, summed in
+another order); ``standard_refit`` trains on the standard SAE's own codes, which its folded encoder (b_dec moved
+into b_enc) reproduces up to rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from featint.activations import ActivationStore
+from featint.errors import ShardError
+from featint.io import atomic_directory, read_parquet_metadata, sha256_file, write_parquet
+from featint.models import SparseCode, load_model
+from featint.normaliser import Normaliser
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.parquet"
+
+
+@dataclass(frozen=True)
+class CodeCacheMeta:
+    """What a cache was computed from (the manifest's metadata)."""
+
+    weights_sha256: str  #: sha256 of the SAE weights file that encoded the tokens
+    k: int  #: codes per token (the SAE's own k)
+    n_features: int  #: the SAE's width
+    batch_size: int  #: rows per encoder call (the training batch size: same kernel path as a training step)
+    hook_name: str  #: the activations' hook
+    n_rows: int  #: selected train rows covered
+
+
+def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_dir: str | Path,
+                     batch_size: int, device: torch.device | str = "cpu") -> CodeCacheMeta:
+    """Stage entry point: encode every selected train token with the SAE of ``weights_path`` (normalised as in
+    training) and write the cache to ``out_dir`` (built under a temporary name, renamed when complete)."""
+    model, _ = load_model(weights_path, device)
+    activations_dir = Path(activations_dir)
+    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
+    store = ActivationStore(activations_dir / "train")
+    mask = store.selected_mask()
+    sae = model.sae
+    rows, n_rows = [], 0
+    with atomic_directory(out_dir) as partial, torch.no_grad():
+        for index in tqdm(range(len(store.manifest)), desc="cache codes", unit="shard", mininterval=10):
+            _, vectors = store.read_shard_rows(index, mask)
+            x = normaliser.apply(vectors).to(device)
+            indices = torch.empty(x.shape[0], sae.k, dtype=torch.int32)
+            values = torch.empty(x.shape[0], sae.k, dtype=torch.float32)
+            for start in range(0, x.shape[0], batch_size):
+                chunk = x[start : start + batch_size]
+                n = chunk.shape[0]
+                if n < batch_size:  # pad: every encoder call sees a full batch, as in training
+                    chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, chunk.shape[1])])
+                code, _ = sae.encode(chunk)
+                indices[start : start + n] = code.indices[:n].to(torch.int32).cpu()
+                values[start : start + n] = code.values[:n].float().cpu()
+            name = f"codes-{index:05d}.safetensors"
+            save_file({"indices": indices.contiguous(), "values": values.contiguous()}, str(partial / name))
+            rows.append({"shard": index, "file": name, "rows": int(x.shape[0]),
+                         "bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)})
+            n_rows += int(x.shape[0])
+        meta = CodeCacheMeta(sha256_file(weights_path), sae.k, sae.n_features, batch_size,
+                             normaliser.hook_name, n_rows)
+        write_parquet(pd.DataFrame(rows), partial / MANIFEST, metadata=meta.__dict__)
+    log.info("cached the codes of %d train tokens (k = %d) of %s in %s", n_rows, sae.k, weights_path, out_dir)
+    return meta
+
+
+class CodeCache:
+    """Read-only view of a code cache; shards are verified (size + sha256) as they are read."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        manifest = self.directory / MANIFEST
+        if not manifest.is_file():
+            raise ShardError(f"{manifest} does not exist; the code cache was never written or did not finish. "
+                             "Rerun the cache_codes rule (snakemake re-creates it).")
+        self.manifest = pd.read_parquet(manifest).set_index("shard")
+        self.meta = CodeCacheMeta(**read_parquet_metadata(manifest))
+
+    def check(self, weights_path: str | Path, store: ActivationStore, k: int) -> None:
+        """Stop with a clear message unless the cache was computed by ``weights_path`` on ``store`` with at
+        least ``k`` codes per token."""
+        fix = f"delete {self.directory} and rerun the workflow (the cache_codes rule writes it again)."
+        if sha256_file(weights_path) != self.meta.weights_sha256:
+            raise ShardError(f"the code cache {self.directory} was computed by another SAE than {weights_path}; {fix}")
+        if self.meta.hook_name != store.meta.hook_name or self.meta.n_rows != int(store.selected_mask().sum()):
+            raise ShardError(f"the code cache {self.directory} does not cover the train tokens of {store.directory}; "
+                             f"{fix}")
+        if self.meta.k < k:
+            raise ShardError(f"the code cache {self.directory} holds {self.meta.k} codes per token, fewer than the "
+                             f"{k} this model needs; {fix}")
+
+    def read_shard(self, index: int) -> SparseCode:
+        """The codes of shard ``index``'s selected rows, in row order (empty if none are selected)."""
+        if index not in self.manifest.index:
+            return SparseCode(torch.empty(0, self.meta.k, dtype=torch.long), torch.empty(0, self.meta.k))
+        entry = self.manifest.loc[index]
+        path = self.directory / entry["file"]
+        fix = f"delete {self.directory} and rerun the workflow to write the code cache again."
+        if not path.is_file() or path.stat().st_size != int(entry["bytes"]) or sha256_file(path) != entry["sha256"]:
+            raise ShardError(f"code cache shard {path} is missing, truncated or corrupt; {fix}")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ShardError(f"code cache shard {path} cannot be read ({exc}); {fix}") from exc
+        return SparseCode(tensors["indices"].long(), tensors["values"])
+

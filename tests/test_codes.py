@@ -1,0 +1,84 @@
+"""Cached codes of the frozen standard SAE: the frozen-encoder kinds train on them exactly as on re-encoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from featint.activations import ActivationStore
+from featint.codes import CodeCache, write_code_cache
+from featint.errors import ShardError
+from featint.models import load_model
+from featint.normaliser import Normaliser
+from featint.training import run_train
+from test_training import _toy_activations, settings
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Toy activations, a trained standard SAE and its code cache."""
+    root = tmp_path_factory.mktemp("codes")
+    acts = _toy_activations(root)
+    run_train(settings(), "standard", 0, acts, root / "standard", 3e-3)
+    weights = root / "standard" / "weights.safetensors"
+    write_code_cache(weights, acts, root / "codes", settings().training.batch_size)
+    return acts, weights, root / "codes"
+
+
+def test_the_cache_holds_the_standard_sae_codes_of_every_train_token(trained: tuple[Path, Path, Path]) -> None:
+    acts, weights, codes_dir = trained
+    cache = CodeCache(codes_dir)
+    store = ActivationStore(acts / "train")
+    model, _ = load_model(weights)
+    normaliser = Normaliser.load(acts / "normaliser.safetensors")
+    assert cache.meta.n_rows == 5000 and cache.meta.k == model.sae.k
+    for shard in range(len(store.manifest)):  # 1,000 rows per shard: the last chunk of each is padded
+        _, vectors = store.read_shard_rows(shard, store.selected_mask())
+        code = cache.read_shard(shard)
+        with torch.no_grad():
+            expected = model.sae.encode(normaliser.apply(vectors))[0]
+        assert torch.equal(code.indices.sort(1).values, expected.indices.sort(1).values)
+        assert torch.allclose(code.values.sort(1).values, expected.values.sort(1).values, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "standard_refit", "sequential_truncated"])
+def test_training_on_cached_codes_equals_training_on_re_encoded_codes(kind: str, trained: tuple[Path, Path, Path],
+                                                                        tmp_path: Path) -> None:
+    acts, weights, codes_dir = trained
+    s = settings()
+    cached = run_train(s, kind, 1, acts, tmp_path / "cached", 3e-3, standard_weights=weights, codes_dir=codes_dir)
+    encoded = run_train(s, kind, 1, acts, tmp_path / "encoded", 3e-3, standard_weights=weights)
+    a, _ = load_model(tmp_path / "cached" / "weights.safetensors")
+    b, _ = load_model(tmp_path / "encoded" / "weights.safetensors")
+    for (name, left), (_, right) in zip(a.state_dict().items(), b.state_dict().items()):
+        if kind == "sequential":
+            assert torch.equal(left, right), name  # bit-identical
+        else:
+            # sequential_truncated: the top truncated_k of the cached codes, the same features and values summed
+            # in another order; standard_refit: its encoder folds b_dec into b_enc (so training b_dec cannot move
+            # the codes) and computes the standard SAE's pre-activations with other rounding
+            assert torch.allclose(left, right, atol=1e-5), name
+    columns = ["step", "split", "fvu"]
+    pd.testing.assert_frame_equal(cached.log[columns], encoded.log[columns], check_exact=kind == "sequential",
+                                  atol=1e-5)
+
+
+def test_a_cache_of_another_sae_or_a_corrupt_shard_stops_with_the_fix(trained: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    acts, weights, codes_dir = trained
+    other = tmp_path / "other"
+    run_train(settings(), "standard", 5, acts, other, 3e-3)
+    with pytest.raises(ShardError, match="computed by another SAE.*rerun the workflow"):
+        run_train(settings(), "sequential", 5, acts, tmp_path / "seq", 3e-3,
+                  standard_weights=other / "weights.safetensors", codes_dir=codes_dir)
+    copy = tmp_path / "copy"
+    write_code_cache(weights, acts, copy, settings().training.batch_size)
+    shard = sorted(copy.glob("codes-*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ShardError, match="corrupt"):
+        CodeCache(copy).read_shard(1)
+    with pytest.raises(ShardError, match="never written"):
+        CodeCache(tmp_path / "missing")
