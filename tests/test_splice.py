@@ -124,3 +124,26 @@ def test_continuation_on_other_architectures(tmp_path, embedded_lm_dir, architec
     tokens = torch.randint(100, 40000, (2, 10))
     expected = bridge(tokens)
     torch.testing.assert_close(continuation.logits(continuation.residual(tokens)), expected, rtol=0, atol=1e-4)
+
+
+@torch.no_grad()
+def test_bf16_autocast_reconstruction_splices_like_float32(bridge, tokens, clean, continuation) -> None:  # type: ignore[no-untyped-def]
+    """A joint model run under bf16 autocast (the GPU configs) splices in: finite logits, KL within bf16 rounding
+    of the float32 splice."""
+    from featint.config import Settings
+    from featint.models import build_model
+
+    residual = continuation.residual(tokens)
+    normaliser = Normaliser.fit([residual[:, 1:].reshape(-1, 576)], kind="zscore", hook_name=HOOK.name)
+    shapes = Settings.from_dict({"sae": {"n_features": 1152, "k": 32}, "nfm": {"embed_dim": 16}})
+    torch.manual_seed(0)
+    model = build_model("joint", 576, shapes.sae, shapes.nfm).eval()
+
+    def bf16(z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(z).total.float()
+
+    kl32 = kl_per_token(clean, continuation.logits(spliced_residual(residual, lambda z: model(z).total, normaliser)))
+    kl16 = kl_per_token(clean, continuation.logits(spliced_residual(residual, bf16, normaliser)))
+    assert torch.isfinite(kl16).all() and kl32.mean() > 0.01  # an untrained model changes the output
+    assert kl16.mean().item() == pytest.approx(kl32.mean().item(), rel=0.05)

@@ -83,8 +83,9 @@ class SparseCode:
 
 
 def gather_sum(table: torch.Tensor, code: SparseCode) -> torch.Tensor:
-    """sum_i values_i * table[indices_i]: the k active rows of ``table`` [F, m] -> [N, m]."""
-    return F.embedding_bag(code.indices, table, per_sample_weights=code.values, mode="sum")
+    """sum_i values_i * table[indices_i]: the k active rows of ``table`` [F, m] -> [N, m]. The values take the
+    table's dtype (under bf16 autocast they arrive in bfloat16 while the master weights stay float32)."""
+    return F.embedding_bag(code.indices, table, per_sample_weights=code.values.to(table.dtype), mode="sum")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,15 +118,17 @@ class TopKEncoderFunction(torch.autograd.Function):
     def backward(ctx, grad_values, _grad_indices, grad_aux_values, _grad_aux_indices):  # type: ignore[no-untyped-def, override]
         x_in, W, indices, aux_indices = ctx.saved_tensors
         if grad_aux_values is not None and aux_indices.shape[1] > 0:
-            grad = torch.cat([grad_values, grad_aux_values], dim=1)
+            grad = torch.cat([grad_values, grad_aux_values.to(grad_values.dtype)], dim=1)
             idx = torch.cat([indices, aux_indices], dim=1)
         else:
             grad, idx = grad_values, indices
-        grad = grad.contiguous()
+        # gradients accumulate in the master weights' dtype (bf16 autocast hands bfloat16 grads back)
+        grad = grad.to(W.dtype).contiguous()
+        x_in = x_in.to(W.dtype)
         n, width = idx.shape
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx, W, per_sample_weights=grad.to(W.dtype), mode="sum")
+            grad_x = F.embedding_bag(idx, W, per_sample_weights=grad, mode="sum")
         if ctx.needs_input_grad[1]:
             crow = torch.arange(0, n * width + 1, width, device=idx.device)
             sparse_grad = torch.sparse_csr_tensor(crow, idx.reshape(-1), grad.reshape(-1), (n, W.shape[0]),

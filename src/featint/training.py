@@ -268,7 +268,7 @@ def train(
         _set_rng_state(state["rng"])
         log.info("%s: resumed from %s at step %d", name, checkpoint_path, start_step)
 
-    autocast = training.bf16_autocast and device.type == "cuda"
+    autocast = training.bf16_autocast  # opt-in; master weights, loss and metrics stay float32
     # a frozen encoder's validation codes never change: encode the validation tokens once
     validation_codes = encode_chunks(model, validation) if model.encoder_frozen else None
     model.train()
