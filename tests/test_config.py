@@ -75,3 +75,29 @@ def test_json_and_yaml_give_the_same_settings(tmp_path: Path) -> None:
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(path="no/such/config.yaml")
+
+
+def test_plan_of_the_paper_config_needs_no_model_download() -> None:
+    """The paper's shards: 5,242,880 train tokens x d 3200 x float16 = 33.6 GB (about 32 GiB), from the shape
+    the config declares; the joint model's state is 4 x its parameters in float32."""
+    from featint.config import load_settings
+    from featint.models import joint_parameter_count
+    from featint.plan import model_shape, plan
+
+    settings = load_settings("config/paper.yaml")
+    shape = model_shape(settings, None)
+    table = plan(settings, shape).set_index("item")
+    assert table.loc["shards train", "value"] == 5_242_880 * 3200 * 2
+    assert table.loc["shards train", "value"] / 2**30 == pytest.approx(31.25)
+    joint = joint_parameter_count(3200, settings.sae, settings.nfm)
+    assert table.loc["joint: weights + grads + Adam", "value"] == 16 * joint
+    assert table.loc["code cache per standard seed", "value"] == 0  # the paper config re-encodes
+    assert table.loc["results disk (shards + code caches + models)", "value"] > table.loc["shards train", "value"]
+
+
+def test_extraction_stops_when_the_disk_cannot_hold_the_shards(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from featint.plan import DiskSpaceError, check_disk
+
+    check_disk(1, tmp_path / "not" / "yet", "a byte")  # the nearest existing parent is probed
+    with pytest.raises(DiskSpaceError, match="needs .* free; free space there, lower extraction.max_tokens"):
+        check_disk(1e18, tmp_path, "the train shards")

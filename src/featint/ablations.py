@@ -90,8 +90,9 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
         run_train(local, "standard", seed, activations_dir, out_dir / "standard",
                   chosen_lr(local, "standard", tables.get("standard")), device=device)
         standard_weights = out_dir / "standard" / "weights.safetensors"
-        codes_dir = out_dir / "standard" / "codes"
-        write_code_cache(standard_weights, activations_dir, codes_dir, local.training.batch_size, device)
+        if local.training.cache_codes:
+            codes_dir = out_dir / "standard" / "codes"
+            write_code_cache(standard_weights, activations_dir, codes_dir, local.training.batch_size, device)
     seed_everything(seed)
     run_train(local, kind, seed, activations_dir, out_dir / "model",
               chosen_lr(local, kind, tables.get(lr_selection_kind(kind))), device=device,

@@ -340,6 +340,10 @@ def extract_split(
     n_rows = len(windows) * T
     log.info("%s: %d windows x %d tokens = %d rows from %d documents", split, len(windows), T, n_rows,
              plan_stats["documents_used"])
+    from featint.plan import DTYPE_BYTES, check_disk
+
+    check_disk(n_rows * d_model * DTYPE_BYTES[extraction.dtype] * 1.02, Path(out_dir).parent,
+               f"the {split} shards ({n_rows:,} rows x d {d_model} x {extraction.dtype})")
 
     norms = np.empty(n_rows, dtype=np.float32)
     with atomic_directory(out_dir) as tmp:

@@ -143,6 +143,22 @@ def cmd_train(args: argparse.Namespace) -> None:
              final["fvu"])
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from featint.io import write_parquet
+    from featint.lm import model_dir
+    from featint.plan import human, model_shape, plan
+
+    settings = _settings(args)
+    shape = model_shape(settings, model_dir(settings.model))
+    table = plan(settings, shape)
+    shown = table.assign(amount=[human(v, u) for v, u in zip(table["value"], table["unit"])])
+    print(f"Plan for run '{settings.run}' (model shape from {shape.source}: d {shape.d_model}, "
+          f"{shape.n_layers} layers, vocab {shape.vocab_size:,}, {shape.n_parameters:.3g} parameters)")
+    print(shown[["stage", "item", "amount", "note"]].to_string(index=False))
+    if args.out:
+        write_parquet(table, args.out)
+
+
 def cmd_cache_codes(args: argparse.Namespace) -> None:
     from featint.codes import write_code_cache
 
@@ -393,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-factor", type=float, default=1.0, help="multiple of training.tokens (convergence check)")
     p.add_argument("--codes", help="the standard SAE's code cache (frozen-encoder kinds; else they re-encode)")
     p.add_argument("--out", required=True, help="model directory")
+    p = add("plan", cmd_plan, "memory and disk plan of a config (shards, model states, peak per job)")
+    p.add_argument("--out", help="also write the plan as a Parquet table")
     p = add("cache-codes", cmd_cache_codes, "encode the train split once with a trained SAE (frozen-encoder kinds)")
     p.add_argument("--weights", required=True, help="the SAE (a standard model's weights.safetensors)")
     p.add_argument("--activations", required=True, help="activations directory (splits + normaliser)")

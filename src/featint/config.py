@@ -139,6 +139,7 @@ class ModelSettings:
     revision: str | None
     dtype: str
     device: str
+    shape: dict[str, float] | None = None  #: published shape (d_model, n_layers, vocab_size, n_parameters) for plans
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ class TrainingSettings:
     log_every: int
     validate_every: int
     validation_tokens: int
+    cache_codes: bool
     bf16_autocast: bool
 
     @property

@@ -54,7 +54,7 @@ def standard_weights(wildcards):
 
 
 def standard_codes(wildcards):
-    if wildcards.kind in featint_models.FROM_STANDARD:
+    if config["training"]["cache_codes"] and wildcards.kind in featint_models.FROM_STANDARD:
         seed = getattr(wildcards, "seed", SEEDS[0])
         return f"{RESULTS}/codes/standard/seed~{seed}"
     return []

@@ -1,0 +1,146 @@
+"""Memory and disk plan of a configuration, before anything runs (``python -m featint plan --config ...``).
+
+Every figure is computed from the config and the model's shape (its prepared ``config.json`` when it exists,
+else ``model.shape``): activation shards per split, the standard SAE's code cache, the SAE / NFM / Adam state of
+each trained kind, a per-job peak estimate for training, and the behaviour stage's forward passes. The extract
+stage calls :func:`check_disk` before writing a split, so a results disk that cannot hold the shards stops the
+run with one message instead of a full disk half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from featint.config import SPLITS, Settings
+from featint.errors import ConfigError, FeatintError
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+FLOAT32 = 4
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs to know of the LM."""
+
+    d_model: int  #: residual-stream width
+    n_layers: int  #: blocks
+    vocab_size: int  #: output vocabulary
+    n_parameters: float  #: parameter count
+    source: str  #: where the shape was read
+
+
+def model_shape(settings: Settings, lm_dir: str | Path | None) -> ModelShape:
+    """The prepared model's ``config.json`` when ``lm_dir`` holds one, else the config's ``model.shape``."""
+    if lm_dir is not None and (Path(lm_dir) / "config.json").is_file():
+        cfg = json.loads((Path(lm_dir) / "config.json").read_text(encoding="utf-8"))
+        d = int(cfg.get("hidden_size") or cfg.get("n_embd") or cfg["d_model"])
+        layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg["num_layers"])
+        vocab = int(cfg["vocab_size"])
+        intermediate = int(cfg.get("intermediate_size") or 4 * d)
+        # embeddings + untied head + attention (4 d^2) and a gated MLP (3 d m) per block: a close estimate
+        params = 2 * vocab * d + layers * (4 * d * d + 3 * d * intermediate)
+        return ModelShape(d, layers, vocab, float(params), f"{lm_dir}/config.json")
+    if settings.model.shape is None:
+        raise ConfigError("the model is not prepared yet and the config has no model.shape; run the prepare_lm rule "
+                          "first or add model.shape {d_model, n_layers, vocab_size, n_parameters} to the config.")
+    s = settings.model.shape
+    return ModelShape(int(s["d_model"]), int(s["n_layers"]), int(s["vocab_size"]), float(s["n_parameters"]),
+                      "model.shape in the config")
+
+
+def _sae_parameters(d: int, width: int) -> int:
+    return 2 * width * d + width + d
+
+
+def _nfm_parameters(d: int, width: int, embed: int) -> int:
+    return width * d + d + width * embed + embed * embed + embed + embed * d + d
+
+
+def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
+    """One row per planned quantity: stage, item, bytes (or count), and what it assumes."""
+    from featint.models import joint_parameter_count, param_matched_width
+
+    d, F, k = shape.d_model, settings.sae.n_features, settings.sae.k
+    K = settings.nfm.embed_dim
+    extraction, training = settings.extraction, settings.training
+    shard_dtype = DTYPE_BYTES[extraction.dtype]
+    rows: list[dict[str, object]] = []
+
+    def add(stage: str, item: str, value: float, unit: str, note: str) -> None:
+        rows.append({"stage": stage, "item": item, "value": float(value), "unit": unit, "note": note})
+
+    for split in SPLITS:
+        tokens = extraction.max_tokens[split]
+        add("extract", f"shards {split}", tokens * d * shard_dtype, "bytes",
+            f"{tokens:,} tokens x d {d} x {extraction.dtype}")
+    add("extract", "LM weights in memory", shape.n_parameters * DTYPE_BYTES[settings.model.dtype], "bytes",
+        f"{shape.n_parameters:.3g} parameters x {settings.model.dtype}")
+    train_tokens = extraction.max_tokens["train"]
+    cache = train_tokens * k * (4 + 4) if training.cache_codes else 0
+    add("cache_codes", "code cache per standard seed", cache, "bytes",
+        f"{train_tokens:,} tokens x k {k} x (int32 index + float32 value)" if training.cache_codes
+        else "training.cache_codes is off: the frozen-encoder kinds re-encode every batch")
+    joint = joint_parameter_count(d, settings.sae, settings.nfm)
+    per_kind = {"standard": _sae_parameters(d, F), "joint": joint,
+                "param_matched": _sae_parameters(d, param_matched_width(d, joint)),
+                "sequential (trains the NFM)": _nfm_parameters(d, F, K)}
+    batch = training.batch_size
+    for kind, params in per_kind.items():
+        # weights + gradients + Adam's two moments, float32
+        state = 4 * params * FLOAT32
+        add("train", f"{kind}: weights + grads + Adam", state, "bytes", f"{params:,} parameters x 4 x float32")
+    # the step's transient tensors: the dense pre-activations [batch, F] (and their top-k workspace), the
+    # validation chunk's pre-activations [4096, F], batch-sized d-vectors; bf16 autocast halves the first two
+    act_bytes = 2 if training.bf16_autocast else 4
+    transient = (2 * batch * F + 4096 * F) * act_bytes + 16 * batch * d * FLOAT32
+    add("train", "peak per job (joint, estimate)", 4 * joint * FLOAT32 + transient, "bytes",
+        f"state + pre-activations of batch {batch} and a 4,096-token validation chunk "
+        f"({'bf16' if training.bf16_autocast else 'fp32'})")
+    behaviour = settings.behaviour
+    positions = behaviour.positions or extraction.context_length
+    instances = len(settings.model_instances())
+    add("behaviour", "spliced continuations per model", behaviour.windows * (4 * (1 + behaviour.epsilon_draws)),
+        "forward passes", f"{behaviour.windows} windows x up to 4 components x (1 + {behaviour.epsilon_draws} "
+        "epsilon draws), each from the hook to the logits")
+    add("behaviour", "logits of one window batch", behaviour.batch_tokens * shape.vocab_size * FLOAT32, "bytes",
+        f"{behaviour.batch_tokens:,} tokens x vocab {shape.vocab_size:,} x float32")
+    add("behaviour", "models spliced", instances, "models", "every trained (kind, seed)")
+    disk = sum(r["value"] for r in rows if r["item"].startswith("shards"))  # type: ignore[union-attr]
+    disk += len(training.seeds) * cache
+    # every instance keeps its weights and its step-0 weights; a running job also holds a checkpoint (weights
+    # and Adam's two moments)
+    disk += instances * (sum(per_kind.values()) / len(per_kind)) * FLOAT32 * 2 + max(per_kind.values()) * FLOAT32 * 3
+    add("total", "results disk (shards + code caches + models)", disk, "bytes",
+        f"{instances} trained models (weights + init) and one checkpoint in flight")
+    return pd.DataFrame(rows)
+
+
+def human(value: float, unit: str) -> str:
+    if unit != "bytes":
+        return f"{value:,.0f} {unit}"
+    for scale, name in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if value >= scale:
+            return f"{value / scale:.1f} {name}"
+    return f"{value:.0f} B"
+
+
+class DiskSpaceError(FeatintError):
+    """The results disk cannot hold what a stage is about to write."""
+
+
+def check_disk(needed_bytes: float, directory: str | Path, what: str) -> None:
+    """Stop with one message when ``directory``'s filesystem has less than ``needed_bytes`` free."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise DiskSpaceError(
+            f"{what} needs {human(needed_bytes, 'bytes')} but {probe} has {human(free, 'bytes')} free; free space "
+            f"there, lower extraction.max_tokens or use extraction.dtype float16 (see `python -m featint plan`).")
