@@ -78,5 +78,5 @@ def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path, e
         pd.testing.assert_frame_equal(ours, reference, check_exact=False, rtol=1e-9, atol=1e-12)
 
 
-GPU_RULES = ("extract", "select_lr", "train", "evaluate_reconstruction", "geometry", "behaviour_reference",
-             "behaviour", "secondary_sae", "interventions", "ablation")
+GPU_RULES = ("extract", "select_lr", "cache_codes", "train", "evaluate_reconstruction", "geometry",
+             "behaviour_reference", "behaviour", "secondary_sae", "interventions", "ablation", "synthetic_models")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,9 +35,62 @@ def set_threads(requested: int) -> int:
 
 
 def resolve_device(choice: str) -> torch.device:
+    """CPU, or the CUDA device this job may use: with several GPUs visible (a multi-GPU node run with
+    ``snakemake --resources gpu=G``), the first one no other featint job holds (:func:`claim_gpu`); under SLURM the
+    job sees only the GPUs it was given, so that is device 0."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= 1:
+            return torch.device("cuda")
+        index = claim_gpu(count)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+#: The lock of the GPU this process holds; released when the process exits.
+_GPU_LOCK: int | None = None
+
+
+def gpu_lock_dir() -> Path:
+    """Where GPU slot locks live: ``FEATINT_GPU_LOCK_DIR``, else a per-user folder in the temporary directory
+    (node-local, as the GPUs are)."""
+    default = Path(tempfile.gettempdir()) / f"featint-gpu-locks-{os.getuid()}"
+    return Path(os.environ.get("FEATINT_GPU_LOCK_DIR", default))
+
+
+def try_claim_slot(n_slots: int, lock_dir: Path) -> tuple[int, int] | None:
+    """(slot, open lock fd) of the first of ``n_slots`` slots no other open lock holds, or None if all are held.
+    ``flock`` locks vanish with their process, so a killed job frees its GPU."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for slot in range(n_slots):
+        fd = os.open(lock_dir / f"gpu-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return slot, fd
+    return None
+
+
+def claim_gpu(n_devices: int, lock_dir: Path | None = None, poll_seconds: float = 5.0) -> int:
+    """The index of a GPU for this process, held until it exits. Waits (logging once) while every GPU is held,
+    which happens only when more GPU jobs run than ``--resources gpu=G`` allows for."""
+    global _GPU_LOCK
+    lock_dir = lock_dir or gpu_lock_dir()
+    waited = False
+    while True:
+        claimed = try_claim_slot(n_devices, lock_dir)
+        if claimed is not None:
+            slot, _GPU_LOCK = claimed
+            return slot
+        if not waited:
+            logging.getLogger("featint").warning(
+                "all %d GPUs are held by other featint jobs; waiting (run snakemake with --resources gpu=%d)",
+                n_devices, n_devices)
+            waited = True
+        time.sleep(poll_seconds)
 
 
 def seed_everything(seed: int) -> None:

@@ -37,6 +37,7 @@ rule ablation:
         FEATINT_ENV
     threads: 8
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
     shell:

@@ -32,6 +32,7 @@ rule extract:
         FEATINT_ENV
     threads: 8
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=6000,
         runtime=120,
     shell:

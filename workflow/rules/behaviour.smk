@@ -27,6 +27,7 @@ rule behaviour_reference:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=30,
     shell:
@@ -54,6 +55,7 @@ rule behaviour:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     shell:

@@ -42,6 +42,7 @@ rule geometry:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=6000,
         runtime=30,
     shell:

@@ -44,6 +44,7 @@ rule secondary_sae:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     shell:
@@ -74,6 +75,7 @@ rule interventions:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     shell:

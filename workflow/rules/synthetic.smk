@@ -62,6 +62,7 @@ rule synthetic_models:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     shell:

@@ -78,6 +78,7 @@ rule cache_codes:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     shell:
@@ -106,6 +107,7 @@ rule select_lr:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
     shell:
@@ -173,6 +175,7 @@ rule train:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
     shell:
@@ -198,6 +201,7 @@ rule evaluate_reconstruction:
         FEATINT_ENV
     threads: 4
     resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=30,
     shell:
