@@ -534,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featint {args.command}: error: {exc}", file=sys.stderr)
         return 2
     log.info("%s finished in %.1f s on %d thread(s)", args.command, time.perf_counter() - started, threads)
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # read by benchmarks/gpu_smoke.py
+        log.info("%s peak GPU memory %.0f MiB on %s", args.command, torch.cuda.max_memory_allocated() / 2**20,
+                 torch.cuda.get_device_name())
     return 0
 
 
