@@ -8,13 +8,19 @@
 3. Standard SAE training throughput in tokens/s, with the sparse encoder backward and with plain autograd.
 4. Frozen-encoder kinds (sequential, standard_refit) per step, on cached codes and re-encoding every batch, as a
    speed-up over the standard SAE step (target >= 5x on cached codes).
+5. The floor: the encoder product + top-k alone at the training shapes; every step as a ratio to it (target: the
+   standard step at >= 0.7 of the floor's throughput), and the whole training loop (`featint.training.run_train`
+   on a real store with validation and checkpoints at their default frequency) against its bare steps (target
+   <= 1.2x).
 Not a test: nothing gates on time.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -72,7 +78,7 @@ def training_step(model: FeatureModel, x: torch.Tensor, dense_reference: bool = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=1024, help="the default config's batch size")
     args = parser.parse_args()
     threads = set_threads(args.threads)
     print(f"{threads} threads, batch {args.batch}")
@@ -107,6 +113,39 @@ def main() -> None:
         print(f"{kind} step: on cached codes {on_cache * 1e3:.1f} ms, re-encoding {encoding * 1e3:.0f} ms; "
               f"speed-up over the standard step {standard_s / on_cache:.1f}x on cached codes (target >= 5x), "
               f"{standard_s / encoding:.1f}x re-encoding")
+
+    W, b = standard.sae.W_enc.detach(), standard.sae.b_enc.detach()
+    floor_s = seconds_per_call(lambda: torch.addmm(b, x, W.t()).topk(k, dim=-1, sorted=False), 8)
+    torch.manual_seed(0)
+    matched = build_model("param_matched", d, shapes.sae, shapes.nfm)
+    matched_s = seconds_per_call(training_step(matched, x), 6)
+    print(f"floor (encoder product + top-k, forward only) {floor_s * 1e3:.0f} ms: standard step at "
+          f"{floor_s / standard_s:.2f} of the floor's throughput (target >= 0.7); joint {joint_s / floor_s:.2f}x, "
+          f"param_matched {matched_s / floor_s:.2f}x the floor; joint/standard {joint_s / standard_s:.2f} "
+          "(target <= 1.25)")
+    loop_s, steps = whole_loop(d, n_features, k, embed, args.batch)
+    print(f"whole training loop ({steps} steps on a real store, validation every 64 steps on 16,384 tokens, "
+          f"checkpoints every 32): {loop_s:.1f} s = {loop_s / (steps * standard_s):.2f}x its bare steps "
+          "(target <= 1.2)")
+
+
+def whole_loop(d: int, n_features: int, k: int, embed: int, batch: int, steps: int = 64) -> tuple[float, int]:
+    """Seconds of `run_train` (standard) on a generated store of d-dim activations: streaming, normalising,
+    AuxK, logging, validation, clipping, Adam and checkpoints around ``steps`` steps."""
+    from featint.synthetic import write_synthetic_activations
+    from featint.training import run_train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_dict({
+            "sae": {"n_features": n_features, "k": k}, "nfm": {"embed_dim": embed},
+            "training": {"tokens": steps * batch, "batch_size": batch, "lr": 3e-3, "checkpoint_every": 32},
+            "synthetic": {"d_model": d, "n_features": 1024, "active_mean": 20.0,
+                          "tokens": {"train": steps * batch, "validation": 16384, "test": 1024}}})
+        assert settings.synthetic is not None
+        write_synthetic_activations(settings.synthetic, 1.0, "new", Path(tmp) / "setting")
+        started = time.perf_counter()
+        run_train(settings, "standard", 0, Path(tmp) / "setting" / "activations", Path(tmp) / "model", 3e-3)
+        return time.perf_counter() - started, steps
 
 
 if __name__ == "__main__":
