@@ -73,6 +73,18 @@ def test_lr_schedule_decays_over_80_percent_of_actual_steps() -> None:
     assert factor(800) == pytest.approx(0.1) and factor(999) == pytest.approx(0.1)
 
 
+class Killed(Exception):
+    """A simulated kill of the training process."""
+
+
+def kill_after(step: int):  # type: ignore[no-untyped-def]
+    """A checkpoint hook that kills the run once the checkpoint of ``step`` is on disk."""
+    def hook(done: int) -> None:
+        if done >= step:
+            raise Killed(f"killed after the checkpoint of step {done}")
+    return hook
+
+
 @pytest.mark.parametrize("kind", ["joint", "standard"])
 def test_resume_equals_uninterrupted(kind: str, toy_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, normaliser, x = toy_store
@@ -86,9 +98,9 @@ def test_resume_equals_uninterrupted(kind: str, toy_store, tmp_path: Path) -> No
     model_a, data_a = fresh()
     log_a = train(model_a, data_a, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "a.pt", name=kind).log
     model_b, data_b = fresh()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         train(model_b, data_b, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind,
-              stop_after_step=20)
+              on_checkpoint=kill_after(20))
     torch.manual_seed(999)  # a resumed process starts with other RNG state; the checkpoint restores it
     model_c, data_c = fresh()
     log_c = train(model_c, data_c, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind).log
@@ -153,9 +165,9 @@ def test_checkpoint_of_another_configuration_is_not_resumed(toy_store, tmp_path:
     validation = normaliser.apply(x[:512])
     torch.manual_seed(0)
     model = build_model("standard", D, s.sae, s.nfm)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         train(model, ShuffledBatches(store, normaliser, 256, 1, seed=0), validation, s.training, s.sae.auxk, 3e-3,
-              tmp_path / "c.pt", name="standard", stop_after_step=10)
+              tmp_path / "c.pt", name="standard", on_checkpoint=kill_after(10))
     torch.manual_seed(0)
     model = build_model("standard", D, s.sae, s.nfm)
     with caplog.at_level("WARNING"):

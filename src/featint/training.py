@@ -230,12 +230,12 @@ def train(
     checkpoint_path: str | Path,
     name: str = "model",
     steps: int | None = None,
-    stop_after_step: int | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model.trainable_parameters()`` for ``steps`` (default ``training.steps``) batches.
 
-    Resumes from ``checkpoint_path`` when it exists. ``stop_after_step`` simulates a kill right after the
-    checkpoint of that step (tests).
+    Resumes from ``checkpoint_path`` when it exists. ``on_checkpoint(step)`` is called after each checkpoint is
+    written (a progress hook; the resume tests kill the run from it).
     """
     device = data.device
     total_steps = steps or training.steps
@@ -322,8 +322,8 @@ def train(
                 torch.save({"identity": identity, "step": done, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "since_fired": since_fired, "log": rows, "rng": _rng_state()}, tmp)
-            if stop_after_step is not None and done >= stop_after_step:
-                raise KeyboardInterrupt(f"simulated kill after step {done}")
+            if on_checkpoint is not None:
+                on_checkpoint(done)
     model.eval()
     return TrainResult(log=pd.DataFrame(rows), steps=total_steps, lr=lr)
 
@@ -393,7 +393,7 @@ def _code_cache(kind: str, settings: Settings, data: TrainingData, standard_weig
 
 def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | Path, out_dir: str | Path,
               lr: float, device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
-              stop_after_step: int | None = None, budget_factor: float = 1.0,
+              budget_factor: float = 1.0,
               codes_dir: str | Path | None = None) -> TrainResult:
     """Stage entry point: train one model kind for one seed; write weights, init weights, log, parameters, figure.
     ``budget_factor`` multiplies the budget (``training.tokens``; the convergence check), the LR schedule
@@ -419,7 +419,7 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
         save_model(model, out_dir / "init.safetensors", extra)
     validation = load_selected(data.validation, data.normaliser, training.validation_tokens).to(batches.device)
     result = train(model, batches, validation, training, settings.sae.auxk, lr, out_dir / "checkpoint.pt",
-                   name=f"{kind}/seed~{seed}", steps=steps, stop_after_step=stop_after_step)
+                   name=f"{kind}/seed~{seed}", steps=steps)
     counts = model.parameter_counts()
     counts_frame = pd.DataFrame([{"model": kind, "seed": seed, "component": c, "parameters": n}
                                  for c, n in counts.items()])
