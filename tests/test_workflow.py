@@ -151,6 +151,10 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert len(mixed) == len(tested) and mixed["p"].between(0, 1).all() and mixed["word_var"].ge(0).all()
     summary = pd.read_parquet(results / "interventions" / "summary.parquet")
     assert "secondary_top_select_F" in set(summary["quantity"])
+    # tidy: what a row measures is in `quantity`, of what in its own columns, never packed into the name
+    assert not summary["quantity"].str.contains(r"[\[|]").any()
+    clamp_rows = summary[summary["quantity"] == "clamp_min_p"]
+    assert len(clamp_rows) and clamp_rows[["role", "reference", "test"]].notna().all().all()
     secondary_log = pd.read_parquet(results / "interventions" / "joint" / "seed~0" / "secondary" / "train_log.parquet")
     assert secondary_log["fvu"].iloc[-1] < 1.0
     generations = pd.read_parquet(results / "interventions" / "generations.parquet")

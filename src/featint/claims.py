@@ -132,10 +132,12 @@ class Reader:
         first_seed = frame[frame["seed"] == frame["seed"].min()].set_index("component")["parameters"]
         return float(first_seed[list(components)].sum() / first_seed["total"])
 
-    def intervention(self, model: str, quantity: str, column: str = "value") -> np.ndarray:
+    def intervention(self, model: str, quantity: str, column: str = "value", effect: str | None = None) -> np.ndarray:
         frame = self.a.interventions
-        rows = frame[(frame["model"] == model) & (frame["quantity"] == quantity)].sort_values("seed")
-        return rows[column].to_numpy(dtype=np.float64)
+        rows = frame[(frame["model"] == model) & (frame["quantity"] == quantity)]
+        if effect is not None:
+            rows = rows[rows["effect"] == effect]
+        return rows.sort_values("seed")[column].to_numpy(dtype=np.float64)
 
     def clamp(self, model: str, test: str, value: float, column: str) -> np.ndarray:
         frame = self.a.clamps
@@ -300,7 +302,7 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "the paper's ratio contains the decoder norm itself, so its rho is partly definitional"),
     "secondary_anova_F": lambda r: _seeds(
         r.intervention("sequential", "secondary_top_select_F"),
-        r.intervention("sequential", "secondary_top_test_F[formality:emotion]"),
+        r.intervention("sequential", "secondary_top_test_F", effect="formality:emotion"),
         "two-way ANOVA interaction F on held-out test sentences for the feature selected on select sentences",
         "the paper selected and tested on the same 40 sentences with a one-way F"),
     "clamp_interaction_F": lambda r: _seeds(

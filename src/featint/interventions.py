@@ -630,8 +630,9 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
 
 def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.DataFrame:
     """Per model and seed: how many primary features pass FDR per factor, the selected secondary feature's
-    select-split F and test-split interaction F / p / q, and the smallest clamping interaction q (vs pipeline
-    and vs clean) of each clamp role."""
+    select-split F and test-split F / p / q per effect, and the smallest clamping interaction p (vs pipeline
+    and vs clean) of each clamp role and test. Tidy: ``quantity`` names what is measured; ``effect``, ``role``,
+    ``reference`` and ``test`` say of what (empty where they do not apply)."""
     rows = []
     for (model, seed), primary in tables["primary_tests"].groupby(["model", "seed"]):
         base = {"model": model, "seed": seed}
@@ -648,8 +649,9 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
                      "p": float(top["p"])})
         two_way = secondary[(secondary["test"] == "two_way_anova_type2") & (secondary["feature"] == top["feature"])]
         for record in two_way.to_dict("records"):
-            rows.append({**base, "quantity": f"secondary_top_test_F[{record['effect']}]", "value": float(record["F"]),
-                         "feature": int(top["feature"]), "p": float(record["p"]), "q": float(record["q"])})
+            rows.append({**base, "quantity": "secondary_top_test_F", "effect": record["effect"],
+                         "value": float(record["F"]), "feature": int(top["feature"]), "p": float(record["p"]),
+                         "q": float(record["q"])})
         # the feature that is clamped (best-ranked among those firing often enough; may differ from rank 1)
         clamped = tables["clamp_statistics"]
         clamped = clamped[(clamped["model"] == model) & (clamped["seed"] == seed)
@@ -662,7 +664,7 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
                          "fires_fraction": float(own["fires_fraction"])})
             tested = secondary[(secondary["test"] == "two_way_anova_type2") & (secondary["feature"] == feature)]
             for record in tested.to_dict("records"):
-                rows.append({**base, "quantity": f"secondary_clamped_test_F[{record['effect']}]",
+                rows.append({**base, "quantity": "secondary_clamped_test_F", "effect": record["effect"],
                              "value": float(record["F"]), "feature": feature, "p": float(record["p"]),
                              "q": float(record["q"])})
         rows.append({**base, "quantity": "secondary_tested_interaction_passing_fdr",
@@ -671,7 +673,8 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
         clamp = clamp[(clamp["model"] == model) & (clamp["seed"] == seed) & (clamp["effect"] == "word_formality:word_emotion")]
         for (role, reference, test), group in clamp.groupby(["role", "reference", "test"]):
             best = group.sort_values("p").iloc[0]
-            rows.append({**base, "quantity": f"clamp_min_p[{role}|{reference}|{test}]", "value": float(best["F"]),
+            rows.append({**base, "quantity": "clamp_min_p", "role": role, "reference": reference, "test": test,
+                         "effect": "word_formality:word_emotion", "value": float(best["F"]),
                          "feature": int(best["feature"]), "p": float(best["p"]), "q": float(best["q"]),
                          "clamp_value": float(best["value"])})
     return pd.DataFrame(rows)
