@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.featint-installed
 CORES  ?= 8
 PYTEST_ARGS ?=
 
-.PHONY: install reproduce test bench clean-results
+.PHONY: install reproduce test test-fast lint bench clean-results
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ install: $(STAMP)
 reproduce: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
-test: $(STAMP)
+test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the unit tests only (no DAG runs, no SLURM, no LM splices): ~7 minutes here
+test-fast: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_extraction.py

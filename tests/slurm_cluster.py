@@ -2,7 +2,7 @@
 missing (apt-get, needs root), configured in a temporary directory, daemons started and stopped by pid file.
 
     with local_slurm(tmp_path) as cluster:
-        subprocess.run(["sbatch", ...], env=cluster.env)
+        subprocess.run(["sbatch", ...], env=cluster.env, check=False)
 
 No accounting database: jobs are followed with squeue (the profile's `slurm-status-command`), and
 `MinJobAge` keeps finished jobs visible to scontrol for the harness's own checks.
@@ -16,10 +16,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 PACKAGES = ("slurm-wlm", "munge")
 PARTITION = "featint"
@@ -37,7 +37,7 @@ class LocalSlurm:
 
     def accounting(self) -> list[str]:
         """Lines 'jobid|name|state' of every job slurmctld still knows (MinJobAge keeps finished ones)."""
-        out = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=self.env, capture_output=True, text=True)
+        out = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=self.env, capture_output=True, text=True, check=False)
         lines = []
         for line in out.stdout.splitlines():
             fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
@@ -52,9 +52,9 @@ def ensure_installed() -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise ClusterUnavailable("slurm-wlm / munge are not installed and apt-get cannot run as root here")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    update = subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, text=True)
+    update = subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, text=True, check=False)
     install = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], env=env,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     if install.returncode != 0:
         raise ClusterUnavailable(f"apt-get install {' '.join(PACKAGES)} failed:\n{update.stderr}\n{install.stderr}")
 
@@ -166,7 +166,7 @@ def local_slurm(root: Path) -> Iterator[LocalSlurm]:
             started.append(root / "run" / pid_name)
         deadline = time.time() + 60
         while time.time() < deadline:
-            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout.strip()
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, check=False).stdout.strip()
             if state in ("idle", "mixed", "allocated"):
                 break
             time.sleep(1)
@@ -175,7 +175,7 @@ def local_slurm(root: Path) -> Iterator[LocalSlurm]:
             raise ClusterUnavailable(f"the SLURM node did not become idle (sinfo: {state!r})\n{log_text[-2000:]}")
         yield LocalSlurm(root, PARTITION, env)
     finally:
-        subprocess.run(["scancel", "--partition", PARTITION], env=env, capture_output=True)
+        subprocess.run(["scancel", "--partition", PARTITION], env=env, capture_output=True, check=False)
         for pid_file in reversed(started):
             _stop(pid_file)
         _stop(munge_pid)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_extraction_settings
+
 from featint.activations import ActivationStore, ShardWriter, extract_split, fit_normaliser
 from featint.errors import ModelSourceError, ShardError, SplitError
 from featint.normaliser import Normaliser

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_extraction_settings
+
 from featint import stats
 from featint.activations import ActivationStore, extract_split, fit_normaliser
 from featint.behaviour import (

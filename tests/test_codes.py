@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_training import _toy_activations, settings
 
 from featint.activations import ActivationStore
 from featint.codes import CodeCache, write_code_cache
@@ -14,7 +15,6 @@ from featint.errors import ShardError
 from featint.models import load_model
 from featint.normaliser import Normaliser
 from featint.training import run_train
-from test_training import _toy_activations, settings
 
 
 @pytest.fixture(scope="module")

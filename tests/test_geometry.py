@@ -8,8 +8,13 @@ import torch
 
 from featint import stats
 from featint.config import Settings
-from featint.geometry import feature_table, gram_offdiagonal_statistics, interaction_removal_effect, \
-    paper_contribution_ratios, summary_rows
+from featint.geometry import (
+    feature_table,
+    gram_offdiagonal_statistics,
+    interaction_removal_effect,
+    paper_contribution_ratios,
+    summary_rows,
+)
 from featint.models import NFM, FeatureModel, SparseCode, TopKSAE
 
 

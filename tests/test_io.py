@@ -10,10 +10,9 @@ from featint.io import atomic_directory, atomic_path, read_parquet_metadata, wri
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -25,10 +24,9 @@ def test_atomic_directory_replaces_and_cleans_stale_partials(tmp_path: Path) -> 
     with atomic_directory(target) as tmp:
         (tmp / "a").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
-    with pytest.raises(RuntimeError):
-        with atomic_directory(target) as tmp:
-            (tmp / "b").write_text("2")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise RuntimeError("killed")
     assert sorted(p.name for p in target.iterdir()) == ["a"]  # the complete old output is untouched
 
 

@@ -126,7 +126,7 @@ def test_auxk_selection_only_uses_dead_latents() -> None:
     sae = TopKSAE(D, F_, K_TOP)
     dead = torch.zeros(F_, dtype=torch.bool)
     dead[:10] = True
-    code, aux = sae.encode(torch.randn(8, D), aux_mask=dead, k_aux=4)
+    _, aux = sae.encode(torch.randn(8, D), aux_mask=dead, k_aux=4)
     assert aux is not None and aux.indices.shape == (8, 4)
     assert (aux.indices < 10).all()
 

@@ -19,13 +19,13 @@ renamed when complete; a killed extraction restarts that split from scratch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -486,7 +486,7 @@ def run_summary(
 
     normaliser = Normaliser.load(normaliser_path)
     summaries, positions = [], []
-    for split, directory in split_dirs.items():
+    for directory in split_dirs.values():
         store = ActivationStore(directory)
         if store.meta.hook_name != normaliser.hook_name:
             raise ShardError(f"{directory} was extracted at {store.meta.hook_name}, the normaliser at "

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from featint import stats
 from featint.activations import ActivationStore
 from featint.config import BehaviourSettings, Settings
 from featint.errors import FeatintError, ShardError
@@ -37,7 +39,6 @@ from featint.lm import HookPoint, load_bridge
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 from featint.splice import ModelContinuation, spliced_residual
-from featint import stats
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class CleanDistribution:
     p: torch.Tensor
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor) -> "CleanDistribution":
+    def from_logits(cls, logits: torch.Tensor) -> CleanDistribution:
         log_p = torch.log_softmax(logits.float(), dim=-1)
         return cls(log_p, log_p.exp())
 
@@ -250,7 +251,7 @@ def model_conditions(model: FeatureModel, normaliser: Normaliser, clean: torch.T
             direction = torch.randn(int(positions.sum()), clean.shape[-1],
                                     generator=_generator(*seed_keys, component, draw))
             direction = direction / direction.norm(dim=-1, keepdim=True)
-            noisy = spliced_residual(clean, lambda x, u=direction: x + norms * u, None, positions)
+            noisy = spliced_residual(clean, lambda x, u=direction, n=norms: x + n * u, None, positions)
             yield SplicedCondition(EPSILON_PREFIX + component, "epsilon_random", component, draw, noisy,
                                    _error_norm(noisy, clean, positions))
 
@@ -346,7 +347,7 @@ def _setup(settings: Settings, lm_dir: str | Path, activations_dir: str | Path,
 
 
 def _metadata(settings: Settings, windows: EvaluationWindows, **extra: Any) -> dict[str, Any]:
-    return {"behaviour": settings.raw["behaviour"], "n_windows": int(len(windows.window_ids)),
+    return {"behaviour": settings.raw["behaviour"], "n_windows": len(windows.window_ids),
             "n_positions": windows.n_positions, **extra}
 
 

@@ -9,9 +9,9 @@ others (``interval`` says which).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ class Artefacts:
     convergence: pd.DataFrame  # convergence/summary.parquet (empty when convergence.models is empty)
 
     @classmethod
-    def load(cls, results: str | Path) -> "Artefacts":
+    def load(cls, results: str | Path) -> Artefacts:
         results = Path(results)
         paths = {"reconstruction": "metrics/reconstruction.parquet", "parameters": "metrics/parameters.parquet",
                  "geometry": "geometry/summary.parquet", "behaviour": "behaviour/summary.parquet",
@@ -372,9 +372,9 @@ def _fmt(value: float) -> str:
 
 def claims_markdown(table: pd.DataFrame, run: str) -> str:
     lines = [f"# Paper claims vs this run (`{run}`)", "",
-             "Paper values from `config/paper_claims.tsv`; ours read from this run's Parquet artefacts. "
-             "`paper def.` applies the paper's definition to our models; `corrected` the definition in the last "
-             "column (held-out text, independent baselines, per-condition epsilon, proper ANOVA).", "",
+             ("Paper values from `config/paper_claims.tsv`; ours read from this run's Parquet artefacts. "
+              "`paper def.` applies the paper's definition to our models; `corrected` the definition in the last "
+              "column (held-out text, independent baselines, per-condition epsilon, proper ANOVA)."), "",
              "| claim | paper | ours, paper def. | ours, corrected | interval | seeds | rests on | corrected definition | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):

@@ -13,8 +13,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from featint.config import SPLITS, Settings, load_settings
 from featint.errors import FeatintError

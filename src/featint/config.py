@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -378,7 +379,7 @@ class Settings:
             (kind, seeds[0]) for kind in self.single_seed_models]
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], source: str = "config") -> "Settings":
+    def from_dict(cls, config: Mapping[str, Any], source: str = "config") -> Settings:
         c = validate_config(config, source)
         corpus = dict(c["corpus"])
         corpus["hf"] = HFCorpusSettings(**corpus["hf"])

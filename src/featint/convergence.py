@@ -66,7 +66,7 @@ def convergence_table(settings: ConvergenceSettings, default: pd.DataFrame, long
                      "passes": bool(abs(change) < settings.max_relative_fvu_change)})
     reference = settings.models[0]
     for model in settings.models[1:]:
-        def improvement(frame: pd.DataFrame, s: int, where: str) -> float:
+        def improvement(frame: pd.DataFrame, s: int, where: str, model: str = model) -> float:
             return 1.0 - _lookup(frame, model, s, where) / _lookup(frame, reference, s, where)
 
         before, after = improvement(default, seed, "default"), improvement(longer, seed, "longer")

@@ -12,9 +12,10 @@ import hashlib
 import importlib.util
 import logging
 import re
-import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
+from xml.etree import ElementTree
 
 import pandas as pd
 
@@ -36,7 +37,7 @@ def embedded_dump_path() -> Path:
             "the embedded corpus comes with the gensim wheel, which is not installed; "
             f"run `pip install --no-deps {EMBEDDED_DUMP_PIP}` (the README's install command does this)."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_DUMP
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_DUMP
     if not path.is_file():
         raise CorpusError(f"embedded Wikipedia dump {path} is missing; reinstall {EMBEDDED_DUMP_PIP}.")
     return path
@@ -161,7 +162,7 @@ def iter_hf_dataset(corpus: CorpusSettings) -> Iterator[tuple[str, str, str]]:
     wanted = list(dict.fromkeys(hf.splits[s] for s in SPLITS if s in hf.splits)) if hf.splits else None
     try:
         loaded = datasets.load_dataset(hf.path, hf.name, data_files=hf.data_files)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load"
+    except Exception as exc:
         raise CorpusError(f"cannot load dataset {hf.path!r} ({hf.name!r}): {exc}") from exc
     for split_name in wanted or list(loaded.keys()):
         if split_name not in loaded:

@@ -34,6 +34,7 @@ from featint.io import write_parquet
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 
+
 @dataclass
 class _Accumulator:
     d: int
@@ -298,7 +299,8 @@ def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed:
         weights = stats.nested_cluster_bootstrap_weights(doc_ids, n_boot, seed)
         tokens = frame.drop_duplicates("doc_id").set_index("doc_id")["tokens"].reindex(doc_ids).to_numpy()
 
-        def replicates(rows: pd.DataFrame, column: str) -> np.ndarray:
+        def replicates(rows: pd.DataFrame, column: str, weights: np.ndarray = weights,
+                       doc_ids: np.ndarray = doc_ids) -> np.ndarray:
             return weights @ rows.set_index("doc_id")[column].reindex(doc_ids).fillna(0.0).to_numpy()
 
         series: dict[tuple[str, int, str, str], np.ndarray] = {}

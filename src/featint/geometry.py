@@ -22,7 +22,6 @@ Per model and seed (:func:`run_geometry`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,6 @@ from featint.io import write_parquet
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.training import load_selected
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Weight geometry

@@ -27,9 +27,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -293,7 +294,7 @@ def secondary_tests(pooled: np.ndarray, sentences: pd.DataFrame, top: int, alpha
     if tested:
         two_way = pd.concat(tested, ignore_index=True)
         two_way["q"] = np.nan
-        for effect, idx in two_way.groupby("effect").groups.items():
+        for idx in two_way.groupby("effect").groups.values():
             two_way.loc[idx, "q"] = stats.benjamini_hochberg(two_way.loc[idx, "p"].to_numpy())
         two_way["significant_fdr"] = two_way["q"] < alpha
         return pd.concat([ranking, two_way], ignore_index=True)
@@ -613,7 +614,7 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
     clamp = tables["clamp_statistics"]
     clamp["q"] = np.nan
     interaction = (clamp["effect"] == "word_formality:word_emotion") & clamp["p"].notna()
-    for _, idx in clamp[interaction].groupby(["model", "seed", "reference", "test"]).groups.items():
+    for idx in clamp[interaction].groupby(["model", "seed", "reference", "test"]).groups.values():
         clamp.loc[idx, "q"] = stats.benjamini_hochberg(clamp.loc[idx, "p"].to_numpy())
     clamp["significant_fdr"] = clamp["q"] < alpha
     for name, table in tables.items():

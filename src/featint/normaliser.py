@@ -17,9 +17,9 @@ splice and every evaluation load it from the same file.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -56,7 +56,7 @@ class Normaliser:
     @classmethod
     def fit(
         cls, batches: Iterable[torch.Tensor], kind: str, hook_name: str, min_std: float = 1e-6
-    ) -> "Normaliser":
+    ) -> Normaliser:
         """Fit from a stream of [n, d] batches in one pass (float64 accumulators)."""
         count = 0
         total: torch.Tensor | None = None
@@ -96,7 +96,7 @@ class Normaliser:
             save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Normaliser":
+    def load(cls, path: str | Path) -> Normaliser:
         path = Path(path)
         if not path.is_file():
             raise ShardError(f"normaliser file {path} does not exist; run the fit_normaliser rule first.")

@@ -105,8 +105,8 @@ def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
     positions = behaviour.positions or extraction.context_length
     instances = len(settings.model_instances())
     add("behaviour", "spliced continuations per model", behaviour.windows * (4 * (1 + behaviour.epsilon_draws)),
-        "forward passes", f"{behaviour.windows} windows x up to 4 components x (1 + {behaviour.epsilon_draws} "
-        "epsilon draws), each from the hook to the logits")
+        "forward passes", f"{behaviour.windows} windows of {positions} positions x up to 4 components x "
+        f"(1 + {behaviour.epsilon_draws} epsilon draws), each from the hook to the logits")
     add("behaviour", "logits of one window batch", behaviour.batch_tokens * shape.vocab_size * FLOAT32, "bytes",
         f"{behaviour.batch_tokens:,} tokens x vocab {shape.vocab_size:,} x float32")
     add("behaviour", "models spliced", instances, "models", "every trained (kind, seed)")

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -74,7 +75,7 @@ def run_with_splice(
 ) -> torch.Tensor:
     """Logits of the full model with the splice installed as a forward hook at ``hook.name``."""
 
-    def replace(value: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - transformer-lens signature
+    def replace(value: torch.Tensor, hook: Any) -> torch.Tensor:
         return spliced_residual(value, reconstruct, normaliser, positions, replace_position_zero)
 
     return bridge.run_with_hooks(tokens, fwd_hooks=[(hook.name, replace)])

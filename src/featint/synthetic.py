@@ -238,7 +238,7 @@ def detection_thresholds(power: pd.DataFrame) -> pd.DataFrame:
         null = group[group["strength"] == 0].iloc[0]
         rows.append({"variant": variant, "reference": reference,
                      "smallest_detected_strength": float(planted["strength"].min()) if len(planted) else float("nan"),
-                     "detected_strengths": int(len(planted)), "planted_strengths": int((group["strength"] > 0).sum()),
+                     "detected_strengths": len(planted), "planted_strengths": int((group["strength"] > 0).sum()),
                      "null_gain": float(null["gain"]), "null_ci_low": float(null["ci_low"]),
                      "null_ci_high": float(null["ci_high"])})
     return pd.DataFrame(rows)

@@ -17,9 +17,10 @@ import logging
 import math
 import random
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -349,7 +350,7 @@ class TrainingData:
     validation: ActivationStore
 
     @classmethod
-    def open(cls, activations_dir: str | Path) -> "TrainingData":
+    def open(cls, activations_dir: str | Path) -> TrainingData:
         activations_dir = Path(activations_dir)
         normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
         train_store = ActivationStore(activations_dir / "train")
