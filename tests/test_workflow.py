@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from featint.activations import ActivationStore
+from featint.models import load_model
 from featint.normaliser import Normaliser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +151,17 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert tested["q"].notna().any() and tested["p"].between(0, 1).all()
     mixed = clamp[clamp["test"] == "mixedlm_crossed_prompt_word"]
     assert len(mixed) == len(tested) and mixed["p"].between(0, 1).all() and mixed["word_var"].ge(0).all()
+    # every SAE-only model also in SAELens's format, its reconstruction equal to ours on raw test activations
+    from featint.saelens import saelens_reconstruction
+
+    exported = results / "models" / "standard" / "seed~0" / "saelens"
+    assert json.loads((exported / "cfg.json").read_text())["meta"]["hook_name"] == "blocks.3.hook_resid_pre"
+    raw = torch.cat([v for _, v in ActivationStore(results / "activations" / "test").iter_shards()])[:256]
+    standard_model, _ = load_model(results / "models" / "standard" / "seed~0" / "weights.safetensors")
+    normaliser_test = Normaliser.load(results / "activations" / "normaliser.safetensors")
+    with torch.no_grad():
+        ours = normaliser_test.invert(standard_model(normaliser_test.apply(raw)).total)
+    torch.testing.assert_close(saelens_reconstruction(exported, raw), ours, rtol=1e-3, atol=1e-3)
     summary = pd.read_parquet(results / "interventions" / "summary.parquet")
     assert "secondary_top_select_F" in set(summary["quantity"])
     # tidy: what a row measures is in `quantity`, of what in its own columns, never packed into the name

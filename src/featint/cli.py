@@ -33,6 +33,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "gather-lr-selection": (),
     "train": ("sae", "nfm", "training"),
     "cache-codes": ("model", "training"),
+    "export-saelens": ("model", "extraction"),
     "evaluate": (),
     "gather-metrics": ("seed", "evaluation"),
     "convergence": ("convergence",),
@@ -157,6 +158,17 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(shown[["stage", "item", "amount", "note"]].to_string(index=False))
     if args.out:
         write_parquet(table, args.out)
+
+
+def cmd_export_saelens(args: argparse.Namespace) -> None:
+    from featint.lm import model_key
+    from featint.saelens import export_saelens
+
+    settings = _settings(args)
+    config = export_saelens(args.weights, args.normaliser, args.out, settings.model.name or model_key(settings.model),
+                            context_size=settings.extraction.context_length)
+    log.info("SAELens TopK SAE written to %s (d_in %d, d_sae %d, k %d)", args.out, config["d_in"], config["d_sae"],
+             config["k"])
 
 
 def cmd_cache_codes(args: argparse.Namespace) -> None:
@@ -411,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory")
     p = add("plan", cmd_plan, "memory and disk plan of a config (shards, model states, peak per job)")
     p.add_argument("--out", help="also write the plan as a Parquet table")
+    p = add("export-saelens", cmd_export_saelens, "write a trained SAE in SAELens's format (normaliser folded in)")
+    p.add_argument("--weights", required=True, help="an SAE-only model's weights.safetensors")
+    p.add_argument("--normaliser", required=True, help="the run's normaliser.safetensors")
+    p.add_argument("--out", required=True, help="folder to write (sae_weights.safetensors + cfg.json)")
     p = add("cache-codes", cmd_cache_codes, "encode the train split once with a trained SAE (frozen-encoder kinds)")
     p.add_argument("--weights", required=True, help="the SAE (a standard model's weights.safetensors)")
     p.add_argument("--activations", required=True, help="activations directory (splits + normaliser)")

@@ -7,6 +7,7 @@ import featint.config
 import featint.lm
 import featint.runtime
 import featint.models as featint_models
+import featint.saelens as featint_saelens
 import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS
 from featint.config import SPLITS

@@ -37,6 +37,8 @@ def training_targets():
         targets += [f"{RESULTS}/lr_selection/summary.parquet", f"{RESULTS}/lr_selection/figures/lr_selection.png"]
     if CONVERGENCE["models"]:
         targets += [f"{RESULTS}/convergence/summary.parquet", f"{RESULTS}/convergence/figures/convergence.png"]
+    exported = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in featint_saelens.EXPORTED_KINDS]
+    targets += instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json", exported)
     return targets
 
 
@@ -84,6 +86,32 @@ rule cache_codes:
     shell:
         "python -m featint cache-codes --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
         " --weights {input.weights} --activations {ACTS} --out {output} > {log} 2>&1"
+
+
+rule export_saelens:
+    input:
+        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+        normaliser=f"{ACTS}/normaliser.safetensors",
+    output:
+        config=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json",
+        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/sae_weights.safetensors",
+    wildcard_constraints:
+        kind="|".join(featint_saelens.EXPORTED_KINDS),
+        seed=r"\d+",
+    params:
+        config=stage_config("export-saelens"),
+        out=lambda wc: f"{RESULTS}/models/{wc.kind}/seed~{wc.seed}/saelens",
+    log:
+        f"{LOGS}/export_saelens_{{kind}}_seed~{{seed}}.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m featint export-saelens --config-json {params.config:q} --weights {input.weights}"
+        " --normaliser {input.normaliser} --out {params.out} > {log} 2>&1"
 
 
 rule select_lr:
