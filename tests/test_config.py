@@ -101,3 +101,14 @@ def test_extraction_stops_when_the_disk_cannot_hold_the_shards(tmp_path) -> None
     check_disk(1, tmp_path / "not" / "yet", "a byte")  # the nearest existing parent is probed
     with pytest.raises(DiskSpaceError, match="needs .* free; free space there, lower extraction.max_tokens"):
         check_disk(1e18, tmp_path, "the train shards")
+
+
+def test_config_readme_is_generated_and_every_key_is_described() -> None:
+    from featint.config import _schema_rows, config_readme, load_schema
+
+    undescribed = [key for key, _, _, description in _schema_rows(load_schema()) if not description]
+    assert not undescribed, f"schema keys without a description: {undescribed}"
+    expected = config_readme(Path("config"))
+    assert Path("config/README.md").read_text(encoding="utf-8") == expected, (
+        "config/README.md is out of date: run `python -m featint config-docs`")
+    assert "(no header comment)" not in expected  # every shipped config says what it is

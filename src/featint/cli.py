@@ -144,6 +144,13 @@ def cmd_train(args: argparse.Namespace) -> None:
              final["fvu"])
 
 
+def cmd_config_docs(args: argparse.Namespace) -> None:
+    from featint.config import config_readme
+
+    Path(args.out).write_text(config_readme(Path(args.out).parent), encoding="utf-8")
+    log.info("wrote %s", args.out)
+
+
 def cmd_plan(args: argparse.Namespace) -> None:
     from featint.io import write_parquet
     from featint.lm import model_dir
@@ -421,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-factor", type=float, default=1.0, help="multiple of training.tokens (convergence check)")
     p.add_argument("--codes", help="the standard SAE's code cache (frozen-encoder kinds; else they re-encode)")
     p.add_argument("--out", required=True, help="model directory")
+    p = add("config-docs", cmd_config_docs, "write config/README.md from the configs and the schema", config=False)
+    p.add_argument("--out", default="config/README.md")
     p = add("plan", cmd_plan, "memory and disk plan of a config (shards, model states, peak per job)")
     p.add_argument("--out", help="also write the plan as a Parquet table")
     p = add("export-saelens", cmd_export_saelens, "write a trained SAE in SAELens's format (normaliser folded in)")
