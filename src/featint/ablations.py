@@ -11,7 +11,6 @@ instance's own folder.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -57,15 +56,8 @@ def parse_instance(instance: dict[str, Any]) -> dict[str, Any]:
 
 def settings_for(settings: Settings, instance: dict[str, Any]) -> Settings:
     """The run's settings with the instance's overrides, validated again (e.g. k <= width)."""
-    raw = copy.deepcopy(settings.raw)
-    for column, (_, where) in COLUMNS.items():
-        if where is None:
-            continue
-        node = raw
-        for key in where[:-1]:
-            node = node[key]
-        node[where[-1]] = instance[column]
-    return Settings.from_dict(raw, source=f"ablation {instance}")
+    changes = {where: instance[column] for column, (_, where) in COLUMNS.items() if where is not None}
+    return settings.with_overrides(changes, source=f"ablation {instance}")
 
 
 def run_ablation(settings: Settings, instance_json: str, activations_dir: str | Path,

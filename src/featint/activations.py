@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from featint.config import ExtractionSettings, HookSettings, ModelSettings
 from featint.errors import ShardError, SplitError
-from featint.io import atomic_directory, read_parquet_metadata, sha256_file, write_parquet
+from featint.io import atomic_directory, read_parquet_metadata, sha256_file, verify_file, write_parquet
 from featint.lm import HookPoint, bos_token_id, encode_document, load_bridge, model_key
 from featint.normaliser import Normaliser
 
@@ -168,16 +168,7 @@ class ActivationStore:
         entry = self.manifest.iloc[index]
         path = self.directory / entry["file"]
         fix = f"delete {self.directory} and rerun the workflow to extract this split again."
-        if not path.is_file():
-            raise ShardError(f"activation shard {path} is missing; {fix}")
-        size = path.stat().st_size
-        if size != int(entry["bytes"]):
-            raise ShardError(
-                f"activation shard {path} is truncated or altered ({size} bytes, manifest says "
-                f"{int(entry['bytes'])}); {fix}"
-            )
-        if verify and sha256_file(path) != entry["sha256"]:
-            raise ShardError(f"activation shard {path} fails its sha256 checksum; {fix}")
+        verify_file(path, entry["bytes"], entry["sha256"], "activation shard", fix, checksum=verify)
         try:
             tensor = load_file(str(path))[TENSOR_NAME]
         except (SafetensorError, KeyError, OSError) as exc:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from featint.activations import ActivationStore
 from featint.errors import ShardError
-from featint.io import atomic_directory, read_parquet_metadata, sha256_file, write_parquet
+from featint.io import atomic_directory, read_parquet_metadata, sha256_file, verify_file, write_parquet
 from featint.models import SparseCode, load_model
 from featint.normaliser import Normaliser
 
@@ -118,9 +118,8 @@ class CodeCache:
             return SparseCode(torch.empty(0, self.meta.k, dtype=torch.long), torch.empty(0, self.meta.k))
         entry = self.manifest.loc[index]
         path = self.directory / entry["file"]
-        fix = f"delete {self.directory} and rerun the workflow to write the code cache again."
-        if not path.is_file() or path.stat().st_size != int(entry["bytes"]) or sha256_file(path) != entry["sha256"]:
-            raise ShardError(f"code cache shard {path} is missing, truncated or corrupt; {fix}")
+        fix = f"the cache is corrupt: delete {self.directory} and rerun the workflow to write it again."
+        verify_file(path, entry["bytes"], entry["sha256"], "code cache shard", fix)
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError) as exc:

@@ -372,6 +372,16 @@ class Settings:
     synthetic: SyntheticSettings | None
     raw: dict[str, Any]
 
+    def with_overrides(self, changes: Mapping[tuple[str, ...], Any], source: str) -> Settings:
+        """These settings with the keys at the given paths (e.g. ``("sae", "k")``) replaced, validated again."""
+        raw = copy.deepcopy(self.raw)
+        for where, value in changes.items():
+            node = raw
+            for key in where[:-1]:
+                node = node[key]
+            node[where[-1]] = value
+        return Settings.from_dict(raw, source=source)
+
     def model_instances(self) -> list[tuple[str, int]]:
         """Every (kind, seed) trained: ``models`` on every seed, ``single_seed_models`` on the first."""
         seeds = self.training.seeds

@@ -67,6 +67,22 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def verify_file(path: Path, expected_bytes: int, expected_sha256: str, what: str, fix: str,
+                checksum: bool = True) -> None:
+    """Raise :class:`~featint.errors.ShardError` naming ``what`` and ``fix`` when the file at ``path`` is missing,
+    has another size than its manifest says, or (with ``checksum``) another sha256."""
+    from featint.errors import ShardError
+
+    if not path.is_file():
+        raise ShardError(f"{what} {path} is missing; {fix}")
+    size = path.stat().st_size
+    if size != int(expected_bytes):
+        raise ShardError(f"{what} {path} is truncated or altered ({size} bytes, manifest says {int(expected_bytes)}); "
+                         f"{fix}")
+    if checksum and sha256_file(path) != expected_sha256:
+        raise ShardError(f"{what} {path} fails its sha256 checksum; {fix}")
+
+
 def write_parquet(frame: pd.DataFrame, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
     """Write ``frame`` atomically (zstd-compressed), with optional JSON metadata in the schema."""
     table = pa.Table.from_pandas(frame, preserve_index=False)

@@ -48,8 +48,8 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-#: The lock of the GPU this process holds; released when the process exits.
-_GPU_LOCK: int | None = None
+#: (GPU index, lock fd) this process holds; the lock is released when the process exits.
+_GPU_CLAIM: tuple[int, int] | None = None
 
 
 def gpu_lock_dir() -> Path:
@@ -77,14 +77,16 @@ def try_claim_slot(n_slots: int, lock_dir: Path) -> tuple[int, int] | None:
 def claim_gpu(n_devices: int, lock_dir: Path | None = None, poll_seconds: float = 5.0) -> int:
     """The index of a GPU for this process, held until it exits. Waits (logging once) while every GPU is held,
     which happens only when more GPU jobs run than ``--resources gpu=G`` allows for."""
-    global _GPU_LOCK
+    global _GPU_CLAIM
+    if _GPU_CLAIM is not None:  # one GPU per process, however often the device is resolved
+        return _GPU_CLAIM[0]
     lock_dir = lock_dir or gpu_lock_dir()
     waited = False
     while True:
         claimed = try_claim_slot(n_devices, lock_dir)
         if claimed is not None:
-            slot, _GPU_LOCK = claimed
-            return slot
+            _GPU_CLAIM = claimed
+            return claimed[0]
         if not waited:
             logging.getLogger("featint").warning(
                 "all %d GPUs are held by other featint jobs; waiting (run snakemake with --resources gpu=%d)",

@@ -242,6 +242,16 @@ class Interval:
     se: float
 
 
+def t_interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
+    """(mean, low, high): the t interval of the mean over seeds (NaN bounds with one seed)."""
+    values = np.asarray(values, float)
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(scipy_stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
+    return mean, mean - half, mean + half
+
+
 def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> Interval:
     """Point estimate (``replicates[0]``, the full sample) and the percentile interval of the others."""
     replicates = np.asarray(replicates, dtype=np.float64)

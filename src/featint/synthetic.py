@@ -22,10 +22,8 @@ when that excess is above zero, and :func:`detection_thresholds` names the small
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from scipy import stats as scipy_stats
 
+from featint import stats
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
 from featint.io import atomic_directory, write_parquet
@@ -168,7 +167,7 @@ def pair_identification(weights_path: str | Path, setting_dir: str | Path) -> pd
     store = ActivationStore(setting_dir / "activations" / "test")
     normaliser = Normaliser.load(setting_dir / "activations" / "normaliser.safetensors")
     x = normaliser.apply(torch.cat([v for _, v in store.iter_shards()]))
-    pair = torch.from_numpy(pd.read_parquet(setting_dir / PAIRS)["pair"].to_numpy()).long()
+    pair = torch.tensor(pd.read_parquet(setting_dir / PAIRS)["pair"].to_numpy(), dtype=torch.long)
     n_planted = int(load_file(str(setting_dir / TRUTH))["pairs"].shape[0] // 2)
     gains = torch.zeros(x.shape[0])
     for start in range(0, x.shape[0], 4096):
@@ -194,16 +193,6 @@ def identification_summary(pairs: pd.DataFrame) -> dict[str, float]:
             "planted_gain": float(np.mean(planted)), "decoy_gain": float(np.mean(decoy))}
 
 
-def t_interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
-    """(mean, low, high): the t interval of the mean over seeds (NaN bounds with one seed)."""
-    values = np.asarray(values, float)
-    mean = float(values.mean())
-    if values.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(scipy_stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
-    return mean, mean - half, mean + half
-
-
 def power_table(fvu: pd.DataFrame, level: float) -> pd.DataFrame:
     """Per variant, strength and reference kind: the relative test-FVU gain of ``joint`` over the reference
     ((FVU_ref - FVU_joint) / FVU_ref) with its t interval over seeds, and the **excess** of that gain over the
@@ -219,9 +208,9 @@ def power_table(fvu: pd.DataFrame, level: float) -> pd.DataFrame:
         for (variant, strength), group in wide.groupby(["variant", "strength"]):
             if variant not in null.index.get_level_values("variant"):
                 raise ValueError(f"synthetic variant {variant!r} has no null setting (strength 0) to compare with")
-            gain, low, high = t_interval(group["gain"].to_numpy(), level)
+            gain, low, high = stats.t_interval(group["gain"].to_numpy(), level)
             excess_values = group["gain"].to_numpy() - null.loc[variant].reindex(group["seed"]).to_numpy()
-            excess, excess_low, excess_high = t_interval(excess_values, level)
+            excess, excess_low, excess_high = stats.t_interval(excess_values, level)
             rows.append({"variant": variant, "strength": strength, "reference": reference, "gain": gain,
                          "ci_low": low, "ci_high": high, "excess_over_null": excess, "excess_ci_low": excess_low,
                          "excess_ci_high": excess_high, "interval": f"{level:.0%} t interval over seeds",
@@ -246,9 +235,8 @@ def detection_thresholds(power: pd.DataFrame) -> pd.DataFrame:
 
 def setting_settings(settings: Settings, variant: SyntheticVariant) -> Settings:
     """The run's settings with the variant's SAE width, k and NFM embedding size."""
-    raw = copy.deepcopy(settings.raw)
-    raw["sae"]["n_features"], raw["sae"]["k"], raw["nfm"]["embed_dim"] = variant.width, variant.k, variant.embed
-    return Settings.from_dict(raw, source=f"synthetic variant {variant.name}")
+    return settings.with_overrides({("sae", "n_features"): variant.width, ("sae", "k"): variant.k,
+                                    ("nfm", "embed_dim"): variant.embed}, source=f"synthetic variant {variant.name}")
 
 
 def find_variant(spec: SyntheticSettings, name: str) -> SyntheticVariant:

@@ -378,18 +378,24 @@ def _fresh_model(kind: str, seed: int, settings: Settings, data: TrainingData,
     return model.to(batches.device)
 
 
-def _code_cache(kind: str, settings: Settings, data: TrainingData, standard_weights: str | Path | None,
-                codes_dir: str | Path | None) -> CodeCache | None:
-    """The standard SAE's code cache for a frozen-encoder kind (checked against its weights), else None."""
-    from featint.models import FROM_STANDARD
+def _standard_start(kind: str, settings: Settings, data: TrainingData, standard_weights: str | Path | None,
+                    codes_dir: str | Path | None, device: torch.device | str,
+                    ) -> tuple[FeatureModel | None, CodeCache | None]:
+    """For a kind built on the trained standard SAE: that SAE, and its code cache when ``codes_dir`` is given
+    (checked against the SAE's weights); (None, None) for every other kind."""
+    from featint.models import FROM_STANDARD, load_model
 
-    if codes_dir is None or kind not in FROM_STANDARD:
-        return None
-    assert standard_weights is not None
+    if kind not in FROM_STANDARD:
+        return None, None
+    if standard_weights is None:
+        raise TrainingError(f"{kind} starts from the trained standard SAE (--standard).")
+    standard = load_model(standard_weights, device)[0]
+    if codes_dir is None:
+        return standard, None
     cache = CodeCache(codes_dir)
     cache.check(standard_weights, data.train,
                 settings.nfm.truncated_k if kind == "sequential_truncated" else settings.sae.k)
-    return cache
+    return standard, cache
 
 
 def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | Path, out_dir: str | Path,
@@ -400,16 +406,13 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     ``budget_factor`` multiplies the budget (``training.tokens``; the convergence check), the LR schedule
     keeping its shape over the longer run. Frozen-encoder kinds read the standard SAE's cached codes from
     ``codes_dir`` when given (:mod:`featint.codes`) instead of encoding every batch."""
-    from featint.models import FROM_STANDARD, load_model, save_model
+    from featint.models import save_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = TrainingData.open(activations_dir)
     training = settings.training
-    if kind in FROM_STANDARD and standard_weights is None:
-        raise TrainingError(f"{kind} starts from the trained standard SAE (--standard).")
-    standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
-    codes = _code_cache(kind, settings, data, standard_weights, codes_dir)
+    standard, codes = _standard_start(kind, settings, data, standard_weights, codes_dir, device)
     batches = ShuffledBatches(data.train, data.normaliser, training.batch_size, training.shuffle_shards, seed, device,
                               codes)
     model = _fresh_model(kind, seed, settings, data, standard, batches)
@@ -457,17 +460,13 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
     at an edge of the LRs tried, the grid is extended past that edge by ``lr_grid_factor`` (at most
     ``lr_grid_extensions`` times, each logged), so the optimum is interior; ``interior`` says whether it is.
     A diverging LR (non-finite loss) counts as infinitely bad."""
-    from featint.models import FROM_STANDARD, load_model
 
     data = TrainingData.open(activations_dir)
     training = settings.training
     seed = training.seeds[0]
     steps = max(1, training.lr_selection_tokens // training.batch_size)
     validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
-    if kind in FROM_STANDARD and standard_weights is None:
-        raise TrainingError(f"choosing the LR of {kind} needs the trained standard SAE (--standard).")
-    standard = load_model(standard_weights, device)[0] if kind in FROM_STANDARD else None
-    codes = _code_cache(kind, settings, data, standard_weights, codes_dir)
+    standard, codes = _standard_start(kind, settings, data, standard_weights, codes_dir, device)
     results: dict[float, dict[str, Any]] = {}
 
     def probe(lr: float, extension: int) -> None:
