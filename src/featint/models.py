@@ -388,9 +388,15 @@ def param_matched_width(d_model: int, target_parameters: int) -> int:
     return max(1, round((target_parameters - d_model) / (2 * d_model + 1)))
 
 
+def nfm_parameter_count(d_model: int, n_features: int, embed_dim: int) -> int:
+    """Parameters of an NFM with both terms: linear W_lin, b_lin; embeddings V; MLP (K x K + K, K x d + d)."""
+    F_, K = n_features, embed_dim
+    return (F_ * d_model + d_model) + F_ * K + (K * K + K) + (K * d_model + d_model)
+
+
 def joint_parameter_count(d_model: int, sae: SAESettings, nfm: NFMSettings) -> int:
-    F_, K = sae.n_features, nfm.embed_dim
-    return TopKSAE.n_parameters_for(d_model, F_) + (F_ * d_model + d_model) + F_ * K + (K * K + K) + (K * d_model + d_model)
+    return TopKSAE.n_parameters_for(d_model, sae.n_features) + nfm_parameter_count(d_model, sae.n_features,
+                                                                                   nfm.embed_dim)
 
 
 def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from featint.config import SPLITS, Settings
 from featint.errors import ConfigError, FeatintError
+from featint.lm import read_n_layers
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 FLOAT32 = 4
@@ -39,7 +40,7 @@ def model_shape(settings: Settings, lm_dir: str | Path | None) -> ModelShape:
     if lm_dir is not None and (Path(lm_dir) / "config.json").is_file():
         cfg = json.loads((Path(lm_dir) / "config.json").read_text(encoding="utf-8"))
         d = int(cfg.get("hidden_size") or cfg.get("n_embd") or cfg["d_model"])
-        layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg["num_layers"])
+        layers = read_n_layers(lm_dir)
         vocab = int(cfg["vocab_size"])
         intermediate = int(cfg.get("intermediate_size") or 4 * d)
         # embeddings + untied head + attention (4 d^2) and a gated MLP (3 d m) per block: a close estimate
@@ -53,17 +54,9 @@ def model_shape(settings: Settings, lm_dir: str | Path | None) -> ModelShape:
                       "model.shape in the config")
 
 
-def _sae_parameters(d: int, width: int) -> int:
-    return 2 * width * d + width + d
-
-
-def _nfm_parameters(d: int, width: int, embed: int) -> int:
-    return width * d + d + width * embed + embed * embed + embed + embed * d + d
-
-
 def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
     """One row per planned quantity: stage, item, bytes (or count), and what it assumes."""
-    from featint.models import joint_parameter_count, param_matched_width
+    from featint.models import TopKSAE, joint_parameter_count, nfm_parameter_count, param_matched_width
 
     d, F, k = shape.d_model, settings.sae.n_features, settings.sae.k
     K = settings.nfm.embed_dim
@@ -86,9 +79,9 @@ def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
         f"{train_tokens:,} tokens x k {k} x (int32 index + float32 value)" if training.cache_codes
         else "training.cache_codes is off: the frozen-encoder kinds re-encode every batch")
     joint = joint_parameter_count(d, settings.sae, settings.nfm)
-    per_kind = {"standard": _sae_parameters(d, F), "joint": joint,
-                "param_matched": _sae_parameters(d, param_matched_width(d, joint)),
-                "sequential (trains the NFM)": _nfm_parameters(d, F, K)}
+    per_kind = {"standard": TopKSAE.n_parameters_for(d, F), "joint": joint,
+                "param_matched": TopKSAE.n_parameters_for(d, param_matched_width(d, joint)),
+                "sequential (trains the NFM)": nfm_parameter_count(d, F, K)}
     batch = training.batch_size
     for kind, params in per_kind.items():
         # weights + gradients + Adam's two moments, float32
