@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -30,13 +31,27 @@ from featint.normaliser import Normaliser
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
 
 
-def folded_weights(weights_path: str | Path, normaliser: Normaliser) -> tuple[dict[str, torch.Tensor], dict]:
-    """(SAELens state dict, the config fields that depend on the model) of a trained SAE-only model."""
+class FoldedSAE(NamedTuple):
+    """A trained SAE-only model with the normaliser folded in, as SAELens stores it."""
+
+    state: dict[str, torch.Tensor]  #: W_enc [d, F], W_dec [F, d], b_enc, b_dec, float32, raw activation space
+    fields: dict[str, Any]  #: the cfg.json fields that depend on the model (d_in, d_sae, k, apply_b_dec_to_input)
+    kind: str  #: the featint kind it came from
+    seed: int | None  #: its training seed
+
+
+def folded_weights(weights_path: str | Path, normaliser: Normaliser) -> FoldedSAE:
+    """The SAELens form of a trained SAE-only model (checked to be one, at its own k and hook)."""
     model, extra = load_model(weights_path)
     if model.kind in WITH_NFM:
         raise FeatintError(f"{weights_path} is a {model.kind} model: only SAE-only kinds (an SAE alone reconstructs "
                            "their output) have a SAELens equivalent.")
     sae = model.sae
+    if model.infer_k != sae.k:
+        raise FeatintError(f"{weights_path} runs its SAE at k = {model.infer_k}, not its own k = {sae.k}.")
+    if extra.get("hook_name") not in (None, normaliser.hook_name):
+        raise FeatintError(f"{weights_path} was trained at {extra['hook_name']}, the normaliser at "
+                           f"{normaliser.hook_name}; export with the normaliser of the model's own run.")
     mean, scale = normaliser.mean.double(), normaliser.scale.double()
     W_enc, W_dec = sae.W_enc.detach().double(), sae.W_dec.detach().double()
     b_enc, b_dec = sae.b_enc.detach().double(), sae.b_dec.detach().double()
@@ -46,32 +61,27 @@ def folded_weights(weights_path: str | Path, normaliser: Normaliser) -> tuple[di
     else:
         b_enc_raw = b_enc - W_enc @ (scale * mean)
     state = {"W_enc": W_enc_raw, "W_dec": W_dec / scale[None, :], "b_enc": b_enc_raw, "b_dec": b_dec / scale + mean}
-    if model.infer_k != sae.k:
-        raise FeatintError(f"{weights_path} runs its SAE at k = {model.infer_k}, not its own k = {sae.k}.")
-    if extra.get("hook_name") not in (None, normaliser.hook_name):
-        raise FeatintError(f"{weights_path} was trained at {extra['hook_name']}, the normaliser at "
-                           f"{normaliser.hook_name}; export with the normaliser of the model's own run.")
-    fields = {"d_in": sae.d_model, "d_sae": sae.n_features, "k": sae.k, "apply_b_dec_to_input": sae.pre_encoder_bias,
-              "_kind": model.kind, "_seed": extra.get("seed")}
-    return {name: tensor.float().contiguous() for name, tensor in state.items()}, fields
+    fields = {"d_in": sae.d_model, "d_sae": sae.n_features, "k": sae.k, "apply_b_dec_to_input": sae.pre_encoder_bias}
+    return FoldedSAE({name: tensor.float().contiguous() for name, tensor in state.items()}, fields, model.kind,
+                     extra.get("seed"))
 
 
 def export_saelens(weights_path: str | Path, normaliser_path: str | Path, out_dir: str | Path, model_name: str,
                    context_size: int | None = None) -> dict:
     """Stage entry point: write ``out_dir`` as a SAELens TopK SAE folder; returns its config."""
     normaliser = Normaliser.load(normaliser_path)
-    state, fields = folded_weights(weights_path, normaliser)
-    kind, seed = fields.pop("_kind"), fields.pop("_seed")
+    folded = folded_weights(weights_path, normaliser)
     config = {
-        "architecture": "topk", **fields, "dtype": "float32", "device": "cpu", "normalize_activations": "none",
+        "architecture": "topk", **folded.fields, "dtype": "float32", "device": "cpu", "normalize_activations": "none",
         "reshape_activations": "none",
         "meta": {"model_name": model_name, "hook_name": normaliser.hook_name, "context_size": context_size,
                  "prepend_bos": True, "exclude_special_tokens": False},
-        "featint": {"source": str(weights_path), "kind": kind, "seed": seed, "normaliser_folded": normaliser.kind,
+        "featint": {"source": str(weights_path), "kind": folded.kind, "seed": folded.seed,
+                    "normaliser_folded": normaliser.kind,
                     "note": "position 0 (BOS) and massive-norm outliers were excluded from training"},
     }
     with atomic_directory(out_dir) as tmp:
-        save_file(state, str(tmp / WEIGHTS))
+        save_file(folded.state, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return config
 
