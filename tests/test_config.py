@@ -112,3 +112,26 @@ def test_config_readme_is_generated_and_every_key_is_described() -> None:
     assert Path("config/README.md").read_text(encoding="utf-8") == expected, (
         "config/README.md is out of date: run `python -m featint config-docs`")
     assert "(no header comment)" not in expected  # every shipped config says what it is
+
+
+def test_every_stage_reads_only_the_config_sections_it_declares() -> None:
+    """The stage contract: a rule passes a stage only the sections in ``STAGE_SECTIONS`` (so only their
+    changes rerun it), so a section the stage's command reads but does not declare would silently take its
+    default (the bug where ``train`` ignored a configured ``model.device``). Checked on each command's source:
+    every ``settings.<section>`` it reads is declared."""
+    import inspect
+    import re
+
+    from featint import cli
+    from featint.config import Settings
+
+    sections = {name for name in Settings.__dataclass_fields__ if name != "raw"}
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    checked = 0
+    for stage, declared in cli.STAGE_SECTIONS.items():
+        command = subparsers.choices[stage].get_default("func")
+        read = set(re.findall(r"settings\.(\w+)", inspect.getsource(command))) & sections
+        assert read <= set(declared), f"{stage} reads {sorted(read - set(declared))} without declaring them"
+        checked += 1
+    assert checked == len(cli.STAGE_SECTIONS) >= 20

@@ -8,14 +8,16 @@ import pytest
 import torch
 
 from featint.config import Settings
+from featint.kinds import KINDS, MODEL_KINDS
 from featint.models import (
-    MODEL_KINDS,
     NFM,
     FeatureModel,
+    PolyHead,
     TopKSAE,
     build_model,
     joint_parameter_count,
     load_model,
+    nfm_interaction_parameter_count,
     param_matched_width,
     save_model,
 )
@@ -140,10 +142,10 @@ def test_parameter_counts_and_param_matched_width() -> None:
               for kind in MODEL_KINDS}
     assert counts["joint"]["total"] == joint_parameter_count(D, settings.sae, settings.nfm)
     assert counts["joint"]["sae"] == 2 * D * F_ + F_ + D
-    assert counts["joint"]["nfm_linear"] == F_ * D + D
+    assert counts["joint"]["linear"] == F_ * D + D
     assert counts["joint"]["nfm_embeddings"] == F_ * EMB
     assert counts["joint"]["nfm_interaction_mlp"] == EMB * EMB + EMB + EMB * D + D
-    assert counts["joint_no_linear"]["nfm_linear"] == 0 and counts["joint_no_interaction"]["nfm_embeddings"] == 0
+    assert "linear" not in counts["joint_no_linear"] and "nfm_embeddings" not in counts["joint_no_interaction"]
     matched = counts["param_matched"]["total"]
     assert abs(matched - counts["joint"]["total"]) <= 2 * D + 1
     assert param_matched_width(D, counts["joint"]["total"]) > F_
@@ -191,3 +193,102 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     x = torch.randn(7, D)
     assert torch.equal(loaded(x).total, model(x).total)
     assert loaded.nfm.dropout.p == 0.15  # type: ignore[union-attr]
+
+
+def _settings(n_features: int = F_, embed: int = EMB) -> Settings:
+    return Settings.from_dict({"sae": {"n_features": n_features, "k": K_TOP},
+                               "nfm": {"embed_dim": embed, "truncated_k": 2}})
+
+
+@pytest.mark.parametrize(("n_features", "d", "embed"), [(F_, D, EMB), (4608, 576, 52), (512, 64, 16)])
+def test_rival_heads_match_the_nfm_interaction_pathways_parameter_count(n_features: int, d: int,
+                                                                          embed: int) -> None:
+    """Each rival keeps the NFM's linear term and replaces its interaction pathway by one of the same size
+    (within one unit of the rival's width or rank; the linear map of x at most full rank)."""
+    settings = _settings(n_features, embed)
+    torch.manual_seed(0)
+    standard = build_model("standard", d, settings.sae, settings.nfm)
+    target = nfm_interaction_parameter_count(d, n_features, embed)
+    sequential = build_model("sequential", d, settings.sae, settings.nfm, standard).parameter_counts()
+    assert sequential["nfm_embeddings"] + sequential["nfm_interaction_mlp"] == target
+    for kind, step in (("sequential_poly", 2 * n_features + d), ("sequential_mlp", n_features + 1 + d),
+                       ("sequential_linear_input", 2 * d)):
+        counts = build_model(kind, d, settings.sae, settings.nfm, standard).parameter_counts()
+        assert counts["linear"] == n_features * d + d, kind
+        pathway = counts["total"] - counts["sae"] - counts["linear"]
+        if kind == "sequential_linear_input" and d * d <= target:
+            assert pathway == d * d  # a full-rank map is all a linear map of x can have
+        else:
+            assert abs(pathway - target) <= step, (kind, pathway, target)
+
+
+def test_poly_head_sums_pairwise_products_only() -> None:
+    """Known answer: the sparse quadratic equals sum_{i != j} f_i f_j (u_i * w_j), computed by brute force."""
+    torch.manual_seed(1)
+    head = PolyHead(F_, D, rank=5)
+    sae = TopKSAE(D, F_, K_TOP)
+    code, _ = sae.encode(torch.randn(9, D))
+    f = code.dense(F_).double()
+    U, W = head.U.detach().double(), head.W.detach().double()
+    brute = torch.zeros(9, 5, dtype=torch.float64)
+    for i in range(F_):
+        for j in range(F_):
+            if i != j:
+                brute += (f[:, i] * f[:, j])[:, None] * (U[i] * W[j])[None, :]
+    torch.testing.assert_close(head.quadratic(code).double(), brute, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(head.quadratic_dense(f.float()).double(), brute, rtol=1e-4, atol=1e-5)
+    # one active feature has no pair: the quadratic vanishes
+    single = code.top(1)
+    assert head.quadratic(single).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_every_kind_builds_trains_what_the_table_says_and_round_trips(kind: str, tmp_path: Path) -> None:
+    entry = KINDS[kind]
+    settings = _settings()
+    torch.manual_seed(0)
+    standard = build_model("standard", D, settings.sae, settings.nfm)
+    model = build_model(kind, D, settings.sae, settings.nfm, standard).eval()
+    assert (model.head is None) == entry.sae_only
+    trainable = {id(p) for p in model.trainable_parameters()}
+    if entry.trains == "head":
+        assert model.head is not None and trainable == {id(p) for p in model.head.parameters()}
+    elif entry.trains == "decoder":
+        assert trainable == {id(model.sae.W_dec), id(model.sae.b_dec)}
+    else:
+        assert trainable == {id(p) for p in model.parameters()}
+    x = torch.randn(11, D)
+    rec = model(x)
+    assert rec.total.shape == x.shape
+    assert (rec.interaction is not None) == (entry.head is not None and entry.interaction)
+    assert (rec.embedding is not None) == entry.has_embedding
+    # gradients reach exactly the trainable parameters
+    ((rec.total - x) ** 2).mean().backward()
+    for parameter in model.parameters():
+        if id(parameter) in trainable and entry.trains != "all":
+            assert parameter.grad is not None
+    save_model(model, tmp_path / "w.safetensors", {"seed": 0})
+    loaded, _ = load_model(tmp_path / "w.safetensors")
+    assert loaded.kind == kind and loaded.infer_k == model.infer_k
+    torch.testing.assert_close(loaded(x).total, rec.total)
+
+
+def test_linear_input_head_fits_an_error_that_is_linear_in_x() -> None:
+    """The SAE's residual made exactly linear in x: the sequential_linear_input head removes it, the NFM's
+    linear code term alone cannot."""
+    torch.manual_seed(2)
+    settings = _settings()
+    standard = build_model("standard", D, settings.sae, settings.nfm).eval()
+    model = build_model("sequential_linear_input", D, settings.sae, settings.nfm, standard)
+    A = torch.randn(D, D) * 0.3
+    x = torch.randn(4096, D)
+    target = standard(x).total.detach() + x @ A
+    optimiser = torch.optim.Adam(list(model.trainable_parameters()), lr=1e-2)
+    for _ in range(400):
+        optimiser.zero_grad()
+        loss = ((model(x).total - target) ** 2).mean()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        residual = ((target - standard(x).total) ** 2).mean()
+    assert float(loss.detach()) < 0.02 * float(residual)

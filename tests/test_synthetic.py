@@ -17,6 +17,7 @@ import yaml
 
 from featint.activations import ActivationStore
 from featint.config import Settings
+from featint.kinds import COMPARISONS, WITH_INTERACTION
 from featint.normaliser import Normaliser
 from featint.synthetic import (
     detection_thresholds,
@@ -126,6 +127,7 @@ def test_power_table_detects_a_planted_gain_over_the_null_gain() -> None:
     assert not power.loc[(1.0, "joint_no_interaction"), "detected"]  # gains, but no more than the null
     assert power.loc[(2.0, "joint_no_interaction"), "detected"]
     assert power.loc[(2.0, "joint_no_interaction"), "excess_over_null"] == pytest.approx(0.05, abs=0.01)
+    assert set(power.reset_index()["model"]) == {"joint"}  # only the comparisons whose kinds were trained
     detection = detection_thresholds(power.reset_index()).set_index("reference")
     assert detection.loc["param_matched", "smallest_detected_strength"] == 2.0
     assert detection.loc["param_matched", "null_gain"] == pytest.approx(0.01, abs=0.005)
@@ -173,13 +175,17 @@ def test_synthetic_dag_reports_power_and_identification(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     summary = work / "results" / "synthetic_tiny" / "synthetic" / "summary"
     power = pd.read_parquet(summary / "power.parquet")
-    assert set(power["reference"]) == {"joint_no_interaction", "param_matched"} and (power["n_seeds"] == 2).all()
+    trained = set(config["synthetic"]["kinds"])
+    expected = {(m, r) for m, r in COMPARISONS if m in trained and r in trained}
+    assert set(zip(power["model"], power["reference"])) == expected and (power["n_seeds"] == 2).all()
     assert not power.loc[power["strength"] == 0, "detected"].any()
     assert (power.loc[power["strength"] == 0, "excess_over_null"] == 0).all()
     detection = pd.read_parquet(summary / "detection.parquet")
-    assert set(detection["reference"]) == {"joint_no_interaction", "param_matched"}
+    assert set(zip(detection["model"], detection["reference"])) == expected
     assert power.set_index("strength").loc[3.0, "planted_variance_fraction"].min() > 0.05
     ident = pd.read_parquet(summary / "identification.parquet")
-    assert len(ident) == 2 * 2 and ident["auc"].between(0, 1).all()
+    with_interaction = trained & set(WITH_INTERACTION)
+    assert set(ident["model"]) == with_interaction and len(ident) == 2 * 2 * len(with_interaction)
+    assert ident["auc"].between(0, 1).all()
     assert (summary / "figures" / "power.png").stat().st_size > 10_000
     assert not (work / "results" / "synthetic_tiny" / "activations").exists()  # no LM extraction

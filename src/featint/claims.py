@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featint import kinds
 from featint.errors import FeatintError
 from featint.io import atomic_path, write_parquet
+from featint.kinds import COMPARISONS
 
 
 class ClaimsError(FeatintError):
@@ -34,6 +36,7 @@ class Artefacts:
     clamps: pd.DataFrame  # interventions/clamp_statistics.parquet
     reconstruction_summary: pd.DataFrame  # metrics/reconstruction_summary.parquet (documents, tokens)
     convergence: pd.DataFrame  # convergence/summary.parquet (empty when convergence.models is empty)
+    comparisons: pd.DataFrame  # metrics/comparisons.parquet (each term against its control)
 
     @classmethod
     def load(cls, results: str | Path) -> Artefacts:
@@ -41,7 +44,8 @@ class Artefacts:
         paths = {"reconstruction": "metrics/reconstruction.parquet", "parameters": "metrics/parameters.parquet",
                  "geometry": "geometry/summary.parquet", "behaviour": "behaviour/summary.parquet",
                  "interventions": "interventions/summary.parquet", "clamps": "interventions/clamp_statistics.parquet",
-                 "reconstruction_summary": "metrics/reconstruction_summary.parquet"}
+                 "reconstruction_summary": "metrics/reconstruction_summary.parquet",
+                 "comparisons": "metrics/comparisons.parquet"}
         frames = {}
         for name, relative in paths.items():
             if not (results / relative).is_file():
@@ -226,7 +230,33 @@ def _convergence(r: Reader) -> Ours:
                 f"{verdict}: " + "; ".join(parts))
 
 
+#: code-based nonlinear models and the linear control they are compared with at equal parameters
+CODE_NONLINEAR = tuple(model for model, reference in COMPARISONS if reference == "sequential_linear_input")
+LINEAR_CONTROL = "sequential_linear_input"
+
+
+def _nonlinear_vs_linear(r: Reader) -> Ours:
+    """The best (lowest pooled test FVU) code-based nonlinear head against the linear control with the same
+    parameter count, both on the same frozen standard SAE: 1 - MSE(best nonlinear) / MSE(linear control)."""
+    frame = r.a.comparisons
+    rows = frame[(frame["split"] == "test") & (frame["token_set"] == "selected") & frame["seed"].isna()
+                 & (frame["reference"] == LINEAR_CONTROL) & frame["model"].isin(CODE_NONLINEAR)]
+    if rows.empty:
+        return Ours(float("nan"), float("nan"), float("nan"), float("nan"), "not run", 0, "",
+                    f"the run trains none of {list(CODE_NONLINEAR)} beside {LINEAR_CONTROL}")
+    best = rows.sort_values("estimate", ascending=False).iloc[0]
+    others = "; ".join(f"{row.model} {row.estimate:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
+                       for row in rows.itertuples())
+    return Ours(float("nan"), float(best["estimate"]), float(best["ci_low"]), float(best["ci_high"]),
+                "95% CI, bootstrap over test documents, mean over seeds", int(best["n_seeds"]),
+                f"1 - MSE({best['model']}) / MSE({LINEAR_CONTROL}): the best head nonlinear in the codes vs a "
+                f"linear map of x, same frozen SAE and linear code term, {int(best['model_parameters']):,} vs "
+                f"{int(best['reference_parameters']):,} parameters",
+                f"every code-based head vs the linear control: {others}")
+
+
 EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
+    "nonlinear_vs_linear_control": _nonlinear_vs_linear,
     "budget_convergence": _convergence,
     "sae_variance_explained": lambda r: _seeds(
         r.recon("standard", "variance_explained_paper", "sae"), 1.0 - r.recon("standard", "fvu", "sae"),
@@ -280,7 +310,7 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         np.array([r.parameter_share("joint", ("nfm_embeddings", "nfm_interaction_mlp"))]),
         "same definition at our sizes", "a property of the chosen sizes, not a finding"),
     "linear_parameter_share": lambda r: _seeds(
-        np.array([r.parameter_share("joint", ("nfm_linear",))]), np.array([r.parameter_share("joint", ("nfm_linear",))]),
+        np.array([r.parameter_share("joint", ("linear",))]), np.array([r.parameter_share("joint", ("linear",))]),
         "same definition at our sizes", "a property of the chosen sizes, not a finding"),
     "pca_components_90": lambda r: _seeds(
         r.geometry("joint", "pca_paper_components_for_90pct_of_truncated", subset=None),
@@ -339,7 +369,7 @@ def read_paper_claims(path: str | Path) -> pd.DataFrame:
 def _rests_on(claim_id: str, r: Reader) -> str:
     """The held-out data a claim's numbers rest on, by the artefact they come from."""
     if claim_id in {"sae_variance_explained", "sequential_error_reduction", "sequential_linear_share",
-                    "joint_improvement", "joint_linear_share", "budget_convergence"}:
+                    "joint_improvement", "joint_linear_share", "budget_convergence", "nonlinear_vs_linear_control"}:
         return r.recon_basis()
     if claim_id in {"sae_pathology_ratio", "sequential_pathology_ratio", "sequential_kl_reduction",
                     "joint_kl_reduction", "joint_nonlinear_kl_reduction", "joint_ce_reduction",
@@ -386,11 +416,51 @@ def claims_markdown(table: pd.DataFrame, run: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kinds_by_parameters(artefacts: Artefacts) -> pd.DataFrame:
+    """Every trained kind's final reconstruction on held-out text against its parameter count: one row per
+    kind and quantity (``test_fvu`` from the reconstruction summary; ``spliced_kl`` from the behaviour
+    summary where that stage ran), the mean over seeds with its document-bootstrap interval."""
+    parameters = artefacts.parameters
+    totals = parameters[parameters["component"] == "total"].groupby("model")["parameters"].first()
+    recon = artefacts.reconstruction_summary
+    recon = recon[(recon["split"] == "test") & (recon["token_set"] == "selected") & (recon["metric"] == "fvu")]
+    behaviour = artefacts.behaviour
+    behaviour = behaviour[(behaviour["metric"] == "mean_kl") & behaviour["seed"].isna()
+                          & (behaviour["method"] == "document_window_bootstrap")]
+    rows = []
+    for model in kinds.order(totals.index):
+        final = "sae" if model in kinds.KINDS and kinds.KINDS[model].sae_only else "full"
+        base = {"model": model, "role": kinds.KINDS[model].role if model in kinds.KINDS else "",
+                "parameters": int(totals[model])}
+        fvu = recon[(recon["model"] == model) & (recon["component"] == final)]
+        if len(fvu):
+            r = fvu.iloc[0]
+            rows.append({**base, "quantity": "test_fvu", "estimate": float(r["mean"]),
+                         "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]), "n_seeds": int(r["n_seeds"])})
+        kl = behaviour[(behaviour["model"] == model) & (behaviour["condition"] == final)]
+        if len(kl):
+            r = kl.iloc[0]
+            rows.append({**base, "quantity": "spliced_kl", "estimate": float(r["estimate"]),
+                         "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]), "n_seeds": int(r["n_seeds"])})
+    return pd.DataFrame(rows, columns=["model", "role", "parameters", "quantity", "estimate", "ci_low", "ci_high",
+                                       "n_seeds"])
+
+
 def run_claims(paper_claims: str | Path, results: str | Path, out_table: str | Path, out_markdown: str | Path,
-               run: str) -> pd.DataFrame:
-    """Stage entry point: claims.parquet and claims.md."""
-    table = claims_table(read_paper_claims(paper_claims), Artefacts.load(results))
+               run: str, out_kinds: str | Path | None = None, out_figure: str | Path | None = None) -> pd.DataFrame:
+    """Stage entry point: claims.parquet and claims.md; every kind against its parameter count (table
+    ``out_kinds`` and figure ``out_figure``) when asked."""
+    from featint import plots
+
+    artefacts = Artefacts.load(results)
+    table = claims_table(read_paper_claims(paper_claims), artefacts)
     write_parquet(table, out_table)
     with atomic_path(out_markdown) as tmp:
         tmp.write_text(claims_markdown(table, run))
+    if out_kinds is not None or out_figure is not None:
+        points = kinds_by_parameters(artefacts)
+        if out_kinds is not None:
+            write_parquet(points, out_kinds)
+        if out_figure is not None:
+            plots.kinds_by_parameters(points, out_figure)
     return table

@@ -29,9 +29,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "extract": ("model", "hook", "extraction"),
     "normaliser": ("normaliser",),
     "summarise": (),
-    "select-lr": ("sae", "nfm", "training"),
+    "select-lr": ("model", "sae", "nfm", "training"),
     "gather-lr-selection": (),
-    "train": ("sae", "nfm", "training"),
+    "train": ("model", "sae", "nfm", "training"),
     "cache-codes": ("model", "training"),
     "export-saelens": ("model", "extraction"),
     "evaluate": (),
@@ -42,7 +42,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "behaviour-reference": ("seed", "model", "hook", "behaviour"),
     "behaviour": ("seed", "model", "hook", "behaviour"),
     "gather-behaviour": ("seed", "behaviour"),
-    "secondary-sae": ("sae", "nfm", "training", "interventions"),
+    "secondary-sae": ("model", "sae", "nfm", "training", "interventions"),
     "interventions": ("seed", "model", "hook", "interventions"),
     "gather-interventions": ("interventions",),
     "claims": (),
@@ -239,7 +239,8 @@ def cmd_gather_metrics(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     summary = gather(args.tables, args.documents, args.parameters, args.out_metrics, args.out_summary,
-                     args.out_parameters, args.out_figure, settings.evaluation, settings.seed)
+                     args.out_parameters, args.out_figure, settings.evaluation, settings.seed,
+                     out_comparisons=args.out_comparisons)
     view = summary[(summary["metric"].isin(["fvu", "improvement_vs_standard_mse"]))
                    & summary["component"].isin(["full", "model"]) & (summary["token_set"] == "selected")]
     log.info("test reconstruction:\n%s", view.to_string(index=False))
@@ -328,7 +329,8 @@ def cmd_gather_interventions(args: argparse.Namespace) -> None:
 def cmd_claims(args: argparse.Namespace) -> None:
     from featint.claims import run_claims
 
-    table = run_claims(args.paper_claims, args.results, args.out_table, args.out_markdown, run=args.run)
+    table = run_claims(args.paper_claims, args.results, args.out_table, args.out_markdown, run=args.run,
+                       out_kinds=args.out_kinds, out_figure=args.out_figure)
     log.info("claims:\n%s", table[["claim_id", "paper_value", "ours_paper_definition", "ours_corrected"]]
              .to_string(index=False))
 
@@ -475,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-metrics", required=True)
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-parameters", required=True)
+    p.add_argument("--out-comparisons", help="each term against its control (featint.kinds.COMPARISONS)")
     p.add_argument("--out-figure", required=True)
     p = add("geometry", cmd_geometry, "decoder geometry, norm clustering, contributions, PCA of one model")
     p.add_argument("--weights", required=True, help="trained weights.safetensors")
@@ -543,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-markdown", required=True)
+    p.add_argument("--out-kinds", help="every kind's test FVU (and spliced KL) against its parameter count")
+    p.add_argument("--out-figure", help="the figure of that table")
     return parser
 
 

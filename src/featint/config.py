@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from featint import kinds
 from featint.errors import ConfigError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -28,9 +29,30 @@ def schema_path() -> Path:
     return Path(str(resources.files("featint").joinpath("schema.yaml")))
 
 
+#: ``x-kinds`` in the schema: which kinds of the one table (:mod:`featint.kinds`) a kind list accepts.
+_KIND_LISTS = {"all": kinds.MODEL_KINDS, "with_embedding": kinds.WITH_EMBEDDING}
+
+
+def _fill_kind_enums(node: Any) -> None:
+    """Give every schema node marked ``x-kinds`` the ``enum`` of the kinds table, so that the table stays the
+    one list of kinds (Snakemake's own validator reads the file and sees plain strings; featint validates
+    first)."""
+    if isinstance(node, dict):
+        if "x-kinds" in node:
+            node["enum"] = list(_KIND_LISTS[node["x-kinds"]])
+        for value in node.values():
+            _fill_kind_enums(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_kind_enums(value)
+
+
 def load_schema() -> dict[str, Any]:
+    """The schema, its kind lists filled from the kinds table."""
     with open(schema_path(), encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    _fill_kind_enums(schema)
+    return schema
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -107,8 +129,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
     repeated = sorted(set(completed["models"]) & set(completed["single_seed_models"]))
     if repeated:
         raise ConfigError(f"{source}: single_seed_models repeats {repeated} of models; list each kind once.")
-    needs_standard = {"sequential", "sequential_truncated", "standard_refit"} & (
-        set(completed["models"]) | set(completed["single_seed_models"]))
+    needs_standard = set(kinds.FROM_STANDARD) & (set(completed["models"]) | set(completed["single_seed_models"]))
     missing = sorted(set(completed["convergence"]["models"]) - set(completed["models"]))
     if missing:
         raise ConfigError(f"{source}: convergence.models {missing} are not in models; the check compares with them.")
@@ -439,6 +460,10 @@ def _synthetic(section: dict[str, Any] | None, source: str) -> SyntheticSettings
     if missing:
         raise ConfigError(f"{source}: synthetic.kinds must include {sorted(missing)} (the interaction term and "
                           "its references).")
+    built_on_standard = sorted(set(kinds.FROM_STANDARD) & set(section["kinds"]))
+    if built_on_standard and "standard" not in section["kinds"]:
+        raise ConfigError(f"{source}: synthetic.kinds {built_on_standard} start from the standard SAE; add "
+                          "'standard'.")
     return SyntheticSettings(**{**section, "tokens": dict(section["tokens"]), "strengths": list(section["strengths"]),
                                 "variants": variants, "kinds": list(section["kinds"])})
 

@@ -92,12 +92,12 @@ def check_model_matches_store(model: FeatureModel, extra: dict[str, Any], store:
 
 
 def components_of(model: FeatureModel) -> list[str]:
-    if model.nfm is None:
+    if model.head is None:
         return ["sae"]
     parts = ["sae"]
-    if model.nfm.use_linear:
+    if model.head.use_linear:
         parts.append("sae+linear")
-    if model.nfm.use_interaction:
+    if model.head.use_interaction:
         parts.append("sae+interaction")
     return parts + ["full"]
 
@@ -327,12 +327,55 @@ def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed:
     return frame
 
 
+def comparison_intervals(documents: pd.DataFrame, parameters: pd.DataFrame, n_boot: int, level: float,
+                         seed: int) -> pd.DataFrame:
+    """Every comparison of :data:`featint.kinds.COMPARISONS` whose two kinds were trained with the same seed:
+    ``improvement_mse`` = 1 - SSE(model's final reconstruction) / SSE(reference's), on the same test tokens,
+    with the document bootstrap of :func:`document_intervals` (the same resampling rows, so paired), per seed
+    and for the mean over seeds; with both kinds' parameter counts. Rows: run, split, token_set, model,
+    reference, seed (NA = mean over seeds), n_seeds, metric, estimate, ci_low, ci_high, model_parameters,
+    reference_parameters, n_documents, n_tokens."""
+    from featint import stats
+    from featint.kinds import COMPARISONS
+
+    totals = (parameters[parameters["component"] == "total"].groupby("model")["parameters"].first().to_dict()
+              if len(parameters) else {})
+    out = []
+    for (run, split, token_set), frame in documents.groupby(["run", "split", "token_set"]):
+        doc_ids = np.sort(frame["doc_id"].unique())
+        weights = stats.nested_cluster_bootstrap_weights(doc_ids, n_boot, seed)
+        tokens = frame.drop_duplicates("doc_id").set_index("doc_id")["tokens"].reindex(doc_ids).to_numpy()
+        sse: dict[tuple[str, int], np.ndarray] = {}
+        for (model, model_seed), rows in frame.groupby(["model", "seed"]):
+            component = "full" if (rows["component"] == "full").any() else "sae"
+            final = rows[rows["component"] == component].set_index("doc_id")["sse"]
+            sse[(model, int(model_seed))] = weights @ final.reindex(doc_ids).fillna(0.0).to_numpy()
+        series = {(model, model_seed, reference): 1.0 - sse[(model, model_seed)] / sse[(reference, model_seed)]
+                  for model, reference in COMPARISONS for (name, model_seed) in sse
+                  if name == model and (reference, model_seed) in sse}
+        for item in stats.per_seed_and_pooled(series, level):
+            (reference,) = item.rest
+            out.append({"run": run, "split": split, "token_set": token_set, "model": item.model,
+                        "reference": reference, "seed": pd.NA if item.seed is None else item.seed,
+                        "n_seeds": item.n_seeds, "metric": "improvement_mse", "estimate": item.interval.estimate,
+                        "ci_low": item.interval.low, "ci_high": item.interval.high,
+                        "model_parameters": totals.get(item.model, pd.NA),
+                        "reference_parameters": totals.get(reference, pd.NA),
+                        "n_documents": int(doc_ids.size), "n_tokens": int(tokens.sum())})
+    columns = ["run", "split", "token_set", "model", "reference", "seed", "n_seeds", "metric", "estimate", "ci_low",
+               "ci_high", "model_parameters", "reference_parameters", "n_documents", "n_tokens"]
+    frame = pd.DataFrame(out, columns=columns)
+    frame["seed"] = frame["seed"].astype("Int32")
+    return frame
+
+
 def gather(tables: list[str | Path], document_tables: list[str | Path], parameter_tables: list[str | Path],
            out_metrics: str | Path, out_summary: str | Path, out_parameters: str | Path, figure_path: str | Path,
-           settings: EvaluationSettings, seed: int) -> pd.DataFrame:
+           settings: EvaluationSettings, seed: int, out_comparisons: str | Path | None = None) -> pd.DataFrame:
     """Stage entry point: one tidy table over models and seeds, improvements against the independently
     trained standard SAE of the same seed, mean / sd / n over seeds with a 95% interval of a bootstrap over
-    test documents (of the mean over seeds), the documents and tokens it rests on, parameters, and the
+    test documents (of the mean over seeds), the documents and tokens it rests on, parameters, the
+    comparisons of each term with its control (:func:`comparison_intervals`, to ``out_comparisons``), and the
     comparison figure."""
     from featint import plots
 
@@ -360,6 +403,9 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     write_parquet(summary, out_summary)
     parameters = pd.concat([pd.read_parquet(p) for p in parameter_tables], ignore_index=True)
     write_parquet(parameters, out_parameters)
+    if out_comparisons is not None:
+        write_parquet(comparison_intervals(documents, parameters, settings.bootstrap, settings.ci_level, seed),
+                      out_comparisons)
     plots.reconstruction_comparison(final[final["metric"] == "fvu"],
                                     metrics[metrics["metric"] == "improvement_vs_standard_mse"], figure_path)
     return summary

@@ -32,6 +32,7 @@ from featint import stats
 from featint.activations import ActivationStore
 from featint.config import GeometrySettings
 from featint.io import write_parquet
+from featint.kinds import KINDS
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.training import load_selected
@@ -297,6 +298,9 @@ def run_geometry(weights_path: str | Path, init_path: str | Path, activations_di
     or, for models started from the trained standard SAE, that SAE's initialisation."""
     activations_dir, out_dir = Path(activations_dir), Path(out_dir)
     model, extra = load_model(weights_path)
+    if model.kind in KINDS and not KINDS[model.kind].nfm_geometry:
+        raise ValueError(f"{weights_path} is a {model.kind} model: geometry reads SAE-only and NFM models "
+                         "(featint.kinds.ModelKind.nfm_geometry)")
     init, _ = load_model(init_path)
     if init.sae.n_features != model.sae.n_features:
         raise ValueError(f"{init_path} has {init.sae.n_features} features, {weights_path} {model.sae.n_features}")

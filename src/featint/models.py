@@ -1,21 +1,13 @@
-"""TopK SAE, Neural Factorization Machine, and the composite models of the paper and its controls.
+"""TopK SAE, the heads beside it (the paper's Neural Factorization Machine and its rivals), and the composite
+models of the paper and its controls.
 
 Everything works in the normaliser's space. Codes are sparse by construction: :class:`SparseCode` holds the
-(indices, values) of the k active features, and the decoder, the NFM linear term and the bi-interaction
-gather those k rows (``embedding_bag`` / indexing), never a dense product over all F features. The dense
-formulations (``*_dense``) exist for tests and benchmarks only.
+(indices, values) of the k active features, and the decoder and every head gather those k rows
+(``embedding_bag`` / indexing), never a dense product over all F features. The dense formulations
+(``*_dense``) exist for tests and benchmarks only.
 
-Composite models (:data:`MODEL_KINDS`), all trained with one loss ``MSE(x, sae + linear + interaction)``:
-
-* ``standard``: TopK SAE alone.
-* ``sequential``: the trained ``standard`` SAE frozen, an NFM fitted to its residual, SAE run at its own k.
-* ``sequential_truncated``: as ``sequential`` but the SAE run at a smaller k (the paper's k=250-after-1024
-  setting; a named ablation, not a baseline).
-* ``joint``: SAE and NFM trained together from scratch.
-* ``joint_no_interaction`` / ``joint_no_linear``: the joint model without one NFM term.
-* ``standard_refit``: the trained ``standard`` SAE with its encoder frozen and its decoder (W_dec, b_dec, free
-  norm) trained further for the same extra budget the NFM gets: what a re-learned decoder alone buys.
-* ``param_matched``: a TopK SAE whose width gives it the joint model's parameter count.
+What each kind is, trains and starts from is the one table :data:`featint.kinds.KINDS`; :func:`build_model`
+builds any entry of it. All kinds are trained with one loss ``MSE(x, sae + linear + interaction)``.
 """
 
 from __future__ import annotations
@@ -36,25 +28,12 @@ from torch import nn
 from featint.config import NFMSettings, SAESettings
 from featint.errors import ShardError
 from featint.io import atomic_path
+from featint.kinds import FROM_STANDARD, KINDS, MODEL_KINDS, SECONDARY_KIND, WITH_HEAD
+from featint.kinds import kind as kind_entry
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
-MODEL_KINDS: tuple[str, ...] = (
-    "standard",
-    "sequential",
-    "sequential_truncated",
-    "joint",
-    "joint_no_interaction",
-    "joint_no_linear",
-    "standard_refit",
-    "param_matched",
-)
-#: A TopK SAE trained on another model's NFM interaction embedding (the intervention stage).
-SECONDARY_KIND = "secondary"
-#: Models initialised from the trained ``standard`` SAE of the same seed.
-FROM_STANDARD: tuple[str, ...] = ("sequential", "sequential_truncated", "standard_refit")
-#: Models whose reconstruction can be split into SAE / linear / interaction parts.
-WITH_NFM: tuple[str, ...] = ("sequential", "sequential_truncated", "joint", "joint_no_interaction", "joint_no_linear")
+__all__ = ["FROM_STANDARD", "MODEL_KINDS", "SECONDARY_KIND", "WITH_HEAD"]
 
 
 @dataclass
@@ -216,17 +195,43 @@ class TopKSAE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# NFM
+# Heads: the part beside the SAE
 
 
 @dataclass
-class NFMOutput:
+class HeadOutput:
     linear: torch.Tensor | None  # [N, d]
     interaction: torch.Tensor | None  # [N, d]
-    embedding: torch.Tensor | None  # [N, K], post-first-Linear, pre-ReLU ("interaction embedding")
+    embedding: torch.Tensor | None  # [N, K], NFM only: post-first-Linear, pre-ReLU ("interaction embedding")
 
 
-class NFM(nn.Module):
+class Head(nn.Module):
+    """The linear term on the codes every head shares (W_lin f + b_lin, W_lin ~ N(0, linear_std^2)) and the
+    interface of a head: ``forward(code, x) -> HeadOutput`` (``x`` the SAE's input, which only
+    :class:`LinearInputHead` reads) and ``parameter_groups()`` (parameters per named part and term)."""
+
+    kind_name = "head"
+
+    def __init__(self, n_features: int, d_model: int, use_linear: bool, linear_std: float) -> None:
+        super().__init__()
+        self.use_linear, self.use_interaction = use_linear, False
+        if use_linear:
+            self.W_lin = nn.Parameter(torch.randn(n_features, d_model) * linear_std)
+            self.b_lin = nn.Parameter(torch.zeros(d_model))
+
+    def linear_term(self, code: SparseCode) -> torch.Tensor | None:
+        return gather_sum(self.W_lin, code) + self.b_lin if self.use_linear else None
+
+    def parameter_groups(self) -> list[tuple[str, str, int]]:
+        """(part, term, parameters) per part; term is ``linear`` or ``interaction``."""
+        return [("linear", "linear", self.W_lin.numel() + self.b_lin.numel())] if self.use_linear else []
+
+    def config(self) -> dict[str, Any]:
+        """What :func:`load_model` needs to rebuild the head (saved in the weights' metadata)."""
+        return {"type": self.kind_name, "use_linear": self.use_linear, "use_interaction": self.use_interaction}
+
+
+class NFM(Head):
     """Neural Factorization Machine on sparse SAE codes (He & Chua, without batch norm).
 
     linear = W_lin^T f + b_lin; p = 0.5 * ((sum_i f_i v_i)^2 - sum_i (f_i v_i)^2);
@@ -234,14 +239,14 @@ class NFM(nn.Module):
     Init as the paper's code: V ~ N(0, 0.05^2), W_lin ~ N(0, 0.01^2), W1, W2 ~ N(0, 0.01^2), biases 0.
     """
 
+    kind_name = "nfm"
+
     def __init__(self, n_features: int, d_model: int, embed_dim: int, dropout: float = 0.15,
                  use_linear: bool = True, use_interaction: bool = True, embedding_std: float = 0.05,
                  linear_std: float = 0.01, mlp_std: float = 0.01) -> None:
-        super().__init__()
-        self.use_linear, self.use_interaction = use_linear, use_interaction
-        if use_linear:
-            self.W_lin = nn.Parameter(torch.randn(n_features, d_model) * linear_std)
-            self.b_lin = nn.Parameter(torch.zeros(d_model))
+        super().__init__(n_features, d_model, use_linear, linear_std)
+        self.use_interaction = use_interaction
+        self.embed_dim, self.dropout_p = embed_dim, dropout
         if use_interaction:
             self.V = nn.Parameter(torch.randn(n_features, embed_dim) * embedding_std)
             self.mlp1 = nn.Linear(embed_dim, embed_dim)
@@ -267,21 +272,172 @@ class NFM(nn.Module):
     def interaction_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.mlp2(F.relu(embedding))
 
-    def forward(self, code: SparseCode) -> NFMOutput:
-        linear = gather_sum(self.W_lin, code) + self.b_lin if self.use_linear else None
+    def forward(self, code: SparseCode, x: torch.Tensor | None = None) -> HeadOutput:
+        linear = self.linear_term(code)
         embedding = interaction = None
         if self.use_interaction:
             embedding = self.embedding_from_pooled(self.bi_interaction(code))
             interaction = self.interaction_from_embedding(embedding)
-        return NFMOutput(linear, interaction, embedding)
+        return HeadOutput(linear, interaction, embedding)
 
-    def forward_dense(self, f: torch.Tensor) -> NFMOutput:
+    def forward_dense(self, f: torch.Tensor) -> HeadOutput:
         linear = f @ self.W_lin + self.b_lin if self.use_linear else None
         embedding = interaction = None
         if self.use_interaction:
             embedding = self.embedding_from_pooled(self.bi_interaction_dense(f))
             interaction = self.interaction_from_embedding(embedding)
-        return NFMOutput(linear, interaction, embedding)
+        return HeadOutput(linear, interaction, embedding)
+
+    def parameter_groups(self) -> list[tuple[str, str, int]]:
+        groups = super().parameter_groups()
+        if self.use_interaction:
+            groups += [("nfm_embeddings", "interaction", self.V.numel()),
+                       ("nfm_interaction_mlp", "interaction",
+                        sum(p.numel() for p in (*self.mlp1.parameters(), *self.mlp2.parameters())))]
+        return groups
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "embed_dim": self.embed_dim if self.use_interaction else 0,
+                "dropout": float(self.dropout_p)}
+
+
+class PolyHead(Head):
+    """Linear term + a low-rank quadratic on the codes (PolySAE's decoder term, pairwise products only):
+
+    interaction = C^T (0.5 * ((U f) * (W f) + (W f) * (U f)) - sum_i f_i^2 u_i * w_i) + c
+                = C^T ((U f) * (W f) - sum_i f_i^2 u_i * w_i) + c,
+
+    i.e. sum_{i != j} f_i f_j (u_i * w_j) mapped by C: every pair of active features can add its own
+    direction, of rank ``rank``. U, W ~ N(0, embedding_std^2), C ~ N(0, mlp_std^2), c = 0."""
+
+    kind_name = "poly"
+
+    def __init__(self, n_features: int, d_model: int, rank: int, use_linear: bool = True,
+                 embedding_std: float = 0.05, linear_std: float = 0.01, mlp_std: float = 0.01) -> None:
+        super().__init__(n_features, d_model, use_linear, linear_std)
+        self.use_interaction, self.rank = True, rank
+        self.U = nn.Parameter(torch.randn(n_features, rank) * embedding_std)
+        self.W = nn.Parameter(torch.randn(n_features, rank) * embedding_std)
+        self.out = nn.Linear(rank, d_model)
+        nn.init.normal_(self.out.weight, std=mlp_std)
+        nn.init.zeros_(self.out.bias)
+
+    def quadratic(self, code: SparseCode) -> torch.Tensor:
+        """(U f) * (W f) - sum_i f_i^2 u_i * w_i: the rank-space pairwise products, gathered over k rows."""
+        squares = gather_sum(self.U * self.W, SparseCode(code.indices, code.values * code.values))
+        return gather_sum(self.U, code) * gather_sum(self.W, code) - squares
+
+    def quadratic_dense(self, f: torch.Tensor) -> torch.Tensor:
+        """Dense reference of :meth:`quadratic` (tests only)."""
+        return (f @ self.U) * (f @ self.W) - (f * f) @ (self.U * self.W)
+
+    def forward(self, code: SparseCode, x: torch.Tensor | None = None) -> HeadOutput:
+        return HeadOutput(self.linear_term(code), self.out(self.quadratic(code)), None)
+
+    def parameter_groups(self) -> list[tuple[str, str, int]]:
+        return super().parameter_groups() + [
+            ("poly_factors", "interaction", self.U.numel() + self.W.numel()),
+            ("poly_output", "interaction", sum(p.numel() for p in self.out.parameters()))]
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "rank": self.rank}
+
+
+class MLPHead(Head):
+    """Linear term + a one-hidden-layer MLP on the codes: interaction = W2 ReLU(W1^T f + b1) + b2, the first
+    layer gathered over the k active rows of W1 [F, H]. W1 ~ N(0, embedding_std^2), W2 ~ N(0, mlp_std^2)."""
+
+    kind_name = "mlp"
+
+    def __init__(self, n_features: int, d_model: int, hidden: int, use_linear: bool = True,
+                 embedding_std: float = 0.05, linear_std: float = 0.01, mlp_std: float = 0.01) -> None:
+        super().__init__(n_features, d_model, use_linear, linear_std)
+        self.use_interaction, self.hidden = True, hidden
+        self.W1 = nn.Parameter(torch.randn(n_features, hidden) * embedding_std)
+        self.b1 = nn.Parameter(torch.zeros(hidden))
+        self.out = nn.Linear(hidden, d_model)
+        nn.init.normal_(self.out.weight, std=mlp_std)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, code: SparseCode, x: torch.Tensor | None = None) -> HeadOutput:
+        hidden = F.relu(gather_sum(self.W1, code) + self.b1)
+        return HeadOutput(self.linear_term(code), self.out(hidden), None)
+
+    def parameter_groups(self) -> list[tuple[str, str, int]]:
+        return super().parameter_groups() + [
+            ("mlp_hidden", "interaction", self.W1.numel() + self.b1.numel()),
+            ("mlp_output", "interaction", sum(p.numel() for p in self.out.parameters()))]
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "hidden": self.hidden}
+
+
+class LinearInputHead(Head):
+    """Linear term on the codes + a linear map of the SAE's input x: linear = W_lin^T f + b_lin + (x P) Q
+    (rank ``rank``; ``rank = d`` stores one full d x d matrix instead). Both parts are linear, so the head
+    reports them as one ``linear`` term. P, Q ~ N(0, linear_std^2) (full: A ~ N(0, linear_std^2))."""
+
+    kind_name = "linear_input"
+
+    def __init__(self, n_features: int, d_model: int, rank: int, linear_std: float = 0.01) -> None:
+        super().__init__(n_features, d_model, True, linear_std)
+        self.rank = min(rank, d_model)
+        if self.rank == d_model:
+            self.A = nn.Parameter(torch.randn(d_model, d_model) * linear_std)
+        else:
+            self.P = nn.Parameter(torch.randn(d_model, self.rank) * linear_std)
+            self.Q = nn.Parameter(torch.randn(self.rank, d_model) * linear_std)
+
+    def input_map(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "A"):
+            return x @ self.A.to(x.dtype)
+        return (x @ self.P.to(x.dtype)) @ self.Q.to(x.dtype)
+
+    def forward(self, code: SparseCode, x: torch.Tensor | None = None) -> HeadOutput:
+        if x is None:
+            raise ValueError("the linear-input head reads the SAE's input x")
+        linear = self.linear_term(code)
+        assert linear is not None
+        return HeadOutput(linear + self.input_map(x), None, None)
+
+    def parameter_groups(self) -> list[tuple[str, str, int]]:
+        size = self.A.numel() if hasattr(self, "A") else self.P.numel() + self.Q.numel()
+        return super().parameter_groups() + [("input_map", "linear", size)]
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "rank": self.rank}
+
+
+def nfm_interaction_parameter_count(d_model: int, n_features: int, embed_dim: int) -> int:
+    """Parameters of the NFM's interaction pathway: V (F x K), MLP (K x K + K, K x d + d)."""
+    K = embed_dim
+    return n_features * K + (K * K + K) + (K * d_model + d_model)
+
+
+def nfm_parameter_count(d_model: int, n_features: int, embed_dim: int) -> int:
+    """Parameters of an NFM with both terms: linear W_lin, b_lin and the interaction pathway."""
+    return (n_features * d_model + d_model) + nfm_interaction_parameter_count(d_model, n_features, embed_dim)
+
+
+def matched_poly_rank(d_model: int, n_features: int, embed_dim: int) -> int:
+    """Rank R of :class:`PolyHead` (2 F R + R d + d parameters) closest to the NFM interaction pathway's count."""
+    target = nfm_interaction_parameter_count(d_model, n_features, embed_dim)
+    return max(1, round((target - d_model) / (2 * n_features + d_model)))
+
+
+def matched_mlp_hidden(d_model: int, n_features: int, embed_dim: int) -> int:
+    """Hidden width H of :class:`MLPHead` (F H + H + H d + d parameters) closest to the NFM pathway's count."""
+    target = nfm_interaction_parameter_count(d_model, n_features, embed_dim)
+    return max(1, round((target - d_model) / (n_features + 1 + d_model)))
+
+
+def matched_input_rank(d_model: int, n_features: int, embed_dim: int) -> int:
+    """Rank r of :class:`LinearInputHead`'s map (2 d r parameters, or d^2 at full rank) closest to the NFM
+    interaction pathway's count; full rank (d) when that is no more than the count."""
+    target = nfm_interaction_parameter_count(d_model, n_features, embed_dim)
+    if d_model * d_model <= target:
+        return d_model
+    return max(1, min(d_model, round(target / (2 * d_model))))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -319,19 +475,25 @@ class Reconstruction:
 
 
 class FeatureModel(nn.Module):
-    """A TopK SAE with an optional NFM on its codes; ``kind`` is one of :data:`MODEL_KINDS`."""
+    """A TopK SAE with an optional head on its codes; ``kind`` names an entry of :data:`featint.kinds.KINDS`
+    (or :data:`SECONDARY_KIND`)."""
 
-    def __init__(self, kind: str, sae: TopKSAE, nfm: NFM | None = None, infer_k: int | None = None) -> None:
+    def __init__(self, kind: str, sae: TopKSAE, head: Head | None = None, infer_k: int | None = None) -> None:
         super().__init__()
-        if kind not in MODEL_KINDS and kind != SECONDARY_KIND:
+        if kind not in KINDS and kind != SECONDARY_KIND:
             raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS} or {SECONDARY_KIND!r}")
-        self.kind, self.sae, self.nfm = kind, sae, nfm
+        self.kind, self.sae, self.head = kind, sae, head
         self.infer_k = infer_k or sae.k
+
+    @property
+    def nfm(self) -> NFM | None:
+        """The head when it is the paper's NFM (its geometry and interventions read V and the embedding)."""
+        return self.head if isinstance(self.head, NFM) else None
 
     @property
     def encoder_frozen(self) -> bool:
         """The kind never changes its encoder (nor the encoder's input): its codes can be cached."""
-        return self.kind in FROM_STANDARD
+        return self.kind in KINDS and KINDS[self.kind].encoder_frozen
 
     def forward(self, x: torch.Tensor, aux_mask: torch.Tensor | None = None, k_aux: int = 0,
                 code: SparseCode | None = None) -> Reconstruction:
@@ -344,41 +506,41 @@ class FeatureModel(nn.Module):
                 raise ValueError(f"{self.kind} trains its encoder: its codes cannot be supplied")
             code, aux_code = code.top(self.infer_k), None
         sae_out = self.sae.decode(code)
-        if self.nfm is None:
+        if self.head is None:
             return Reconstruction(code, sae_out, None, None, None, aux_code)
-        out = self.nfm(code)
+        out = self.head(code, x)
         return Reconstruction(code, sae_out, out.linear, out.interaction, out.embedding, aux_code)
 
     def forward_dense(self, x: torch.Tensor) -> Reconstruction:
-        """Dense reference of :meth:`forward` (tests and benchmarks only)."""
+        """Dense reference of :meth:`forward` for SAE-only and NFM models (tests and benchmarks only)."""
         code = self.sae.encode_dense_reference(x, self.infer_k)
         f = code.dense(self.sae.n_features)
         sae_out = self.sae.decode_dense(f)
-        if self.nfm is None:
+        if self.head is None:
             return Reconstruction(code, sae_out, None, None, None)
+        if self.nfm is None:
+            raise ValueError(f"no dense reference for the {type(self.head).__name__} head")
         out = self.nfm.forward_dense(f)
         return Reconstruction(code, sae_out, out.linear, out.interaction, out.embedding)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """What the kind trains: sequential kinds train the NFM only; the refit trains the decoder only."""
-        if self.kind in ("sequential", "sequential_truncated"):
-            assert self.nfm is not None
-            return iter(self.nfm.parameters())
-        if self.kind == "standard_refit":
+        """What the kind trains (the table's ``trains``): all, the head only, or the decoder only."""
+        trains = KINDS[self.kind].trains if self.kind in KINDS else "all"
+        if trains == "head":
+            assert self.head is not None
+            return iter(self.head.parameters())
+        if trains == "decoder":
             return iter([self.sae.W_dec, self.sae.b_dec])
         return iter(self.parameters())
 
+    def parameter_groups(self) -> list[tuple[str, str, int]]:
+        """(part, term, parameters) for the SAE and each part of the head."""
+        groups = [("sae", "sae", sum(p.numel() for p in self.sae.parameters()))]
+        return groups + (self.head.parameter_groups() if self.head is not None else [])
+
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per component, in the paper's breakdown."""
-        counts = {"sae": sum(p.numel() for p in self.sae.parameters()), "nfm_linear": 0, "nfm_embeddings": 0,
-                  "nfm_interaction_mlp": 0}
-        if self.nfm is not None:
-            if self.nfm.use_linear:
-                counts["nfm_linear"] = self.nfm.W_lin.numel() + self.nfm.b_lin.numel()
-            if self.nfm.use_interaction:
-                counts["nfm_embeddings"] = self.nfm.V.numel()
-                counts["nfm_interaction_mlp"] = sum(p.numel() for p in (*self.nfm.mlp1.parameters(),
-                                                                          *self.nfm.mlp2.parameters()))
+        """Parameters per part (the paper's breakdown for the NFM) and their ``total``."""
+        counts = {part: n for part, _, n in self.parameter_groups()}
         counts["total"] = sum(counts.values())
         return counts
 
@@ -388,25 +550,40 @@ def param_matched_width(d_model: int, target_parameters: int) -> int:
     return max(1, round((target_parameters - d_model) / (2 * d_model + 1)))
 
 
-def nfm_parameter_count(d_model: int, n_features: int, embed_dim: int) -> int:
-    """Parameters of an NFM with both terms: linear W_lin, b_lin; embeddings V; MLP (K x K + K, K x d + d)."""
-    F_, K = n_features, embed_dim
-    return (F_ * d_model + d_model) + F_ * K + (K * K + K) + (K * d_model + d_model)
-
-
 def joint_parameter_count(d_model: int, sae: SAESettings, nfm: NFMSettings) -> int:
     return TopKSAE.n_parameters_for(d_model, sae.n_features) + nfm_parameter_count(d_model, sae.n_features,
                                                                                    nfm.embed_dim)
 
 
+def build_head(head: str, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool = True,
+               use_interaction: bool = True) -> Head:
+    """A fresh head of type ``head`` (the table's ``head``); rivals sized to the NFM interaction pathway's
+    parameter count at these sizes."""
+    K = nfm.embed_dim
+    if head == "nfm":
+        return NFM(n_features, d_model, K, nfm.dropout, use_linear, use_interaction, nfm.embedding_std,
+                   nfm.linear_std, nfm.mlp_std)
+    if head == "poly":
+        return PolyHead(n_features, d_model, matched_poly_rank(d_model, n_features, K), use_linear,
+                        nfm.embedding_std, nfm.linear_std, nfm.mlp_std)
+    if head == "mlp":
+        return MLPHead(n_features, d_model, matched_mlp_hidden(d_model, n_features, K), use_linear,
+                       nfm.embedding_std, nfm.linear_std, nfm.mlp_std)
+    if head == "linear_input":
+        return LinearInputHead(n_features, d_model, matched_input_rank(d_model, n_features, K), nfm.linear_std)
+    raise ValueError(f"unknown head {head!r}")
+
+
 def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
                 standard: FeatureModel | None = None) -> FeatureModel:
-    """A fresh model of ``kind`` (seed the RNG first). Kinds in :data:`FROM_STANDARD` copy ``standard``'s SAE."""
-    if kind in FROM_STANDARD:
+    """A fresh model of ``kind`` (seed the RNG first), as its table entry says; kinds that start from the
+    standard SAE copy ``standard``'s SAE."""
+    entry = kind_entry(kind)
+    if entry.from_standard:
         if standard is None:
             raise ValueError(f"{kind} starts from a trained standard SAE")
         base = standard.sae
-        if kind == "standard_refit":
+        if entry.trains == "decoder":
             # Fold the pre-encoder bias into b_enc (b_enc - W_enc b_dec) so that training b_dec refits the
             # decoder without moving the frozen encoder's input: the codes stay exactly the standard SAE's.
             copy = TopKSAE(d_model, base.n_features, base.k, "free", pre_encoder_bias=False)
@@ -419,36 +596,45 @@ def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
         copy.load_state_dict(base.state_dict())
         for parameter in copy.parameters():
             parameter.requires_grad_(False)
-        infer_k = nfm.truncated_k if kind == "sequential_truncated" else base.k
-        return FeatureModel(kind, copy, _nfm(base.n_features, d_model, nfm), infer_k=infer_k)
+        infer_k = nfm.truncated_k if entry.infer_k == "truncated" else base.k
+        head = build_head(entry.head, base.n_features, d_model, nfm, entry.linear, entry.interaction) \
+            if entry.head is not None else None
+        return FeatureModel(kind, copy, head, infer_k=infer_k)
     width = sae.n_features
-    if kind == "param_matched":
+    if entry.width == "param_matched":
         width = param_matched_width(d_model, joint_parameter_count(d_model, sae, nfm))
     primary = TopKSAE(d_model, width, sae.k, sae.decoder_norm, sae.pre_encoder_bias, sae.tied_init)
-    if kind in ("standard", "param_matched"):
+    if entry.head is None:
         return FeatureModel(kind, primary)
-    return FeatureModel(kind, primary, _nfm(width, d_model, nfm, use_linear=kind != "joint_no_linear",
-                                           use_interaction=kind != "joint_no_interaction"))
-
-
-def _nfm(n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool = True,
-         use_interaction: bool = True) -> NFM:
-    return NFM(n_features, d_model, nfm.embed_dim, nfm.dropout, use_linear, use_interaction, nfm.embedding_std,
-               nfm.linear_std, nfm.mlp_std)
+    return FeatureModel(kind, primary, build_head(entry.head, width, d_model, nfm, entry.linear, entry.interaction))
 
 
 def model_metadata(model: FeatureModel) -> dict[str, Any]:
-    meta: dict[str, Any] = {
+    return {
         "kind": model.kind, "d_model": model.sae.d_model, "n_features": model.sae.n_features, "k": model.sae.k,
         "infer_k": model.infer_k, "decoder_norm": model.sae.decoder_norm,
-        "pre_encoder_bias": model.sae.pre_encoder_bias, "nfm": None,
+        "pre_encoder_bias": model.sae.pre_encoder_bias,
+        "head": model.head.config() if model.head is not None else None,
     }
-    if model.nfm is not None:
-        embed_dim = model.nfm.V.shape[1] if model.nfm.use_interaction else 0
-        dropout = model.nfm.dropout.p if model.nfm.use_interaction else 0.0
-        meta["nfm"] = {"embed_dim": int(embed_dim), "dropout": float(dropout), "use_linear": model.nfm.use_linear,
-                       "use_interaction": model.nfm.use_interaction}
-    return meta
+
+
+def _head_from_metadata(meta: dict[str, Any]) -> Head | None:
+    config = meta.get("head")
+    if config is None and meta.get("nfm") is not None:  # weights written before the heads were generalised
+        config = {"type": "nfm", **meta["nfm"]}
+    if config is None:
+        return None
+    F_, d = meta["n_features"], meta["d_model"]
+    if config["type"] == "nfm":
+        return NFM(F_, d, max(1, config["embed_dim"]), config["dropout"], config["use_linear"],
+                   config["use_interaction"])
+    if config["type"] == "poly":
+        return PolyHead(F_, d, config["rank"], config["use_linear"])
+    if config["type"] == "mlp":
+        return MLPHead(F_, d, config["hidden"], config["use_linear"])
+    if config["type"] == "linear_input":
+        return LinearInputHead(F_, d, config["rank"])
+    raise ShardError(f"unknown head type {config['type']!r} in the weights' metadata")
 
 
 def save_model(model: FeatureModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -469,12 +655,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Fe
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     meta = json.loads(raw["featint_model"])
     sae = TopKSAE(meta["d_model"], meta["n_features"], meta["k"], meta["decoder_norm"], meta["pre_encoder_bias"])
-    nfm = None
-    if meta["nfm"] is not None:
-        n = meta["nfm"]
-        nfm = NFM(meta["n_features"], meta["d_model"], max(1, n["embed_dim"]), n["dropout"], n["use_linear"],
-                  n["use_interaction"])
-    model = FeatureModel(meta["kind"], sae, nfm, infer_k=meta["infer_k"])
+    model = FeatureModel(meta["kind"], sae, _head_from_metadata(meta), infer_k=meta["infer_k"])
+    if "head" not in meta:  # weights written before the heads were generalised keep the NFM under "nfm."
+        tensors = {("head." + name[4:] if name.startswith("nfm.") else name): t for name, t in tensors.items()}
     model.load_state_dict(tensors)
     model.to(device).eval()
     return model, json.loads(raw.get("extra", "{}"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from featint import kinds
 from featint.config import SPLITS, Settings
 from featint.errors import ConfigError, FeatintError
 from featint.lm import read_n_layers
@@ -54,12 +55,28 @@ def model_shape(settings: Settings, lm_dir: str | Path | None) -> ModelShape:
                       "model.shape in the config")
 
 
+def kind_parameter_counts(settings: Settings, d_model: int) -> dict[str, tuple[int, int]]:
+    """(total, trained) parameters of every configured kind, from the models themselves built on the meta
+    device (no memory, any size)."""
+    import torch
+
+    from featint.models import build_model
+
+    names = kinds.order({kind for kind, _ in settings.model_instances()})
+    with torch.device("meta"):
+        standard = build_model("standard", d_model, settings.sae, settings.nfm)
+        out = {}
+        for name in names:
+            model = build_model(name, d_model, settings.sae, settings.nfm, standard)
+            out[name] = (model.parameter_counts()["total"], sum(p.numel() for p in model.trainable_parameters()))
+    return out
+
+
 def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
     """One row per planned quantity: stage, item, bytes (or count), and what it assumes."""
-    from featint.models import TopKSAE, joint_parameter_count, nfm_parameter_count, param_matched_width
+    from featint.models import joint_parameter_count
 
     d, F, k = shape.d_model, settings.sae.n_features, settings.sae.k
-    K = settings.nfm.embed_dim
     extraction, training = settings.extraction, settings.training
     shard_dtype = DTYPE_BYTES[extraction.dtype]
     rows: list[dict[str, object]] = []
@@ -79,14 +96,14 @@ def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
         f"{train_tokens:,} tokens x k {k} x (int32 index + float32 value)" if training.cache_codes
         else "training.cache_codes is off: the frozen-encoder kinds re-encode every batch")
     joint = joint_parameter_count(d, settings.sae, settings.nfm)
-    per_kind = {"standard": TopKSAE.n_parameters_for(d, F), "joint": joint,
-                "param_matched": TopKSAE.n_parameters_for(d, param_matched_width(d, joint)),
-                "sequential (trains the NFM)": nfm_parameter_count(d, F, K)}
+    counts = kind_parameter_counts(settings, d)
+    per_kind = {kind: total for kind, (total, _) in counts.items()}
     batch = training.batch_size
-    for kind, params in per_kind.items():
-        # weights + gradients + Adam's two moments, float32
-        state = 4 * params * FLOAT32
-        add("train", f"{kind}: weights + grads + Adam", state, "bytes", f"{params:,} parameters x 4 x float32")
+    for kind, (total, trained) in counts.items():
+        # weights + gradients + Adam's two moments of what it trains, float32; the frozen rest once
+        state = (4 * trained + (total - trained)) * FLOAT32
+        add("train", f"{kind}: weights + grads + Adam", state, "bytes",
+            f"{total:,} parameters, {trained:,} trained (x 4: weights, grads, Adam) x float32")
     # the step's transient tensors: the dense pre-activations [batch, F] (and their top-k workspace), the
     # validation chunk's pre-activations [4096, F], batch-sized d-vectors; bf16 autocast halves the first two
     act_bytes = 2 if training.bf16_autocast else 4

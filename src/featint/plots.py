@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from featint import kinds
 from featint.io import atomic_path
 
 
@@ -54,13 +55,9 @@ def training_curves(train_log: pd.DataFrame, path: str | Path, title: str) -> No
     _save(fig, path)
 
 
-MODEL_ORDER = ["standard", "standard_refit", "param_matched", "sequential", "sequential_truncated", "joint",
-               "joint_no_interaction", "joint_no_linear"]
-
-
 def _order(models: pd.Series) -> list[str]:
-    present = set(models)
-    return [m for m in MODEL_ORDER if m in present] + sorted(present - set(MODEL_ORDER))
+    """Kinds in the kinds table's order."""
+    return kinds.order(models)
 
 
 def reconstruction_comparison(fvu: pd.DataFrame, improvement: pd.DataFrame, path: str | Path) -> None:
@@ -328,16 +325,22 @@ def convergence_curves(logs: pd.DataFrame, table: pd.DataFrame, path: str | Path
 
 
 def synthetic_power(power: pd.DataFrame, path: str | Path) -> None:
-    """Power curves of the planted-interaction control: the relative test-FVU gain of joint over each reference
-    against the planted strength, one line per variant, t intervals over seeds as error bars; a filled marker
-    where the gain exceeds the variant's null gain (detected), hollow where it does not."""
+    """Power curves of the planted-interaction control: the relative test-FVU gain of each model over its
+    reference (one panel per comparison) against the planted strength, one line per variant, t intervals over
+    seeds as error bars; a filled marker where the gain exceeds the variant's null gain (detected), hollow
+    where it does not."""
     sns.set_theme(style="whitegrid", context="notebook")
-    references = ["joint_no_interaction", "param_matched"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    comparisons = list(dict.fromkeys(zip(power["model"], power["reference"])))
+    columns = min(3, len(comparisons))
+    n_rows = -(-len(comparisons) // columns)
+    fig, grid = plt.subplots(n_rows, columns, figsize=(5.2 * columns, 4.0 * n_rows), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(comparisons):]:
+        ax.set_visible(False)
     variants = sorted(power["variant"].unique())
     palette = dict(zip(variants, sns.color_palette(n_colors=len(variants))))
-    for ax, reference in zip(axes, references):
-        rows = power[power["reference"] == reference].sort_values("strength")
+    for ax, (model, reference) in zip(axes, comparisons):
+        rows = power[(power["model"] == model) & (power["reference"] == reference)].sort_values("strength")
         for variant in variants:
             line = rows[rows["variant"] == variant]
             err = np.vstack([line["gain"] - line["ci_low"], line["ci_high"] - line["gain"]]) * 100
@@ -346,25 +349,67 @@ def synthetic_power(power: pd.DataFrame, path: str | Path) -> None:
             ax.scatter(line["strength"], line["gain"] * 100, s=36, zorder=3, edgecolors=palette[variant],
                        facecolors=[palette[variant] if hit else "white" for hit in line["detected"]])
         ax.axhline(0, color="black", lw=0.8)
-        ax.set(xlabel="planted interaction strength c", ylabel="test FVU gain of joint (%)",
-               title=f"joint vs {reference}")
-    axes[1].legend(title="variant", fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.suptitle("Planted-interaction positive control: does the interaction term gain when interactions exist?")
+        ax.set(xlabel="planted interaction strength c", ylabel="test FVU gain (%)")
+        ax.set_title(f"{model}\nvs {reference}", fontsize=10)
+    axes[columns - 1].legend(title="variant", fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle("Planted-interaction positive control: does each term gain when interactions exist?")
     fig.tight_layout()
     _save(fig, path)
 
 
 def synthetic_identification(ident: pd.DataFrame, path: str | Path) -> None:
-    """Pair identification: AUC of planted vs decoy pairs by the joint model's interaction gain, against the
-    planted strength (0.5 = chance), one line per variant, seeds as points."""
+    """Pair identification: AUC of planted vs decoy pairs by each model's interaction gain (one panel per model
+    with an interaction term), against the planted strength (0.5 = chance), one line per variant, seeds as
+    points."""
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    sns.lineplot(data=ident, x="strength", y="auc", hue="variant", marker="o", errorbar=None, ax=ax)
-    sns.scatterplot(data=ident, x="strength", y="auc", hue="variant", legend=False, alpha=0.5, ax=ax)
-    ax.axhline(0.5, color="black", lw=0.8, ls="--")
-    ax.set(ylim=(-0.02, 1.02), xlabel="planted interaction strength c",
-           ylabel="AUC, planted vs decoy pairs",
-           title="Does the interaction term single out the planted pairs?")
-    ax.legend(title="variant", fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    models = kinds.order(ident["model"])
+    columns = min(3, len(models))
+    n_rows = -(-len(models) // columns)
+    fig, grid = plt.subplots(n_rows, columns, figsize=(5.2 * columns, 3.8 * n_rows), squeeze=False, sharey=True)
+    axes = grid.ravel()
+    for ax in axes[len(models):]:
+        ax.set_visible(False)
+    variants = sorted(ident["variant"].unique())
+    for ax, model in zip(axes, models):
+        rows = ident[ident["model"] == model]
+        sns.lineplot(data=rows, x="strength", y="auc", hue="variant", hue_order=variants, marker="o",
+                     errorbar=None, ax=ax, legend=ax is axes[columns - 1])
+        sns.scatterplot(data=rows, x="strength", y="auc", hue="variant", hue_order=variants, legend=False,
+                        alpha=0.5, ax=ax)
+        ax.axhline(0.5, color="black", lw=0.8, ls="--")
+        ax.set(ylim=(-0.02, 1.02), xlabel="planted interaction strength c", ylabel="AUC, planted vs decoy pairs")
+        ax.set_title(model, fontsize=10)
+    axes[columns - 1].legend(title="variant", fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle("Does each interaction term single out the planted pairs?")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def kinds_by_parameters(points: pd.DataFrame, path: str | Path) -> None:
+    """Every kind's held-out test FVU (and spliced KL where the behaviour stage ran) against its parameter
+    count: mean over seeds with its interval, one colour per kind, marker by role (paper / control /
+    ablation / rival)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    quantities = [q for q in ("test_fvu", "spliced_kl") if q in set(points["quantity"])]
+    labels = {"test_fvu": "test FVU (normalised space)", "spliced_kl": "spliced KL (nats / token)"}
+    fig, axes = plt.subplots(1, max(1, len(quantities)), figsize=(6.2 * max(1, len(quantities)) + 2.5, 4.4),
+                             squeeze=False)
+    order = kinds.order(points["model"])
+    palette = dict(zip(order, sns.color_palette("tab20", n_colors=len(order))))
+    markers = {"paper": "o", "control": "s", "ablation": "v", "rival": "D", "": "X"}
+    for ax, quantity in zip(axes[0], quantities):
+        rows = points[points["quantity"] == quantity]
+        for model in order:
+            row = rows[rows["model"] == model]
+            if row.empty:
+                continue
+            r = row.iloc[0]
+            err = np.array([[r["estimate"] - r["ci_low"]], [r["ci_high"] - r["estimate"]]])
+            ax.errorbar(r["parameters"] / 1e6, r["estimate"], yerr=np.nan_to_num(err), fmt=markers[r["role"]],
+                        color=palette[model], capsize=3, ms=7, label=f"{model} ({r['role']})")
+        ax.set(xlabel="parameters (millions)", ylabel=labels[quantity])
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    axes[0][-1].legend(handles, names, fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle("Every kind: held-out reconstruction against parameter count (bars: 95% document bootstrap)")
     fig.tight_layout()
     _save(fig, path)

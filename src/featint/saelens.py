@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 
 from featint.errors import FeatintError
 from featint.io import atomic_directory
-from featint.models import WITH_NFM, load_model
+from featint.kinds import SAE_ONLY
+from featint.models import load_model
 from featint.normaliser import Normaliser
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
@@ -43,7 +44,7 @@ class FoldedSAE(NamedTuple):
 def folded_weights(weights_path: str | Path, normaliser: Normaliser) -> FoldedSAE:
     """The SAELens form of a trained SAE-only model (checked to be one, at its own k and hook)."""
     model, extra = load_model(weights_path)
-    if model.kind in WITH_NFM:
+    if model.kind not in SAE_ONLY:
         raise FeatintError(f"{weights_path} is a {model.kind} model: only SAE-only kinds (an SAE alone reconstructs "
                            "their output) have a SAELens equivalent.")
     sae = model.sae
@@ -102,4 +103,4 @@ def saelens_reconstruction(directory: str | Path, x: torch.Tensor) -> torch.Tens
 
 
 #: Kinds the workflow exports: the SAE-only kinds, whose reconstruction is their SAE's.
-EXPORTED_KINDS: tuple[str, ...] = ("standard", "param_matched", "standard_refit")
+EXPORTED_KINDS: tuple[str, ...] = SAE_ONLY

@@ -38,6 +38,7 @@ from featint import stats
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
 from featint.io import atomic_directory, write_parquet
+from featint.kinds import COMPARISONS, KINDS, WITH_INTERACTION
 from featint.normaliser import Normaliser
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def pair_identification(weights_path: str | Path, setting_dir: str | Path) -> pd
 
     setting_dir = Path(setting_dir)
     model, _ = load_model(weights_path)
-    if model.nfm is None or not model.nfm.use_interaction:
+    if model.head is None or not model.head.use_interaction:
         raise ValueError(f"{weights_path} has no interaction term to identify pairs with")
     store = ActivationStore(setting_dir / "activations" / "test")
     normaliser = Normaliser.load(setting_dir / "activations" / "normaliser.safetensors")
@@ -194,16 +195,19 @@ def identification_summary(pairs: pd.DataFrame) -> dict[str, float]:
 
 
 def power_table(fvu: pd.DataFrame, level: float) -> pd.DataFrame:
-    """Per variant, strength and reference kind: the relative test-FVU gain of ``joint`` over the reference
-    ((FVU_ref - FVU_joint) / FVU_ref) with its t interval over seeds, and the **excess** of that gain over the
-    same variant's null setting (strength 0), paired by seed, with its t interval. The interaction term can gain
-    a little without any planted interaction (it also fits the SAE's own nonlinear errors), so a strength is
+    """Per variant, strength and comparison (model, reference) of :data:`featint.kinds.COMPARISONS` whose two
+    kinds were trained: the relative test-FVU gain of the model over the reference
+    ((FVU_ref - FVU_model) / FVU_ref) with its t interval over seeds, and the **excess** of that gain over the
+    same variant's null setting (strength 0), paired by seed, with its t interval. A term can gain a little
+    without any planted interaction (it also fits the SAE's own nonlinear errors), so a strength is
     ``detected`` when the excess interval lies above zero. ``fvu`` has columns variant, strength, kind, seed, fvu;
     every variant needs strength 0."""
     wide = fvu.pivot_table(index=["variant", "strength", "seed"], columns="kind", values="fvu").reset_index()
     rows = []
-    for reference in ("joint_no_interaction", "param_matched"):
-        wide["gain"] = (wide[reference] - wide["joint"]) / wide[reference]
+    for model, reference in COMPARISONS:
+        if model not in wide or reference not in wide:
+            continue
+        wide["gain"] = (wide[reference] - wide[model]) / wide[reference]
         null = wide[wide["strength"] == 0].set_index(["variant", "seed"])["gain"]
         for (variant, strength), group in wide.groupby(["variant", "strength"]):
             if variant not in null.index.get_level_values("variant"):
@@ -211,7 +215,8 @@ def power_table(fvu: pd.DataFrame, level: float) -> pd.DataFrame:
             gain, low, high = stats.t_interval(group["gain"].to_numpy(), level)
             excess_values = group["gain"].to_numpy() - null.loc[variant].reindex(group["seed"]).to_numpy()
             excess, excess_low, excess_high = stats.t_interval(excess_values, level)
-            rows.append({"variant": variant, "strength": strength, "reference": reference, "gain": gain,
+            rows.append({"variant": variant, "strength": strength, "model": model, "reference": reference,
+                         "gain": gain,
                          "ci_low": low, "ci_high": high, "excess_over_null": excess, "excess_ci_low": excess_low,
                          "excess_ci_high": excess_high, "interval": f"{level:.0%} t interval over seeds",
                          "n_seeds": len(group), "detected": bool(strength > 0 and excess_low > 0)})
@@ -219,13 +224,13 @@ def power_table(fvu: pd.DataFrame, level: float) -> pd.DataFrame:
 
 
 def detection_thresholds(power: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and reference: the smallest planted strength detected (NaN when none is), and the gain at the
-    null (strength 0) with its interval: what the interaction term buys with nothing planted."""
+    """Per variant and comparison: the smallest planted strength detected (NaN when none is), and the gain at the
+    null (strength 0) with its interval: what the model's term buys with nothing planted."""
     rows = []
-    for (variant, reference), group in power.groupby(["variant", "reference"]):
+    for (variant, model, reference), group in power.groupby(["variant", "model", "reference"], sort=False):
         planted = group[(group["strength"] > 0) & group["detected"]]
         null = group[group["strength"] == 0].iloc[0]
-        rows.append({"variant": variant, "reference": reference,
+        rows.append({"variant": variant, "model": model, "reference": reference,
                      "smallest_detected_strength": float(planted["strength"].min()) if len(planted) else float("nan"),
                      "detected_strengths": len(planted), "planted_strengths": int((group["strength"] > 0).sum()),
                      "null_gain": float(null["gain"]), "null_ci_low": float(null["ci_low"]),
@@ -249,8 +254,9 @@ def find_variant(spec: SyntheticSettings, name: str) -> SyntheticVariant:
 def run_setting_models(settings: Settings, variant_name: str, strength: float, setting_dir: str | Path, seed: int,
                        out_dir: str | Path, run: str) -> pd.DataFrame:
     """Stage entry point: train every kind of ``synthetic.kinds`` on one setting for one seed (the one training
-    loop, the run's fixed LR), evaluate each on the setting's test split, and identify pairs with the joint
-    model. Writes ``fvu.parquet`` and ``pairs.parquet`` to ``out_dir``; returns the FVU table."""
+    loop, the run's fixed LR; ``standard`` first, the kinds built on it from its weights), evaluate each on the
+    setting's test split, and identify pairs with every model that has an interaction term. Writes
+    ``fvu.parquet`` and ``pairs.parquet`` to ``out_dir``; returns the FVU table."""
     from featint.evaluation import reconstruction_table
     from featint.runtime import seed_everything
     from featint.training import chosen_lr, run_train
@@ -260,9 +266,12 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
     setting_dir, out_dir = Path(setting_dir), Path(out_dir)
     activations = setting_dir / "activations"
     rows = []
-    for kind in settings.synthetic.kinds:
+    trained = sorted(settings.synthetic.kinds, key=lambda name: KINDS[name].from_standard)
+    for kind in trained:
         seed_everything(seed)
-        result = run_train(local, kind, seed, activations, out_dir / kind, chosen_lr(local, kind, None))
+        standard = out_dir / "standard" / "weights.safetensors" if KINDS[kind].from_standard else None
+        result = run_train(local, kind, seed, activations, out_dir / kind, chosen_lr(local, kind, None),
+                           standard_weights=standard)
         table, _ = reconstruction_table(out_dir / kind / "weights.safetensors", activations, run=run)
         fvu = table[(table["token_set"] == "selected") & (table["metric"] == "fvu")].set_index("component")["value"]
         parameters = pd.read_parquet(out_dir / kind / "parameters.parquet")
@@ -273,7 +282,8 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
                      "steps": result.steps})
     frame = pd.DataFrame(rows)
     write_parquet(frame, out_dir / "fvu.parquet")
-    pairs = pair_identification(out_dir / "joint" / "weights.safetensors", setting_dir)
+    pairs = pd.concat([pair_identification(out_dir / kind / "weights.safetensors", setting_dir).assign(model=kind)
+                       for kind in trained if kind in WITH_INTERACTION], ignore_index=True)
     write_parquet(pairs.assign(variant=variant_name, strength=strength, seed=seed), out_dir / "pairs.parquet")
     return frame
 
@@ -295,11 +305,11 @@ def gather(fvu_tables: list[str | Path], pair_tables: list[str | Path], variance
     power = power.merge(test_variance, on="setting", how="left")
     identification = []
     for path in pair_tables:
-        pairs = pd.read_parquet(path)
-        first = pairs.iloc[0]
-        identification.append({"variant": first["variant"], "strength": float(first["strength"]),
-                               "seed": int(first["seed"]), **identification_summary(pairs)})
-    ident = pd.DataFrame(identification).sort_values(["variant", "strength", "seed"], ignore_index=True)
+        for model, pairs in pd.read_parquet(path).groupby("model", sort=False):
+            first = pairs.iloc[0]
+            identification.append({"variant": first["variant"], "strength": float(first["strength"]),
+                                   "model": model, "seed": int(first["seed"]), **identification_summary(pairs)})
+    ident = pd.DataFrame(identification).sort_values(["variant", "model", "strength", "seed"], ignore_index=True)
     detection = detection_thresholds(power)
     write_parquet(fvu, out_dir / "fvu.parquet")
     write_parquet(power, out_dir / "power.parquet")

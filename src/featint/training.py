@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from featint import kinds
 from featint.activations import ActivationStore
 from featint.codes import CodeCache
 from featint.config import AuxKSettings, Settings, TrainingSettings
@@ -332,15 +333,8 @@ def train(
 # ---------------------------------------------------------------------------------------------------------
 # Stage entry points
 
-#: Kinds that take another kind's learning-rate choice because they train the same parameter set on the same
-#: inputs (``sequential_truncated`` trains the sequential NFM on the same frozen SAE). Every other kind that
-#: trains its own parameters is chosen on itself.
-LR_SOURCE: dict[str, str] = {"sequential_truncated": "sequential"}
-
-
-def lr_selection_kind(kind: str) -> str:
-    """The kind whose validation-split LR selection ``kind`` uses (itself unless listed in :data:`LR_SOURCE`)."""
-    return LR_SOURCE.get(kind, kind)
+# The kind whose LR choice a kind reuses is the kinds table's ``lr_source``.
+lr_selection_kind = kinds.lr_selection_kind
 
 
 @dataclass
@@ -394,7 +388,7 @@ def _standard_start(kind: str, settings: Settings, data: TrainingData, standard_
         return standard, None
     cache = CodeCache(codes_dir)
     cache.check(standard_weights, data.train,
-                settings.nfm.truncated_k if kind == "sequential_truncated" else settings.sae.k)
+                settings.nfm.truncated_k if kinds.kind(kind).infer_k == "truncated" else settings.sae.k)
     return standard, cache
 
 

@@ -12,8 +12,8 @@ def ablation_lr_tables(wildcards):
     if config["training"]["lr"] is not None:
         return []
     kind = ABLATIONS.instance(wildcards)["kind"]
-    kinds = {featint_training.lr_selection_kind(kind)}
-    if kind in featint_models.FROM_STANDARD:
+    kinds = {featint_kinds.lr_selection_kind(kind)}
+    if kind in featint_kinds.FROM_STANDARD:
         kinds.add("standard")
     return [f"{RESULTS}/lr_selection/{k}.parquet" for k in sorted(kinds)]
 

@@ -43,7 +43,7 @@ rule behaviour:
     output:
         f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet",
     wildcard_constraints:
-        kind="|".join(featint_models.MODEL_KINDS),
+        kind="|".join(featint_kinds.MODEL_KINDS),
         seed=r"\d+",
     params:
         config=stage_config("behaviour"),

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 import featint.config
 import featint.lm
 import featint.runtime
-import featint.models as featint_models
+import featint.kinds as featint_kinds
 import featint.saelens as featint_saelens
 import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS

@@ -11,8 +11,13 @@ GEOMETRY_FIGURES = [
 ]
 
 
+#: geometry's measures (decoder norms, NFM row norms and contributions) read SAE-only and NFM models; the rivals'
+#: frozen decoders are the standard SAE's, and their heads have no V or embedding
+GEOMETRY_INSTANCES = [(kind, seed) for kind, seed in MODEL_INSTANCES if featint_kinds.KINDS[kind].nfm_geometry]
+
+
 def geometry_init_kind(kind):
-    return "standard" if kind in featint_models.FROM_STANDARD else kind
+    return "standard" if kind in featint_kinds.FROM_STANDARD else kind
 
 
 def geometry_targets():
@@ -53,9 +58,9 @@ rule geometry:
 
 rule gather_geometry:
     input:
-        features=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet"),
-        summaries=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet"),
-        pca=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet"),
+        features=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet", GEOMETRY_INSTANCES),
+        summaries=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet", GEOMETRY_INSTANCES),
+        pca=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet", GEOMETRY_INSTANCES),
     output:
         summary=f"{RESULTS}/geometry/summary.parquet",
         verdicts=f"{RESULTS}/geometry/verdicts.parquet",

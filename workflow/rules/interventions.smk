@@ -3,7 +3,7 @@
 # through word-set logits, greedy generations; a gathered summary with FDR and figures.
 import featint.interventions as featint_interventions
 
-INTERVENTION_MODELS = [kind for kind in config["interventions"]["models"] if kind in MODEL_KINDS]
+INTERVENTION_MODELS = [kind for kind in config["interventions"]["models"] if kind in CONFIGURED_KINDS]
 INTERVENTION_FIGURES = ["clamp_interaction_lines", "clamp_heatmaps", "secondary_activation_by_cell"]
 INTERVENTION_TABLES = featint_interventions.TABLES
 
@@ -31,7 +31,7 @@ rule secondary_sae:
             subcategory="secondary SAE {kind}",
         ),
     wildcard_constraints:
-        kind="|".join(featint_models.WITH_NFM),
+        kind="|".join(featint_kinds.WITH_EMBEDDING),
         seed=r"\d+",
     params:
         config=stage_config("secondary-sae"),
@@ -62,7 +62,7 @@ rule interventions:
     output:
         [f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/{name}.parquet" for name in INTERVENTION_TABLES],
     wildcard_constraints:
-        kind="|".join(featint_models.WITH_NFM),
+        kind="|".join(featint_kinds.WITH_EMBEDDING),
         seed=r"\d+",
     params:
         config=stage_config("interventions"),

@@ -2,7 +2,9 @@
 
 
 def report_targets():
-    return [f"{RESULTS}/report/{name}" for name in ("claims.parquet", "claims.md", "config.yaml", "versions.tsv")]
+    names = ("claims.parquet", "claims.md", "kinds_by_parameters.parquet", "figures/kinds_by_parameters.png",
+             "config.yaml", "versions.tsv")
+    return [f"{RESULTS}/report/{name}" for name in names]
 
 
 rule claims:
@@ -12,6 +14,7 @@ rule claims:
         reconstruction_summary=f"{RESULTS}/metrics/reconstruction_summary.parquet",
         convergence=[f"{RESULTS}/convergence/summary.parquet"] if CONVERGENCE["models"] else [],
         parameters=f"{RESULTS}/metrics/parameters.parquet",
+        comparisons=f"{RESULTS}/metrics/comparisons.parquet",
         geometry=f"{RESULTS}/geometry/summary.parquet",
         behaviour=f"{RESULTS}/behaviour/summary.parquet",
         interventions=f"{RESULTS}/interventions/summary.parquet",
@@ -19,6 +22,12 @@ rule claims:
     output:
         table=f"{RESULTS}/report/claims.parquet",
         markdown=report(f"{RESULTS}/report/claims.md", caption="../report/claims.rst", category="Claims"),
+        kinds=f"{RESULTS}/report/kinds_by_parameters.parquet",
+        figure=report(
+            f"{RESULTS}/report/figures/kinds_by_parameters.png",
+            caption="../report/kinds_by_parameters.rst",
+            category="Claims",
+        ),
     log:
         f"{LOGS}/claims.log",
     conda:
@@ -29,7 +38,8 @@ rule claims:
         runtime=10,
     shell:
         "python -m featint claims --paper-claims {input.paper} --results {RESULTS} --run {RUN}"
-        " --out-table {output.table} --out-markdown {output.markdown} > {log} 2>&1"
+        " --out-table {output.table} --out-markdown {output.markdown} --out-kinds {output.kinds}"
+        " --out-figure {output.figure} > {log} 2>&1"
 
 
 rule run_info:

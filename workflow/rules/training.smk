@@ -2,12 +2,13 @@
 # kind for every seed on the same activations, seed and token budget; reconstruction metrics on the test split;
 # the convergence check retrains some kinds at a multiple of the budget.
 
-MODEL_KINDS = config["models"]
+#: the kinds trained on every seed (a subset of featint.kinds.KINDS)
+CONFIGURED_KINDS = config["models"]
 SEEDS = config["training"]["seeds"]
 #: every (kind, seed) trained: `models` on every seed, `single_seed_models` on the first
 MODEL_INSTANCES = SETTINGS.model_instances()
 #: the kinds whose LR is chosen on the validation split (kinds sharing a choice point at their source)
-LR_KINDS = sorted({featint_training.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES})
+LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES})
 CONVERGENCE = config["convergence"]
 ACTS = f"{RESULTS}/activations"
 ACTIVATION_FILES = [f"{ACTS}/{split}" for split in SPLITS] + [f"{ACTS}/normaliser.safetensors"]
@@ -45,18 +46,18 @@ def training_targets():
 def lr_table(wildcards):
     if config["training"]["lr"] is not None:
         return []
-    return f"{RESULTS}/lr_selection/{featint_training.lr_selection_kind(wildcards.kind)}.parquet"
+    return f"{RESULTS}/lr_selection/{featint_kinds.lr_selection_kind(wildcards.kind)}.parquet"
 
 
 def standard_weights(wildcards):
-    if wildcards.kind in featint_models.FROM_STANDARD:
+    if wildcards.kind in featint_kinds.FROM_STANDARD:
         seed = getattr(wildcards, "seed", SEEDS[0])
         return f"{model_dir('standard', seed)}/weights.safetensors"
     return []
 
 
 def standard_codes(wildcards):
-    if config["training"]["cache_codes"] and wildcards.kind in featint_models.FROM_STANDARD:
+    if config["training"]["cache_codes"] and wildcards.kind in featint_kinds.FROM_STANDARD:
         seed = getattr(wildcards, "seed", SEEDS[0])
         return f"{RESULTS}/codes/standard/seed~{seed}"
     return []
@@ -122,7 +123,7 @@ rule select_lr:
     output:
         f"{RESULTS}/lr_selection/{{kind}}.parquet",
     wildcard_constraints:
-        kind="|".join(featint_models.MODEL_KINDS),
+        kind="|".join(featint_kinds.MODEL_KINDS),
     params:
         config=stage_config("select-lr"),
         standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
@@ -185,7 +186,7 @@ rule train:
         ),
     wildcard_constraints:
         group="models|convergence",
-        kind="|".join(featint_models.MODEL_KINDS),
+        kind="|".join(featint_kinds.MODEL_KINDS),
         seed=r"\d+",
     params:
         config=stage_config("train"),
@@ -246,6 +247,7 @@ rule gather_reconstruction:
         metrics=f"{RESULTS}/metrics/reconstruction.parquet",
         summary=f"{RESULTS}/metrics/reconstruction_summary.parquet",
         parameters=f"{RESULTS}/metrics/parameters.parquet",
+        comparisons=f"{RESULTS}/metrics/comparisons.parquet",
         figure=report(
             f"{RESULTS}/metrics/figures/reconstruction.png",
             caption="../report/reconstruction.rst",
@@ -265,6 +267,7 @@ rule gather_reconstruction:
         "python -m featint gather-metrics --config-json {params.config:q} --tables {input.tables}"
         " --documents {input.documents} --parameters {input.parameters}"
         " --out-metrics {output.metrics} --out-summary {output.summary} --out-parameters {output.parameters}"
+        " --out-comparisons {output.comparisons}"
         " --out-figure {output.figure} > {log} 2>&1"
 
 
