@@ -236,6 +236,26 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert (workdir / target).stat().st_mtime > before
     assert re.search(r"^ablation\s+1$", alone.stdout + alone.stderr, re.MULTILINE)  # that instance only
 
+    # the layer sweep: layer 1 extracted anew, layer 3 (the run's own) reuses the run's activations
+    layers = snakemake(workdir, "layers", "--configfile", "config/tiny.yaml")
+    assert layers.returncode == 0, layers.stderr[-3000:]
+    assert not (results / "layers" / "layer~3" / "activations").exists()
+    assert ActivationStore(results / "layers" / "layer~1" / "activations" / "test").meta.hook_name == \
+        "blocks.1.hook_resid_pre"
+    layer_fvu = pd.read_parquet(results / "layers" / "fvu.parquet")
+    sweep_kinds = {"standard", "joint", "joint_no_interaction", "param_matched", "sequential_linear_input",
+                   "sequential_poly"}
+    assert set(zip(layer_fvu["layer"], layer_fvu["model"])) == {(layer, kind) for layer in (1, 3)
+                                                                 for kind in sweep_kinds}
+    same = layer_fvu[(layer_fvu["layer"] == 3) & (layer_fvu["model"] == "standard")
+                     & (layer_fvu["token_set"] == "selected")]["fvu"].item()
+    assert same == pytest.approx(fvu_of(metrics, "standard"))  # same layer, settings, seed and LR: same model
+    layer_comparisons = pd.read_parquet(results / "layers" / "comparisons.parquet")
+    pooled_layers = layer_comparisons[layer_comparisons["seed"].isna() & (layer_comparisons["token_set"] == "selected")]
+    assert set(zip(pooled_layers["layer"], pooled_layers["model"], pooled_layers["reference"])) == {
+        (layer, m, r) for layer in (1, 3) for m, r in COMPARISONS if m in sweep_kinds and r in sweep_kinds}
+    assert (results / "layers" / "figures" / "layers.png").stat().st_size > 10_000
+
     again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 

@@ -47,6 +47,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "gather-interventions": ("interventions",),
     "claims": (),
     "ablation": ("model", "sae", "nfm", "training"),
+    "layer-models": ("model", "hook", "sae", "nfm", "training", "layers"),
+    "gather-layers": ("seed", "evaluation"),
     "synthetic-data": ("synthetic",),
     "synthetic-models": ("sae", "nfm", "training", "synthetic"),
     "gather-synthetic": ("synthetic",),
@@ -373,6 +375,25 @@ def cmd_gather_ablations(args: argparse.Namespace) -> None:
     log.info("ablations:\n%s", summary.to_string(index=False))
 
 
+def cmd_layer_models(args: argparse.Namespace) -> None:
+    from featint.layers import run_layer
+
+    settings = _settings(args)
+    frame = run_layer(settings, args.layer, args.seed, args.activations, args.lr_tables or [], args.out, run=args.run,
+                      device=resolve_device(settings.model.device))
+    view = frame[(frame["metric"] == "fvu") & (frame["token_set"] == "selected") & (frame["component"] == "full")]
+    log.info("layer %d:\n%s", args.layer, view[["model", "value"]].to_string(index=False))
+
+
+def cmd_gather_layers(args: argparse.Namespace) -> None:
+    from featint.layers import gather
+
+    settings = _settings(args)
+    pooled = gather(args.folders, settings.evaluation.bootstrap, settings.evaluation.ci_level, settings.seed, args.out)
+    log.info("layer sweep:\n%s", pooled[["layer", "model", "reference", "estimate", "ci_low", "ci_high"]]
+             .to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -540,6 +561,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run-info", cmd_run_info, "the run's full config (defaults filled) and software versions")
     p.add_argument("--out-config", required=True)
     p.add_argument("--out-versions", required=True)
+    p = add("layer-models", cmd_layer_models, "train and evaluate the layer sweep's kinds at one layer, one seed")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--activations", required=True, help="that layer's activations directory")
+    p.add_argument("--lr-tables", nargs="*", help="the run's LR-selection tables (each names its kind)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p = add("gather-layers", cmd_gather_layers, "every comparison and kind per layer: tables and figure")
+    p.add_argument("--folders", nargs="+", required=True, help="the layer-models output folders")
+    p.add_argument("--out", required=True)
     p = add("claims", cmd_claims, "the paper's headline claims beside this run's numbers", config=False)
     p.add_argument("--paper-claims", required=True, help="config/paper_claims.tsv")
     p.add_argument("--results", required=True, help="results/<run>")

@@ -133,6 +133,10 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
     missing = sorted(set(completed["convergence"]["models"]) - set(completed["models"]))
     if missing:
         raise ConfigError(f"{source}: convergence.models {missing} are not in models; the check compares with them.")
+    layer_kinds = set(completed["layers"]["kinds"])
+    if set(kinds.FROM_STANDARD) & layer_kinds and "standard" not in layer_kinds:
+        raise ConfigError(f"{source}: layers.kinds {sorted(set(kinds.FROM_STANDARD) & layer_kinds)} start from the "
+                          "standard SAE; add 'standard'.")
     if needs_standard and "standard" not in completed["models"]:
         raise ConfigError(f"{source}: models {sorted(needs_standard)} start from the standard SAE; add 'standard'.")
     return completed
@@ -342,6 +346,13 @@ class AblationSettings:
 
 
 @dataclass(frozen=True)
+class LayerSweepSettings:
+    layers: list[int]  #: values of hook.layer swept
+    kinds: list[str]  #: kinds trained at each layer
+    seeds: list[int]  #: training seeds at each layer
+
+
+@dataclass(frozen=True)
 class SyntheticVariant:
     name: str
     width: int
@@ -390,6 +401,7 @@ class Settings:
     behaviour: BehaviourSettings
     interventions: InterventionSettings
     ablations: AblationSettings
+    layers: LayerSweepSettings
     synthetic: SyntheticSettings | None
     raw: dict[str, Any]
 
@@ -437,6 +449,7 @@ class Settings:
             interventions=InterventionSettings(**{**c["interventions"],
                                                   "secondary": SecondarySAESettings(**c["interventions"]["secondary"])}),
             ablations=AblationSettings(**c["ablations"]),
+            layers=LayerSweepSettings(**{key: list(value) for key, value in c["layers"].items()}),
             synthetic=_synthetic(c.get("synthetic"), source),
             raw=c,
         )

@@ -413,3 +413,29 @@ def kinds_by_parameters(points: pd.DataFrame, path: str | Path) -> None:
     fig.suptitle("Every kind: held-out reconstruction against parameter count (bars: 95% document bootstrap)")
     fig.tight_layout()
     _save(fig, path)
+
+
+def layer_sweep(fvu: pd.DataFrame, comparisons: pd.DataFrame, path: str | Path) -> None:
+    """The layer sweep: every kind's test FVU against the hook layer (mean over seeds), and every comparison's
+    gain (1 - MSE(model) / MSE(reference), mean over seeds, 95% paired document bootstrap) against the layer."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
+    order = kinds.order(fvu["model"])
+    sns.lineplot(data=fvu, x="layer", y="fvu", hue="model", hue_order=order, marker="o", errorbar=None, ax=axes[0])
+    axes[0].set(xlabel="hook layer", ylabel="test FVU (normalised space)")
+    axes[0].legend(title="kind", fontsize=7, loc="best")
+    pairs = list(dict.fromkeys(zip(comparisons["model"], comparisons["reference"])))
+    palette = dict(zip(pairs, sns.color_palette(n_colors=max(1, len(pairs)))))
+    for offset, pair in enumerate(pairs):
+        rows = comparisons[(comparisons["model"] == pair[0]) & (comparisons["reference"] == pair[1])]
+        rows = rows.sort_values("layer")
+        shift = (offset - (len(pairs) - 1) / 2) * 0.12  # side by side, so the intervals do not overlap
+        err = np.vstack([rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]]) * 100
+        axes[1].errorbar(rows["layer"] + shift, rows["estimate"] * 100, yerr=np.nan_to_num(err), marker="o",
+                         capsize=3, color=palette[pair], label=f"{pair[0]} vs {pair[1]}")
+    axes[1].axhline(0, color="black", lw=0.8)
+    axes[1].set(xlabel="hook layer", ylabel="test MSE gain over the reference (%)")
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle("Layer sweep: does the gain of an integration term depend on depth?")
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,89 @@
+"""The layer sweep: does the answer depend on depth? The paper looked at one layer.
+
+For every layer of ``layers.layers`` the workflow extracts activations at ``hook.layer = layer`` (the run's own
+layer reuses the run's activations) with the run's corpus, splits and extraction settings; :func:`run_layer`
+trains ``layers.kinds`` there (the one training loop, the run's budget, each kind at the LR chosen on the
+run's own layer) and evaluates them on the test split; :func:`gather` puts every comparison of
+:data:`featint.kinds.COMPARISONS` (paired document bootstrap, as in the main run) and every kind's test FVU
+side by side per layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from featint.config import Settings
+from featint.io import write_parquet
+from featint.kinds import KINDS
+
+#: Files one layer-and-seed job writes in its folder.
+RECONSTRUCTION, DOCUMENTS, PARAMETERS = "reconstruction.parquet", "documents.parquet", "parameters.parquet"
+
+
+def layer_settings(settings: Settings, layer: int) -> Settings:
+    """The run's settings with ``hook.layer`` set to ``layer`` (validated again)."""
+    return settings.with_overrides({("hook", "layer"): layer}, source=f"layer sweep, layer {layer}")
+
+
+def run_layer(settings: Settings, layer: int, seed: int, activations_dir: str | Path, lr_tables: list[str | Path],
+              out_dir: str | Path, run: str, device: str = "cpu") -> pd.DataFrame:
+    """Stage entry point: train every kind of ``layers.kinds`` on one layer's activations for one seed
+    (``standard`` first; the kinds built on it from its weights), evaluate each on the test split, and write
+    the tidy reconstruction table, the per-document sums and the parameter counts (each with a ``layer``
+    column) to ``out_dir``. ``lr_tables`` are the run's LR-selection tables (each names its kind)."""
+    from featint.evaluation import reconstruction_table
+    from featint.kinds import lr_selection_kind
+    from featint.runtime import seed_everything
+    from featint.training import chosen_lr, run_train
+
+    local = layer_settings(settings, layer)
+    tables = {str(pd.read_parquet(path)["model"].iloc[0]): str(path) for path in lr_tables}
+    out_dir = Path(out_dir)
+    frames, documents, parameters = [], [], []
+    for kind in sorted(local.layers.kinds, key=lambda name: KINDS[name].from_standard):
+        model_dir = out_dir / kind
+        standard = out_dir / "standard" / "weights.safetensors" if KINDS[kind].from_standard else None
+        seed_everything(seed)
+        run_train(local, kind, seed, activations_dir, model_dir,
+                  chosen_lr(local, kind, tables.get(lr_selection_kind(kind))), device=device,
+                  standard_weights=standard)
+        frame, per_document = reconstruction_table(model_dir / "weights.safetensors", activations_dir, run=run)
+        frames.append(frame)
+        documents.append(per_document)
+        parameters.append(pd.read_parquet(model_dir / "parameters.parquet"))
+    outputs = {RECONSTRUCTION: frames, DOCUMENTS: documents, PARAMETERS: parameters}
+    for name, parts in outputs.items():
+        table = pd.concat(parts, ignore_index=True)
+        table.insert(0, "layer", layer)
+        write_parquet(table, out_dir / name)
+    return pd.concat(frames, ignore_index=True).assign(layer=layer)
+
+
+def gather(folders: list[str | Path], n_boot: int, level: float, seed: int, out_dir: str | Path) -> pd.DataFrame:
+    """Stage entry point: ``comparisons.parquet`` (every comparison per layer: the gain with its paired
+    document-bootstrap interval, per seed and pooled), ``fvu.parquet`` (every kind's final test FVU per layer
+    and seed) and ``figures/layers.png`` in ``out_dir``; returns the pooled comparisons."""
+    from featint import plots
+    from featint.evaluation import comparison_intervals, final_reconstruction
+
+    out_dir = Path(out_dir)
+    read = {name: pd.concat([pd.read_parquet(Path(folder) / name) for folder in folders], ignore_index=True)
+            for name in (RECONSTRUCTION, DOCUMENTS, PARAMETERS)}
+    comparisons = []
+    for layer, documents in read[DOCUMENTS].groupby("layer"):
+        parameters = read[PARAMETERS][read[PARAMETERS]["layer"] == layer]
+        comparisons.append(comparison_intervals(documents.drop(columns="layer"), parameters, n_boot, level, seed)
+                           .assign(layer=int(layer)))
+    table = pd.concat(comparisons, ignore_index=True)
+    table = table[["layer"] + [c for c in table.columns if c != "layer"]]
+    metrics = read[RECONSTRUCTION]
+    fvu = final_reconstruction(metrics[metrics["split"] == "test"], ("layer", "run", "model", "seed", "split",
+                                                                     "token_set", "metric"))
+    fvu = fvu[fvu["metric"] == "fvu"].drop(columns="metric").rename(columns={"value": "fvu"})
+    write_parquet(table, out_dir / "comparisons.parquet")
+    write_parquet(fvu, out_dir / "fvu.parquet")
+    pooled = table[table["seed"].isna() & (table["token_set"] == "selected")]
+    plots.layer_sweep(fvu[fvu["token_set"] == "selected"], pooled, out_dir / "figures" / "layers.png")
+    return pooled

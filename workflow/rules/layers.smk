@@ -1,0 +1,148 @@
+# Layer sweep (`snakemake --cores 8 layers`, not in the default target): activations at every layer of
+# layers.layers (the run's own layer reuses the run's activations), layers.kinds trained there for every seed of
+# layers.seeds with the run's budget and the LRs chosen at the run's layer, evaluated on test; one table and
+# figure of every comparison's gain per layer.
+import os
+
+import featint.layers as featint_layers
+
+LAYER_SWEEP = config["layers"]
+LAYERS_DIR = f"{RESULTS}/layers"
+# (a layer the model lacks stops its extraction job with the hook's message)
+
+
+def layer_acts(layer):
+    """A layer's activations directory: the run's own when the layer is the run's hook layer."""
+    if int(layer) == config["hook"]["layer"]:
+        return ACTS
+    return f"{LAYERS_DIR}/layer~{layer}/activations"
+
+
+def layer_config(stage, layer):
+    """The stage's config sections with hook.layer set to ``layer`` (JSON for params)."""
+    sections = json.loads(stage_config(stage))
+    if "hook" in STAGE_SECTIONS[stage]:
+        sections["hook"] = {**config["hook"], "layer": int(layer)}
+    return json.dumps(sections, sort_keys=True)
+
+
+def layer_lr_tables(wildcards):
+    if config["training"]["lr"] is not None:
+        return []
+    kinds = {featint_kinds.lr_selection_kind(kind) for kind in LAYER_SWEEP["kinds"]}
+    return [f"{RESULTS}/lr_selection/{kind}.parquet" for kind in sorted(kinds)]
+
+
+rule layer_extract:
+    input:
+        documents=f"{RESULTS}/corpus/documents.parquet",
+        lm=LM_DIR,
+        train=lambda wc: [] if wc.split == "train" else f"{LAYERS_DIR}/layer~{wc.layer}/activations/train",
+    output:
+        directory(f"{LAYERS_DIR}/layer~{{layer}}/activations/{{split}}"),
+    wildcard_constraints:
+        layer=r"\d+",
+        split="|".join(SPLITS),
+    params:
+        config=lambda wc: layer_config("extract", wc.layer),
+        train=lambda wc, input: f"--train {input.train}" if input.train else "",
+    log:
+        f"{LOGS}/layers/extract_layer~{{layer}}_{{split}}.log",
+    benchmark:
+        f"{BENCH}/layers/extract_layer~{{layer}}_{{split}}.tsv"
+    conda:
+        FEATINT_ENV
+    threads: 8
+    resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        mem_mb=6000,
+        runtime=120,
+    shell:
+        "python -m featint extract --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        " --split {wildcards.split} --documents {input.documents} --lm {input.lm} {params.train} --out {output}"
+        " > {log} 2>&1"
+
+
+rule layer_normaliser:
+    input:
+        train=f"{LAYERS_DIR}/layer~{{layer}}/activations/train",
+    output:
+        f"{LAYERS_DIR}/layer~{{layer}}/activations/normaliser.safetensors",
+    wildcard_constraints:
+        layer=r"\d+",
+    params:
+        config=stage_config("normaliser"),
+    log:
+        f"{LOGS}/layers/normaliser_layer~{{layer}}.log",
+    conda:
+        FEATINT_ENV
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m featint normaliser --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        " --train {input.train} --out {output} > {log} 2>&1"
+
+
+rule layer_models:
+    input:
+        activations=lambda wc: [f"{layer_acts(wc.layer)}/{split}" for split in SPLITS]
+        + [f"{layer_acts(wc.layer)}/normaliser.safetensors"],
+        lr_tables=layer_lr_tables,
+    output:
+        reconstruction=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.RECONSTRUCTION}",
+        documents=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.DOCUMENTS}",
+        parameters=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.PARAMETERS}",
+    wildcard_constraints:
+        layer=r"\d+",
+        seed=r"\d+",
+    params:
+        config=lambda wc: layer_config("layer-models", wc.layer),
+        activations=lambda wc: layer_acts(wc.layer),
+        lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
+        out=lambda wc: f"{LAYERS_DIR}/layer~{wc.layer}/seed~{wc.seed}",
+    log:
+        f"{LOGS}/layers/models_layer~{{layer}}_seed~{{seed}}.log",
+    benchmark:
+        f"{BENCH}/layers/models_layer~{{layer}}_seed~{{seed}}.tsv"
+    conda:
+        FEATINT_ENV
+    threads: 8
+    resources:
+        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        mem_mb=8000,
+        runtime=480,
+    shell:
+        "python -m featint layer-models --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        " --layer {wildcards.layer} --seed {wildcards.seed} --activations {params.activations} {params.lr}"
+        " --run {RUN} --out {params.out} > {log} 2>&1"
+
+
+rule gather_layers:
+    input:
+        expand(
+            f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.RECONSTRUCTION}",
+            layer=LAYER_SWEEP["layers"],
+            seed=LAYER_SWEEP["seeds"],
+        ),
+    output:
+        comparisons=f"{LAYERS_DIR}/comparisons.parquet",
+        fvu=f"{LAYERS_DIR}/fvu.parquet",
+        figure=report(f"{LAYERS_DIR}/figures/layers.png", caption="../report/layers.rst", category="Layers"),
+    params:
+        config=stage_config("gather-layers"),
+        folders=lambda wc, input: " ".join(os.path.dirname(path) for path in input),
+    log:
+        f"{LOGS}/layers/gather.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    shell:
+        "python -m featint gather-layers --config-json {params.config:q} --folders {params.folders}"
+        " --out {LAYERS_DIR} > {log} 2>&1"
+
+
+rule layers:
+    input:
+        rules.gather_layers.output,
