@@ -34,8 +34,13 @@ test: lint
 test-fast: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
+# ruff on the package, tests and benchmarks; snakefmt on the workflow; Snakemake's own linter on the default and
+# tiny configs
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --quiet all
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --quiet all --configfile config/tiny.yaml
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_extraction.py

@@ -10,6 +10,6 @@ include: "workflow/Snakefile"
 
 # Snakemake takes the default target from the Snakefile it was given; the included workflow's `all` it is.
 rule default:
+    default_target: True
     input:
         rules.all.input,
-    default_target: True

@@ -140,7 +140,8 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     # geometry: per-feature tables, verdicts for every model, figures
     verdicts = pd.read_parquet(results / "geometry" / "verdicts.parquet")
     assert set(verdicts["model"]) == {kind for kind in kinds if KINDS[kind].nfm_geometry}
-    assert verdicts["verdict_bimodal[all]"].isin([0.0, 1.0]).all()
+    bimodal = verdicts[(verdicts["metric"] == "verdict_bimodal") & (verdicts["subset"] == "all")]
+    assert set(bimodal["model"]) == set(verdicts["model"]) and bimodal["value"].isin([0.0, 1.0]).all()
     features = pd.read_parquet(results / "geometry" / "joint" / "seed~0" / "features.parquet")
     assert len(features) == 256 and features["squared_norm"].gt(0).all()
     assert (results / "geometry" / "figures" / "squared_norm_histograms.png").stat().st_size > 10_000

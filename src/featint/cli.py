@@ -18,7 +18,14 @@ from pathlib import Path
 
 from featint.config import SPLITS, Settings, load_settings
 from featint.errors import FeatintError
-from featint.runtime import configure_logging, resolve_device, seed_everything, set_threads
+from featint.runtime import (
+    CPU_SHARE_VARIABLE,
+    configure_logging,
+    cpu_share_from_environment,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 
 log = logging.getLogger("featint")
 
@@ -406,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument("--config", help="YAML config file (e.g. config/config.yaml)")
             group.add_argument("--config-json", help="config as a JSON string (what Snakemake rules pass)")
         p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (capped at the CPUs)")
-        p.add_argument("--cpu-share", type=float, default=1.0,
-                       help="fraction of --threads to use (Snakemake rules pass the CPUs / --cores share)")
+        p.add_argument("--cpu-share", type=float, default=cpu_share_from_environment(),
+                       help=f"fraction of --threads to use (default: ${CPU_SHARE_VARIABLE} or 1; the workflow sets "
+                       "it to the CPUs / --cores share)")
         p.set_defaults(func=func)
         return p
 

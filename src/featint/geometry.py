@@ -336,10 +336,10 @@ def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], p
                        "spearman_squared_norm_vs_nfm_ratio", "spearman_squared_norm_vs_activation_nfm_share",
                        "partial_spearman_squared_norm_vs_activation_nfm_share_given_frequency",
                        "spearman_squared_norm_vs_firing_frequency"]
+    # tidy: one row per model, seed, metric and feature subset (never the subset packed into a column name)
     chosen = summary[summary["metric"].isin(verdict_metrics)]
-    verdicts = chosen.pivot_table(index=["run", "model", "seed"], columns=["metric", "subset"], values="value")
-    verdicts.columns = [f"{metric}[{subset}]" for metric, subset in verdicts.columns]
-    verdicts = verdicts.reset_index()
+    verdicts = chosen[["run", "model", "seed", "metric", "subset", "value"]].sort_values(
+        ["model", "seed", "metric", "subset"], ignore_index=True)
     write_parquet(verdicts, out_verdicts)
     figure_dir = Path(figure_dir)
     plots.squared_norm_histograms(features, figure_dir / "squared_norm_histograms.png", paper_threshold)

@@ -14,6 +14,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+#: Environment variable through which the workflow hands every job its share of the CPUs (see ``common.smk``).
+CPU_SHARE_VARIABLE = "FEATINT_CPU_SHARE"
+
+
+def cpu_share_from_environment() -> float:
+    """The share of ``--threads`` a stage uses by default: ``$FEATINT_CPU_SHARE`` when set, else 1."""
+    value = os.environ.get(CPU_SHARE_VARIABLE, "")
+    try:
+        share = float(value) if value else 1.0
+    except ValueError:
+        raise ValueError(f"{CPU_SHARE_VARIABLE}={value!r} is not a number; unset it or give a share in (0, 1].") from None
+    if not 0 < share <= 1:
+        raise ValueError(f"{CPU_SHARE_VARIABLE}={value!r} must lie in (0, 1].")
+    return share
+
 
 def available_cpus() -> int:
     try:

@@ -2,15 +2,6 @@
 # a summary table and the norm-by-position figure.
 
 
-def activation_targets():
-    return [
-        f"{RESULTS}/activations/normaliser.safetensors",
-        f"{RESULTS}/activations/summary.parquet",
-        f"{RESULTS}/activations/norm_by_position.parquet",
-        f"{RESULTS}/activations/figures/norm_by_position.png",
-    ]
-
-
 rule extract:
     input:
         documents=f"{RESULTS}/corpus/documents.parquet",
@@ -19,15 +10,12 @@ rule extract:
         train=lambda wc: [] if wc.split == "train" else f"{RESULTS}/activations/train",
     output:
         directory(f"{RESULTS}/activations/{{split}}"),
-    wildcard_constraints:
-        split="|".join(SPLITS),
-    params:
-        config=stage_config("extract"),
-        train=lambda wc, input: f"--train {input.train}" if input.train else "",
     log:
         f"{LOGS}/extract_{{split}}.log",
     benchmark:
         f"{BENCH}/extract_{{split}}.tsv"
+    wildcard_constraints:
+        split="|".join(SPLITS),
     conda:
         FEATINT_ENV
     threads: 8
@@ -35,8 +23,11 @@ rule extract:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=6000,
         runtime=120,
+    params:
+        config=stage_config("extract"),
+        train=lambda wc, input: f"--train {input.train}" if input.train else "",
     shell:
-        "python -m featint extract --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --split {wildcards.split}"
+        "python -m featint extract --config-json {params.config:q} --threads {threads} --split {wildcards.split}"
         " --documents {input.documents} --lm {input.lm} {params.train} --out {output} > {log} 2>&1"
 
 
@@ -45,8 +36,6 @@ rule fit_normaliser:
         train=f"{RESULTS}/activations/train",
     output:
         f"{RESULTS}/activations/normaliser.safetensors",
-    params:
-        config=stage_config("normaliser"),
     log:
         f"{LOGS}/fit_normaliser.log",
     benchmark:
@@ -57,8 +46,10 @@ rule fit_normaliser:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        config=stage_config("normaliser"),
     shell:
-        "python -m featint normaliser --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        "python -m featint normaliser --config-json {params.config:q} --threads {threads}"
         " --train {input.train} --out {output} > {log} 2>&1"
 
 
@@ -84,7 +75,9 @@ rule summarise_activations:
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        activations=parent_dir(1, "normaliser", of="input"),
     shell:
-        "python -m featint summarise --threads {threads} --cpu-share {CPU_SHARE} --activations {RESULTS}/activations"
+        "python -m featint summarise --threads {threads} --activations {params.activations}"
         " --normaliser {input.normaliser} --out-table {output.table} --out-positions {output.positions}"
         " --out-figure {output.figure} > {log} 2>&1"

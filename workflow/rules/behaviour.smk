@@ -2,23 +2,13 @@
 # model, next-token CE), each against epsilon-random errors of its own per-token norm; clean / zero- / mean-
 # ablation references once per run; a paired window-bootstrap summary and figures.
 
-BEHAVIOUR_FIGURES = ["kl_distributions", "pathology_ratios", "kl_vs_error_norm"]
-
-
-def behaviour_targets():
-    return [f"{RESULTS}/behaviour/summary.parquet"] + [
-        f"{RESULTS}/behaviour/figures/{name}.png" for name in BEHAVIOUR_FIGURES
-    ]
-
 
 rule behaviour_reference:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         lm=LM_DIR,
     output:
         f"{RESULTS}/behaviour/reference/tokens.parquet",
-    params:
-        config=stage_config("behaviour-reference"),
     log:
         f"{LOGS}/behaviour_reference.log",
     benchmark:
@@ -30,27 +20,29 @@ rule behaviour_reference:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=30,
+    params:
+        acts=activations_dir,
+        run=RUN,
+        config=stage_config("behaviour-reference"),
     shell:
-        "python -m featint behaviour-reference --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
-        " --lm {input.lm} --activations {ACTS} --run {RUN} --out {output} > {log} 2>&1"
+        "python -m featint behaviour-reference --config-json {params.config:q} --threads {threads}"
+        " --lm {input.lm} --activations {params.acts} --run {params.run} --out {output} > {log} 2>&1"
 
 
 rule behaviour:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         lm=LM_DIR,
         weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
     output:
         f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet",
-    wildcard_constraints:
-        kind="|".join(featint_kinds.MODEL_KINDS),
-        seed=r"\d+",
-    params:
-        config=stage_config("behaviour"),
     log:
         f"{LOGS}/behaviour_{{kind}}_seed~{{seed}}.log",
     benchmark:
         f"{BENCH}/behaviour_{{kind}}_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        kind="|".join(featint_kinds.MODEL_KINDS),
+        seed=r"\d+",
     conda:
         FEATINT_ENV
     threads: 4
@@ -58,9 +50,13 @@ rule behaviour:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
+    params:
+        acts=activations_dir,
+        run=RUN,
+        config=stage_config("behaviour"),
     shell:
-        "python -m featint behaviour --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --lm {input.lm}"
-        " --weights {input.weights} --activations {ACTS} --run {RUN} --out {output} > {log} 2>&1"
+        "python -m featint behaviour --config-json {params.config:q} --threads {threads} --lm {input.lm}"
+        " --weights {input.weights} --activations {params.acts} --run {params.run} --out {output} > {log} 2>&1"
 
 
 rule gather_behaviour:
@@ -77,9 +73,6 @@ rule gather_behaviour:
             )
             for name in BEHAVIOUR_FIGURES
         ],
-    params:
-        config=stage_config("gather-behaviour"),
-        figures=f"{RESULTS}/behaviour/figures",
     log:
         f"{LOGS}/gather_behaviour.log",
     conda:
@@ -88,7 +81,11 @@ rule gather_behaviour:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        run=RUN,
+        config=stage_config("gather-behaviour"),
+        figures=parent_dir(1, "figures"),
     shell:
         "python -m featint gather-behaviour --config-json {params.config:q} --tables {input.tables}"
-        " --reference {input.reference} --run {RUN} --out-summary {output.summary} --figures {params.figures}"
+        " --reference {input.reference} --run {params.run} --out-summary {output.summary} --figures {params.figures}"
         " > {log} 2>&1"

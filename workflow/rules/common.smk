@@ -1,12 +1,17 @@
-# Shared helpers for every rule: config validation at DAG start, paths, per-stage config for params.
+# Shared helpers for every rule: config validation at DAG start, paths, per-stage config for params, and each
+# stage's targets and input functions (the rules files hold rules only).
 import json
+import os
 
-from snakemake.utils import validate
+from snakemake.utils import Paramspace, validate
 
+import featint.ablations as featint_ablations
 import featint.config
+import featint.interventions as featint_interventions
+import featint.kinds as featint_kinds
+import featint.layers as featint_layers
 import featint.lm
 import featint.runtime
-import featint.kinds as featint_kinds
 import featint.saelens as featint_saelens
 import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS
@@ -36,7 +41,8 @@ def cpu_share():
     """Share of a job's `threads` that become torch threads. Locally, `--cores` may exceed the machine's CPUs
     (`--cores 8` on 2 cores): Snakemake then runs jobs side by side as if there were 8 cores, so each job
     takes threads x CPUs / cores torch threads instead of oversubscribing the CPUs. A cluster job owns its
-    allocation (share 1). Passed on the command line, so changing --cores never reruns a job."""
+    allocation (share 1). Handed to the jobs in the environment (FEATINT_CPU_SHARE, the default of every stage's
+    --cpu-share), not as a param or on the command line, so changing --cores never reruns a job."""
     try:
         declared = workflow.cores
     except Exception:  # no --cores given (e.g. a cluster executor with --jobs)
@@ -48,9 +54,247 @@ def cpu_share():
 
 
 CPU_SHARE = cpu_share()
+os.environ[featint.runtime.CPU_SHARE_VARIABLE] = str(CPU_SHARE)
 
 
 def stage_config(stage):
     """JSON of the config sections `stage` reads, for `params`: a rule reruns when these change."""
     sections = STAGE_SECTIONS[stage]
     return json.dumps({key: config[key] for key in sections if key in config}, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# activations (workflow/rules/activations.smk)
+
+
+def activation_targets():
+    return [
+        f"{RESULTS}/activations/normaliser.safetensors",
+        f"{RESULTS}/activations/summary.parquet",
+        f"{RESULTS}/activations/norm_by_position.parquet",
+        f"{RESULTS}/activations/figures/norm_by_position.png",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training (workflow/rules/training.smk)
+
+#: the kinds trained on every seed (a subset of featint.kinds.KINDS)
+CONFIGURED_KINDS = config["models"]
+SEEDS = config["training"]["seeds"]
+#: every (kind, seed) trained: `models` on every seed, `single_seed_models` on the first
+MODEL_INSTANCES = SETTINGS.model_instances()
+#: the kinds whose LR is chosen on the validation split (kinds sharing a choice point at their source)
+LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES})
+CONVERGENCE = config["convergence"]
+ACTS = f"{RESULTS}/activations"
+#: a rule's activation inputs (`input: **ACTIVATION_FILES`): the three splits and the normaliser
+ACTIVATION_FILES = {**{split: f"{ACTS}/{split}" for split in SPLITS}, "normaliser": f"{ACTS}/normaliser.safetensors"}
+
+
+def activations_dir(wildcards, input):
+    """The activations directory of a rule's inputs (params derive paths from inputs, never hard-code them)."""
+    return os.path.dirname(input.normaliser)
+
+
+def parent_dir(levels=1, name=None, of="output"):
+    """A params function: the directory ``levels`` above the rule's first (or ``name``d) input or output."""
+
+    def directory(wildcards, input, output):
+        files = input if of == "input" else output
+        path = files[name] if name is not None else files[0]
+        if isinstance(path, list):
+            path = path[0]
+        for _ in range(levels):
+            path = os.path.dirname(path)
+        return path
+
+    return directory
+
+
+def model_dir(kind, seed, group="models"):
+    return f"{RESULTS}/{group}/{kind}/seed~{seed}"
+
+
+def instance_paths(pattern, instances=None):
+    """`pattern` (with {kind} and {seed}) for every trained model instance."""
+    return [pattern.format(kind=kind, seed=seed) for kind, seed in (instances or MODEL_INSTANCES)]
+
+
+def convergence_instances():
+    return [(kind, SEEDS[0]) for kind in CONVERGENCE["models"]]
+
+
+def training_targets():
+    targets = [
+        f"{RESULTS}/metrics/reconstruction.parquet",
+        f"{RESULTS}/metrics/reconstruction_summary.parquet",
+        f"{RESULTS}/metrics/parameters.parquet",
+        f"{RESULTS}/metrics/figures/reconstruction.png",
+    ]
+    if config["training"]["lr"] is None:
+        targets += [f"{RESULTS}/lr_selection/summary.parquet", f"{RESULTS}/lr_selection/figures/lr_selection.png"]
+    if CONVERGENCE["models"]:
+        targets += [f"{RESULTS}/convergence/summary.parquet", f"{RESULTS}/convergence/figures/convergence.png"]
+    exported = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in featint_saelens.EXPORTED_KINDS]
+    targets += instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json", exported)
+    return targets
+
+
+def lr_table(wildcards):
+    if config["training"]["lr"] is not None:
+        return []
+    return f"{RESULTS}/lr_selection/{featint_kinds.lr_selection_kind(wildcards.kind)}.parquet"
+
+
+def standard_weights(wildcards):
+    if wildcards.kind in featint_kinds.FROM_STANDARD:
+        seed = getattr(wildcards, "seed", SEEDS[0])
+        return f"{model_dir('standard', seed)}/weights.safetensors"
+    return []
+
+
+def standard_codes(wildcards):
+    if config["training"]["cache_codes"] and wildcards.kind in featint_kinds.FROM_STANDARD:
+        seed = getattr(wildcards, "seed", SEEDS[0])
+        return f"{RESULTS}/codes/standard/seed~{seed}"
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometry (workflow/rules/geometry.smk)
+
+GEOMETRY_FIGURES = [
+    "squared_norm_histograms",
+    "squared_norm_vs_firing_frequency",
+    "squared_norm_vs_paper_interaction_ratio",
+    "squared_norm_vs_activation_nfm_share",
+    "squared_norm_by_cluster",
+    "pca_elbows",
+]
+
+
+#: geometry's measures (decoder norms, NFM row norms and contributions) read SAE-only and NFM models; the rivals'
+#: frozen decoders are the standard SAE's, and their heads have no V or embedding
+GEOMETRY_INSTANCES = [(kind, seed) for kind, seed in MODEL_INSTANCES if featint_kinds.KINDS[kind].nfm_geometry]
+
+
+def geometry_init_kind(kind):
+    return "standard" if kind in featint_kinds.FROM_STANDARD else kind
+
+
+def geometry_targets():
+    return [f"{RESULTS}/geometry/summary.parquet", f"{RESULTS}/geometry/verdicts.parquet"] + [
+        f"{RESULTS}/geometry/figures/{name}.png" for name in GEOMETRY_FIGURES
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# behaviour (workflow/rules/behaviour.smk)
+
+BEHAVIOUR_FIGURES = ["kl_distributions", "pathology_ratios", "kl_vs_error_norm"]
+
+
+def behaviour_targets():
+    return [f"{RESULTS}/behaviour/summary.parquet"] + [
+        f"{RESULTS}/behaviour/figures/{name}.png" for name in BEHAVIOUR_FIGURES
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# interventions (workflow/rules/interventions.smk)
+
+INTERVENTION_MODELS = [kind for kind in config["interventions"]["models"] if kind in CONFIGURED_KINDS]
+INTERVENTION_FIGURES = ["clamp_interaction_lines", "clamp_heatmaps", "secondary_activation_by_cell"]
+INTERVENTION_TABLES = featint_interventions.TABLES
+
+
+def intervention_targets():
+    if not INTERVENTION_MODELS:
+        return []
+    return [f"{RESULTS}/interventions/summary.parquet"] + [
+        f"{RESULTS}/interventions/figures/{name}.png" for name in INTERVENTION_FIGURES
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report (workflow/rules/report.smk)
+
+
+def report_targets():
+    names = (
+        "claims.parquet",
+        "claims.md",
+        "kinds_by_parameters.parquet",
+        "figures/kinds_by_parameters.png",
+        "config.yaml",
+        "versions.tsv",
+    )
+    return [f"{RESULTS}/report/{name}" for name in names]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ablations (workflow/rules/ablations.smk)
+
+ABLATIONS = Paramspace(featint_ablations.read_table(config["ablations"]["table"]), single_wildcard="instance")
+
+
+def ablation_lr_tables(wildcards):
+    """LR-selection tables of the instance's kind (and of standard, which kinds on a standard SAE train first)."""
+    if config["training"]["lr"] is not None:
+        return []
+    kind = ABLATIONS.instance(wildcards)["kind"]
+    kinds = {featint_kinds.lr_selection_kind(kind)}
+    if kind in featint_kinds.FROM_STANDARD:
+        kinds.add("standard")
+    return [f"{RESULTS}/lr_selection/{k}.parquet" for k in sorted(kinds)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# layers (workflow/rules/layers.smk)
+
+LAYER_SWEEP = config["layers"]
+LAYERS_DIR = f"{RESULTS}/layers"
+# (a layer the model lacks stops its extraction job with the hook's message)
+
+
+def layer_acts(layer):
+    """A layer's activations directory: the run's own when the layer is the run's hook layer."""
+    if int(layer) == config["hook"]["layer"]:
+        return ACTS
+    return f"{LAYERS_DIR}/layer~{layer}/activations"
+
+
+def layer_config(stage, layer):
+    """The stage's config sections with hook.layer set to ``layer`` (JSON for params)."""
+    sections = json.loads(stage_config(stage))
+    if "hook" in STAGE_SECTIONS[stage]:
+        sections["hook"] = {**config["hook"], "layer": int(layer)}
+    return json.dumps(sections, sort_keys=True)
+
+
+def layer_lr_tables(wildcards):
+    if config["training"]["lr"] is not None:
+        return []
+    kinds = {featint_kinds.lr_selection_kind(kind) for kind in LAYER_SWEEP["kinds"]}
+    return [f"{RESULTS}/lr_selection/{kind}.parquet" for kind in sorted(kinds)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# synthetic (workflow/rules/synthetic.smk)
+
+SYNTHETIC = SETTINGS.synthetic
+SYN = f"{RESULTS}/synthetic"
+
+
+def synthetic_settings():
+    """(variant, strength) of every setting, strengths written as in the folder names."""
+    return [(variant.name, f"{strength:g}") for variant in SYNTHETIC.variants for strength in SYNTHETIC.strengths]
+
+
+def synthetic_targets():
+    return [
+        f"{SYN}/summary/power.parquet",
+        f"{SYN}/summary/figures/power.png",
+        f"{SYN}/summary/figures/identification.png",
+    ]

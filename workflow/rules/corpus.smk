@@ -4,8 +4,6 @@
 rule corpus:
     output:
         f"{RESULTS}/corpus/documents.parquet",
-    params:
-        config=stage_config("corpus"),
     log:
         f"{LOGS}/corpus.log",
     benchmark:
@@ -16,5 +14,7 @@ rule corpus:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        config=stage_config("corpus"),
     shell:
         "python -m featint corpus --config-json {params.config:q} --out {output} > {log} 2>&1"

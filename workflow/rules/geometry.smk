@@ -1,34 +1,10 @@
 # Feature geometry per model and seed (squared norms, Gram statistics, clustering, contributions, PCA) and
 # the verdict table: is bimodality present, and does it survive removing untrained features?
 
-GEOMETRY_FIGURES = [
-    "squared_norm_histograms",
-    "squared_norm_vs_firing_frequency",
-    "squared_norm_vs_paper_interaction_ratio",
-    "squared_norm_vs_activation_nfm_share",
-    "squared_norm_by_cluster",
-    "pca_elbows",
-]
-
-
-#: geometry's measures (decoder norms, NFM row norms and contributions) read SAE-only and NFM models; the rivals'
-#: frozen decoders are the standard SAE's, and their heads have no V or embedding
-GEOMETRY_INSTANCES = [(kind, seed) for kind, seed in MODEL_INSTANCES if featint_kinds.KINDS[kind].nfm_geometry]
-
-
-def geometry_init_kind(kind):
-    return "standard" if kind in featint_kinds.FROM_STANDARD else kind
-
-
-def geometry_targets():
-    return [f"{RESULTS}/geometry/summary.parquet", f"{RESULTS}/geometry/verdicts.parquet"] + [
-        f"{RESULTS}/geometry/figures/{name}.png" for name in GEOMETRY_FIGURES
-    ]
-
 
 rule geometry:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
         # models started from the trained standard SAE are compared with that SAE's own initialisation
         init=lambda wc: f"{model_dir(geometry_init_kind(wc.kind), wc.seed)}/init.safetensors",
@@ -36,9 +12,6 @@ rule geometry:
         features=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet",
         summary=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet",
         pca=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet",
-    params:
-        config=stage_config("geometry"),
-        out=lambda wc: f"{RESULTS}/geometry/{wc.kind}/seed~{wc.seed}",
     log:
         f"{LOGS}/geometry_{{kind}}_seed~{{seed}}.log",
     benchmark:
@@ -50,9 +23,14 @@ rule geometry:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=6000,
         runtime=30,
+    params:
+        acts=activations_dir,
+        run=RUN,
+        config=stage_config("geometry"),
+        out=lambda wc: f"{RESULTS}/geometry/{wc.kind}/seed~{wc.seed}",
     shell:
-        "python -m featint geometry --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
-        " --weights {input.weights} --init {input.init} --activations {ACTS} --run {RUN} --out {params.out}"
+        "python -m featint geometry --config-json {params.config:q} --threads {threads}"
+        " --weights {input.weights} --init {input.init} --activations {params.acts} --run {params.run} --out {params.out}"
         " > {log} 2>&1"
 
 
@@ -72,9 +50,6 @@ rule gather_geometry:
             )
             for name in GEOMETRY_FIGURES
         ],
-    params:
-        config=stage_config("gather-geometry"),
-        figures=f"{RESULTS}/geometry/figures",
     log:
         f"{LOGS}/gather_geometry.log",
     conda:
@@ -83,6 +58,9 @@ rule gather_geometry:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        config=stage_config("gather-geometry"),
+        figures=parent_dir(1, "figures"),
     shell:
         "python -m featint gather-geometry --config-json {params.config:q} --features {input.features}"
         " --summaries {input.summaries} --pca {input.pca} --out-summary {output.summary}"

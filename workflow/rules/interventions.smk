@@ -1,24 +1,11 @@
 # Interventions: a secondary SAE on each chosen model's NFM interaction embedding, then the 2x2 factorial
 # stimuli (feature selection on `select` sentences, two-way ANOVAs on `test` sentences), clamping read out
 # through word-set logits, greedy generations; a gathered summary with FDR and figures.
-import featint.interventions as featint_interventions
-
-INTERVENTION_MODELS = [kind for kind in config["interventions"]["models"] if kind in CONFIGURED_KINDS]
-INTERVENTION_FIGURES = ["clamp_interaction_lines", "clamp_heatmaps", "secondary_activation_by_cell"]
-INTERVENTION_TABLES = featint_interventions.TABLES
-
-
-def intervention_targets():
-    if not INTERVENTION_MODELS:
-        return []
-    return [f"{RESULTS}/interventions/summary.parquet"] + [
-        f"{RESULTS}/interventions/figures/{name}.png" for name in INTERVENTION_FIGURES
-    ]
 
 
 rule secondary_sae:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
     output:
         weights=f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/secondary/weights.safetensors",
@@ -30,16 +17,13 @@ rule secondary_sae:
             category="Interventions",
             subcategory="secondary SAE {kind}",
         ),
-    wildcard_constraints:
-        kind="|".join(featint_kinds.WITH_EMBEDDING),
-        seed=r"\d+",
-    params:
-        config=stage_config("secondary-sae"),
-        out=lambda wc: f"{RESULTS}/interventions/{wc.kind}/seed~{wc.seed}/secondary",
     log:
         f"{LOGS}/secondary_sae_{{kind}}_seed~{{seed}}.log",
     benchmark:
         f"{BENCH}/secondary_sae_{{kind}}_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        kind="|".join(featint_kinds.WITH_EMBEDDING),
+        seed=r"\d+",
     conda:
         FEATINT_ENV
     threads: 4
@@ -47,30 +31,31 @@ rule secondary_sae:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
+    params:
+        acts=activations_dir,
+        config=stage_config("secondary-sae"),
+        out=lambda wc: f"{RESULTS}/interventions/{wc.kind}/seed~{wc.seed}/secondary",
     shell:
-        "python -m featint secondary-sae --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
-        " --weights {input.weights} --activations {ACTS} --out {params.out} > {log} 2>&1"
+        "python -m featint secondary-sae --config-json {params.config:q} --threads {threads}"
+        " --weights {input.weights} --activations {params.acts} --out {params.out} > {log} 2>&1"
 
 
 rule interventions:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         lm=LM_DIR,
         weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
         secondary=f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/secondary/weights.safetensors",
         stimuli=[f"{config['interventions']['stimuli']}/{name}.tsv" for name in ("sentences", "prompts", "word_sets")],
     output:
         [f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/{name}.parquet" for name in INTERVENTION_TABLES],
-    wildcard_constraints:
-        kind="|".join(featint_kinds.WITH_EMBEDDING),
-        seed=r"\d+",
-    params:
-        config=stage_config("interventions"),
-        out=lambda wc: f"{RESULTS}/interventions/{wc.kind}/seed~{wc.seed}",
     log:
         f"{LOGS}/interventions_{{kind}}_seed~{{seed}}.log",
     benchmark:
         f"{BENCH}/interventions_{{kind}}_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        kind="|".join(featint_kinds.WITH_EMBEDDING),
+        seed=r"\d+",
     conda:
         FEATINT_ENV
     threads: 4
@@ -78,16 +63,25 @@ rule interventions:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
+    params:
+        acts=activations_dir,
+        run=RUN,
+        config=stage_config("interventions"),
+        out=lambda wc: f"{RESULTS}/interventions/{wc.kind}/seed~{wc.seed}",
     shell:
-        "python -m featint interventions --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
-        " --lm {input.lm} --weights {input.weights} --secondary {params.out}/secondary --activations {ACTS}"
-        " --run {RUN} --out {params.out} > {log} 2>&1"
+        "python -m featint interventions --config-json {params.config:q} --threads {threads}"
+        " --lm {input.lm} --weights {input.weights} --secondary {params.out}/secondary --activations {params.acts}"
+        " --run {params.run} --out {params.out} > {log} 2>&1"
 
 
 rule gather_interventions:
     input:
-        expand(f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/{{name}}.parquet", kind=INTERVENTION_MODELS,
-               seed=SEEDS, name=INTERVENTION_TABLES),
+        expand(
+            f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/{{name}}.parquet",
+            kind=INTERVENTION_MODELS,
+            seed=SEEDS,
+            name=INTERVENTION_TABLES,
+        ),
     output:
         summary=f"{RESULTS}/interventions/summary.parquet",
         tables=[f"{RESULTS}/interventions/{name}.parquet" for name in INTERVENTION_TABLES],
@@ -99,9 +93,6 @@ rule gather_interventions:
             )
             for name in INTERVENTION_FIGURES
         ],
-    params:
-        config=stage_config("gather-interventions"),
-        models=expand(f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}", kind=INTERVENTION_MODELS, seed=SEEDS),
     log:
         f"{LOGS}/gather_interventions.log",
     conda:
@@ -110,6 +101,10 @@ rule gather_interventions:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        out=parent_dir(1, "summary"),
+        config=stage_config("gather-interventions"),
+        models=expand(f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}", kind=INTERVENTION_MODELS, seed=SEEDS),
     shell:
         "python -m featint gather-interventions --config-json {params.config:q} --models {params.models}"
-        " --out {RESULTS}/interventions --figures {RESULTS}/interventions/figures > {log} 2>&1"
+        " --out {params.out} --figures {params.out}/figures > {log} 2>&1"

@@ -2,35 +2,6 @@
 # layers.layers (the run's own layer reuses the run's activations), layers.kinds trained there for every seed of
 # layers.seeds with the run's budget and the LRs chosen at the run's layer, evaluated on test; one table and
 # figure of every comparison's gain per layer.
-import os
-
-import featint.layers as featint_layers
-
-LAYER_SWEEP = config["layers"]
-LAYERS_DIR = f"{RESULTS}/layers"
-# (a layer the model lacks stops its extraction job with the hook's message)
-
-
-def layer_acts(layer):
-    """A layer's activations directory: the run's own when the layer is the run's hook layer."""
-    if int(layer) == config["hook"]["layer"]:
-        return ACTS
-    return f"{LAYERS_DIR}/layer~{layer}/activations"
-
-
-def layer_config(stage, layer):
-    """The stage's config sections with hook.layer set to ``layer`` (JSON for params)."""
-    sections = json.loads(stage_config(stage))
-    if "hook" in STAGE_SECTIONS[stage]:
-        sections["hook"] = {**config["hook"], "layer": int(layer)}
-    return json.dumps(sections, sort_keys=True)
-
-
-def layer_lr_tables(wildcards):
-    if config["training"]["lr"] is not None:
-        return []
-    kinds = {featint_kinds.lr_selection_kind(kind) for kind in LAYER_SWEEP["kinds"]}
-    return [f"{RESULTS}/lr_selection/{kind}.parquet" for kind in sorted(kinds)]
 
 
 rule layer_extract:
@@ -40,16 +11,13 @@ rule layer_extract:
         train=lambda wc: [] if wc.split == "train" else f"{LAYERS_DIR}/layer~{wc.layer}/activations/train",
     output:
         directory(f"{LAYERS_DIR}/layer~{{layer}}/activations/{{split}}"),
-    wildcard_constraints:
-        layer=r"\d+",
-        split="|".join(SPLITS),
-    params:
-        config=lambda wc: layer_config("extract", wc.layer),
-        train=lambda wc, input: f"--train {input.train}" if input.train else "",
     log:
         f"{LOGS}/layers/extract_layer~{{layer}}_{{split}}.log",
     benchmark:
         f"{BENCH}/layers/extract_layer~{{layer}}_{{split}}.tsv"
+    wildcard_constraints:
+        layer=r"\d+",
+        split="|".join(SPLITS),
     conda:
         FEATINT_ENV
     threads: 8
@@ -57,8 +25,11 @@ rule layer_extract:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=6000,
         runtime=120,
+    params:
+        config=lambda wc: layer_config("extract", wc.layer),
+        train=lambda wc, input: f"--train {input.train}" if input.train else "",
     shell:
-        "python -m featint extract --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        "python -m featint extract --config-json {params.config:q} --threads {threads}"
         " --split {wildcards.split} --documents {input.documents} --lm {input.lm} {params.train} --out {output}"
         " > {log} 2>&1"
 
@@ -68,20 +39,20 @@ rule layer_normaliser:
         train=f"{LAYERS_DIR}/layer~{{layer}}/activations/train",
     output:
         f"{LAYERS_DIR}/layer~{{layer}}/activations/normaliser.safetensors",
-    wildcard_constraints:
-        layer=r"\d+",
-    params:
-        config=stage_config("normaliser"),
     log:
         f"{LOGS}/layers/normaliser_layer~{{layer}}.log",
+    wildcard_constraints:
+        layer=r"\d+",
     conda:
         FEATINT_ENV
     threads: 2
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        config=stage_config("normaliser"),
     shell:
-        "python -m featint normaliser --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        "python -m featint normaliser --config-json {params.config:q} --threads {threads}"
         " --train {input.train} --out {output} > {log} 2>&1"
 
 
@@ -94,18 +65,13 @@ rule layer_models:
         reconstruction=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.RECONSTRUCTION}",
         documents=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.DOCUMENTS}",
         parameters=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.PARAMETERS}",
-    wildcard_constraints:
-        layer=r"\d+",
-        seed=r"\d+",
-    params:
-        config=lambda wc: layer_config("layer-models", wc.layer),
-        activations=lambda wc: layer_acts(wc.layer),
-        lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
-        out=lambda wc: f"{LAYERS_DIR}/layer~{wc.layer}/seed~{wc.seed}",
     log:
         f"{LOGS}/layers/models_layer~{{layer}}_seed~{{seed}}.log",
     benchmark:
         f"{BENCH}/layers/models_layer~{{layer}}_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        layer=r"\d+",
+        seed=r"\d+",
     conda:
         FEATINT_ENV
     threads: 8
@@ -113,10 +79,16 @@ rule layer_models:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=480,
+    params:
+        run=RUN,
+        config=lambda wc: layer_config("layer-models", wc.layer),
+        activations=lambda wc: layer_acts(wc.layer),
+        lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
+        out=lambda wc: f"{LAYERS_DIR}/layer~{wc.layer}/seed~{wc.seed}",
     shell:
-        "python -m featint layer-models --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        "python -m featint layer-models --config-json {params.config:q} --threads {threads}"
         " --layer {wildcards.layer} --seed {wildcards.seed} --activations {params.activations} {params.lr}"
-        " --run {RUN} --out {params.out} > {log} 2>&1"
+        " --run {params.run} --out {params.out} > {log} 2>&1"
 
 
 rule gather_layers:
@@ -130,17 +102,18 @@ rule gather_layers:
         comparisons=f"{LAYERS_DIR}/comparisons.parquet",
         fvu=f"{LAYERS_DIR}/fvu.parquet",
         figure=report(f"{LAYERS_DIR}/figures/layers.png", caption="../report/layers.rst", category="Layers"),
-    params:
-        config=stage_config("gather-layers"),
-        folders=lambda wc, input: " ".join(os.path.dirname(path) for path in input),
     log:
         f"{LOGS}/layers/gather.log",
     conda:
         FEATINT_ENV
     threads: 1
+    params:
+        out=parent_dir(1, "comparisons"),
+        config=stage_config("gather-layers"),
+        folders=lambda wc, input: " ".join(os.path.dirname(path) for path in input),
     shell:
         "python -m featint gather-layers --config-json {params.config:q} --folders {params.folders}"
-        " --out {LAYERS_DIR} > {log} 2>&1"
+        " --out {params.out} > {log} 2>&1"
 
 
 rule layers:

@@ -5,8 +5,6 @@
 rule prepare_lm:
     output:
         directory(f"resources/lm/{featint.lm.model_key(SETTINGS.model)}"),
-    params:
-        config=stage_config("prepare-lm"),
     log:
         f"{LOGS}/prepare_lm.log",
     benchmark:
@@ -17,6 +15,8 @@ rule prepare_lm:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config=stage_config("prepare-lm"),
     shell:
-        "python -m featint prepare-lm --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
+        "python -m featint prepare-lm --config-json {params.config:q} --threads {threads}"
         " --out {output} > {log} 2>&1"

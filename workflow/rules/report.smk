@@ -1,12 +1,6 @@
 # The paper's headline claims beside this run's numbers, each read from an upstream Parquet artefact.
 
 
-def report_targets():
-    names = ("claims.parquet", "claims.md", "kinds_by_parameters.parquet", "figures/kinds_by_parameters.png",
-             "config.yaml", "versions.tsv")
-    return [f"{RESULTS}/report/{name}" for name in names]
-
-
 rule claims:
     input:
         paper="config/paper_claims.tsv",
@@ -36,8 +30,11 @@ rule claims:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        run=RUN,
+        results=parent_dir(2, "reconstruction", of="input"),
     shell:
-        "python -m featint claims --paper-claims {input.paper} --results {RESULTS} --run {RUN}"
+        "python -m featint claims --paper-claims {input.paper} --results {params.results} --run {params.run}"
         " --out-table {output.table} --out-markdown {output.markdown} --out-kinds {output.kinds}"
         " --out-figure {output.figure} > {log} 2>&1"
 
@@ -46,13 +43,13 @@ rule run_info:
     output:
         config=report(f"{RESULTS}/report/config.yaml", caption="../report/run_info.rst", category="Run"),
         versions=report(f"{RESULTS}/report/versions.tsv", caption="../report/run_info.rst", category="Run"),
-    params:
-        config=json.dumps(config, sort_keys=True),
     log:
         f"{LOGS}/run_info.log",
     conda:
         FEATINT_ENV
     threads: 1
+    params:
+        config=json.dumps(config, sort_keys=True),
     shell:
         "python -m featint run-info --config-json {params.config:q} --out-config {output.config}"
         " --out-versions {output.versions} > {log} 2>&1"

@@ -2,81 +2,19 @@
 # kind for every seed on the same activations, seed and token budget; reconstruction metrics on the test split;
 # the convergence check retrains some kinds at a multiple of the budget.
 
-#: the kinds trained on every seed (a subset of featint.kinds.KINDS)
-CONFIGURED_KINDS = config["models"]
-SEEDS = config["training"]["seeds"]
-#: every (kind, seed) trained: `models` on every seed, `single_seed_models` on the first
-MODEL_INSTANCES = SETTINGS.model_instances()
-#: the kinds whose LR is chosen on the validation split (kinds sharing a choice point at their source)
-LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES})
-CONVERGENCE = config["convergence"]
-ACTS = f"{RESULTS}/activations"
-ACTIVATION_FILES = [f"{ACTS}/{split}" for split in SPLITS] + [f"{ACTS}/normaliser.safetensors"]
-
-
-def model_dir(kind, seed, group="models"):
-    return f"{RESULTS}/{group}/{kind}/seed~{seed}"
-
-
-def instance_paths(pattern, instances=None):
-    """`pattern` (with {kind} and {seed}) for every trained model instance."""
-    return [pattern.format(kind=kind, seed=seed) for kind, seed in (instances or MODEL_INSTANCES)]
-
-
-def convergence_instances():
-    return [(kind, SEEDS[0]) for kind in CONVERGENCE["models"]]
-
-
-def training_targets():
-    targets = [
-        f"{RESULTS}/metrics/reconstruction.parquet",
-        f"{RESULTS}/metrics/reconstruction_summary.parquet",
-        f"{RESULTS}/metrics/parameters.parquet",
-        f"{RESULTS}/metrics/figures/reconstruction.png",
-    ]
-    if config["training"]["lr"] is None:
-        targets += [f"{RESULTS}/lr_selection/summary.parquet", f"{RESULTS}/lr_selection/figures/lr_selection.png"]
-    if CONVERGENCE["models"]:
-        targets += [f"{RESULTS}/convergence/summary.parquet", f"{RESULTS}/convergence/figures/convergence.png"]
-    exported = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in featint_saelens.EXPORTED_KINDS]
-    targets += instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json", exported)
-    return targets
-
-
-def lr_table(wildcards):
-    if config["training"]["lr"] is not None:
-        return []
-    return f"{RESULTS}/lr_selection/{featint_kinds.lr_selection_kind(wildcards.kind)}.parquet"
-
-
-def standard_weights(wildcards):
-    if wildcards.kind in featint_kinds.FROM_STANDARD:
-        seed = getattr(wildcards, "seed", SEEDS[0])
-        return f"{model_dir('standard', seed)}/weights.safetensors"
-    return []
-
-
-def standard_codes(wildcards):
-    if config["training"]["cache_codes"] and wildcards.kind in featint_kinds.FROM_STANDARD:
-        seed = getattr(wildcards, "seed", SEEDS[0])
-        return f"{RESULTS}/codes/standard/seed~{seed}"
-    return []
-
 
 rule cache_codes:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         weights=f"{model_dir('standard', '{seed}')}/weights.safetensors",
     output:
         directory(f"{RESULTS}/codes/standard/seed~{{seed}}"),
-    wildcard_constraints:
-        seed=r"\d+",
-    params:
-        config=stage_config("cache-codes"),
     log:
         f"{LOGS}/cache_codes_standard_seed~{{seed}}.log",
     benchmark:
         f"{BENCH}/cache_codes_standard_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        seed=r"\d+",
     conda:
         FEATINT_ENV
     threads: 4
@@ -84,9 +22,12 @@ rule cache_codes:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
+    params:
+        acts=activations_dir,
+        config=stage_config("cache-codes"),
     shell:
-        "python -m featint cache-codes --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE}"
-        " --weights {input.weights} --activations {ACTS} --out {output} > {log} 2>&1"
+        "python -m featint cache-codes --config-json {params.config:q} --threads {threads}"
+        " --weights {input.weights} --activations {params.acts} --out {output} > {log} 2>&1"
 
 
 rule export_saelens:
@@ -96,20 +37,20 @@ rule export_saelens:
     output:
         config=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json",
         weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/sae_weights.safetensors",
+    log:
+        f"{LOGS}/export_saelens_{{kind}}_seed~{{seed}}.log",
     wildcard_constraints:
         kind="|".join(featint_saelens.EXPORTED_KINDS),
         seed=r"\d+",
-    params:
-        config=stage_config("export-saelens"),
-        out=lambda wc: f"{RESULTS}/models/{wc.kind}/seed~{wc.seed}/saelens",
-    log:
-        f"{LOGS}/export_saelens_{{kind}}_seed~{{seed}}.log",
     conda:
         FEATINT_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        config=stage_config("export-saelens"),
+        out=lambda wc: f"{RESULTS}/models/{wc.kind}/seed~{wc.seed}/saelens",
     shell:
         "python -m featint export-saelens --config-json {params.config:q} --weights {input.weights}"
         " --normaliser {input.normaliser} --out {params.out} > {log} 2>&1"
@@ -117,21 +58,17 @@ rule export_saelens:
 
 rule select_lr:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         standard=standard_weights,
         codes=standard_codes,
     output:
         f"{RESULTS}/lr_selection/{{kind}}.parquet",
-    wildcard_constraints:
-        kind="|".join(featint_kinds.MODEL_KINDS),
-    params:
-        config=stage_config("select-lr"),
-        standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
-        codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
     log:
         f"{LOGS}/select_lr_{{kind}}.log",
     benchmark:
         f"{BENCH}/select_lr_{{kind}}.tsv"
+    wildcard_constraints:
+        kind="|".join(featint_kinds.MODEL_KINDS),
     conda:
         FEATINT_ENV
     threads: 4
@@ -139,9 +76,14 @@ rule select_lr:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
+    params:
+        acts=activations_dir,
+        config=stage_config("select-lr"),
+        standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
+        codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
     shell:
-        "python -m featint select-lr --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --kind {wildcards.kind}"
-        " --activations {ACTS} {params.standard} {params.codes} --out {output} > {log} 2>&1"
+        "python -m featint select-lr --config-json {params.config:q} --threads {threads} --kind {wildcards.kind}"
+        " --activations {params.acts} {params.standard} {params.codes} --out {output} > {log} 2>&1"
 
 
 rule gather_lr_selection:
@@ -169,7 +111,7 @@ rule gather_lr_selection:
 
 rule train:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         lr_table=lr_table,
         standard=standard_weights,
         codes=standard_codes,
@@ -184,22 +126,14 @@ rule train:
             category="Training",
             subcategory="{group}: {kind}",
         ),
-    wildcard_constraints:
-        group="models|convergence",
-        kind="|".join(featint_kinds.MODEL_KINDS),
-        seed=r"\d+",
-    params:
-        config=stage_config("train"),
-        lr_table=lambda wc, input: f"--lr-table {input.lr_table}" if input.lr_table else "",
-        standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
-        codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
-        # the convergence check trains the same model at a multiple of the budget
-        budget=lambda wc: CONVERGENCE["budget_factor"] if wc.group == "convergence" else 1,
-        out=lambda wc: model_dir(wc.kind, wc.seed, wc.group),
     log:
         f"{LOGS}/train_{{group}}_{{kind}}_seed~{{seed}}.log",
     benchmark:
         f"{BENCH}/train_{{group}}_{{kind}}_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        group="models|convergence",
+        kind="|".join(featint_kinds.MODEL_KINDS),
+        seed=r"\d+",
     conda:
         FEATINT_ENV
     threads: 4
@@ -207,25 +141,34 @@ rule train:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
+    params:
+        acts=activations_dir,
+        config=stage_config("train"),
+        lr_table=lambda wc, input: f"--lr-table {input.lr_table}" if input.lr_table else "",
+        standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
+        codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
+        # the convergence check trains the same model at a multiple of the budget
+        budget=lambda wc: CONVERGENCE["budget_factor"] if wc.group == "convergence" else 1,
+        out=lambda wc: model_dir(wc.kind, wc.seed, wc.group),
     shell:
-        "python -m featint train --config-json {params.config:q} --threads {threads} --cpu-share {CPU_SHARE} --kind {wildcards.kind}"
-        " --seed {wildcards.seed} --activations {ACTS} {params.lr_table} {params.standard} {params.codes}"
+        "python -m featint train --config-json {params.config:q} --threads {threads} --kind {wildcards.kind}"
+        " --seed {wildcards.seed} --activations {params.acts} {params.lr_table} {params.standard} {params.codes}"
         " --budget-factor {params.budget} --out {params.out} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
     input:
-        ACTIVATION_FILES,
+        **ACTIVATION_FILES,
         weights=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/weights.safetensors",
     output:
         table=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/reconstruction.parquet",
         documents=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/reconstruction_documents.parquet",
-    wildcard_constraints:
-        group="models|convergence",
     log:
         f"{LOGS}/evaluate_{{group}}_{{kind}}_seed~{{seed}}.log",
     benchmark:
         f"{BENCH}/evaluate_{{group}}_{{kind}}_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        group="models|convergence",
     conda:
         FEATINT_ENV
     threads: 4
@@ -233,9 +176,12 @@ rule evaluate_reconstruction:
         gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=30,
+    params:
+        acts=activations_dir,
+        run=RUN,
     shell:
-        "python -m featint evaluate --threads {threads} --cpu-share {CPU_SHARE} --weights {input.weights} --activations {ACTS}"
-        " --run {RUN} --out {output.table} --out-documents {output.documents} > {log} 2>&1"
+        "python -m featint evaluate --threads {threads} --weights {input.weights} --activations {params.acts}"
+        " --run {params.run} --out {output.table} --out-documents {output.documents} > {log} 2>&1"
 
 
 rule gather_reconstruction:
@@ -253,8 +199,6 @@ rule gather_reconstruction:
             caption="../report/reconstruction.rst",
             category="Reconstruction",
         ),
-    params:
-        config=stage_config("gather-metrics"),
     log:
         f"{LOGS}/gather_reconstruction.log",
     conda:
@@ -263,6 +207,8 @@ rule gather_reconstruction:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        config=stage_config("gather-metrics"),
     shell:
         "python -m featint gather-metrics --config-json {params.config:q} --tables {input.tables}"
         " --documents {input.documents} --parameters {input.parameters}"
@@ -274,8 +220,9 @@ rule gather_reconstruction:
 rule convergence:
     input:
         default=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction.parquet"),
-        longer=instance_paths(f"{RESULTS}/convergence/{{kind}}/seed~{{seed}}/reconstruction.parquet",
-                              convergence_instances()),
+        longer=instance_paths(
+            f"{RESULTS}/convergence/{{kind}}/seed~{{seed}}/reconstruction.parquet", convergence_instances()
+        ),
         logs=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/train_log.parquet", convergence_instances())
         + instance_paths(f"{RESULTS}/convergence/{{kind}}/seed~{{seed}}/train_log.parquet", convergence_instances()),
     output:
@@ -285,8 +232,6 @@ rule convergence:
             caption="../report/convergence.rst",
             category="Training",
         ),
-    params:
-        config=stage_config("convergence"),
     log:
         f"{LOGS}/convergence.log",
     conda:
@@ -295,6 +240,8 @@ rule convergence:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        config=stage_config("convergence"),
     shell:
         "python -m featint convergence --config-json {params.config:q} --default {input.default}"
         " --longer {input.longer} --logs {input.logs} --out {output.summary} --out-figure {output.figure}"
