@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from featint.runtime import claim_gpu, try_claim_slot
 
 
@@ -42,3 +44,21 @@ def test_a_killed_job_releases_its_gpu(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     assert claim_gpu(2, tmp_path, poll_seconds=0.01) == 0
+
+
+def test_cpu_share_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workflow hands each job its CPU share through FEATINT_CPU_SHARE (so --cores never reruns a job); the
+    stages read it as the default of --cpu-share, 1 when unset, and refuse nonsense with the variable's name."""
+    from featint.cli import build_parser
+    from featint.runtime import CPU_SHARE_VARIABLE, cpu_share_from_environment
+
+    monkeypatch.delenv(CPU_SHARE_VARIABLE, raising=False)
+    assert cpu_share_from_environment() == 1.0
+    monkeypatch.setenv(CPU_SHARE_VARIABLE, "0.25")
+    assert cpu_share_from_environment() == 0.25
+    args = build_parser().parse_args(["evaluate", "--weights", "w", "--activations", "a", "--run", "r", "--out", "o"])
+    assert args.cpu_share == 0.25
+    for bad in ("abc", "0", "1.5"):
+        monkeypatch.setenv(CPU_SHARE_VARIABLE, bad)
+        with pytest.raises(ValueError, match=CPU_SHARE_VARIABLE):
+            cpu_share_from_environment()
