@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from featint.activations import ActivationStore
 from featint.config import load_settings
@@ -40,7 +41,6 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=workdir, env=env, capture_output=True, text=True, timeout=1800, check=False)
 
 
-@pytest.mark.slow
 def fvu_of(metrics: pd.DataFrame, model: str) -> float:
     """The test FVU (selected tokens) of ``model``'s final reconstruction, seed 0."""
     from featint.evaluation import final_reconstruction
@@ -49,6 +49,7 @@ def fvu_of(metrics: pd.DataFrame, model: str) -> float:
     return float(final[(final["model"] == model) & (final["metric"] == "fvu")]["value"].item())
 
 
+@pytest.mark.slow
 def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     workdir = workflow_copy(tmp_path)
     dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
@@ -256,6 +257,26 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert set(zip(pooled_layers["layer"], pooled_layers["model"], pooled_layers["reference"])) == {
         (layer, m, r) for layer in (1, 3) for m, r in COMPARISONS if m in sweep_kinds and r in sweep_kinds}
     assert (results / "layers" / "figures" / "layers.png").stat().st_size > 10_000
+
+    # bring your own SAE: the run's exported standard SAE imported as the standard model of another run on the
+    # same activations; the frozen-SAE kinds, evaluation, behaviour and geometry run on it
+    imported = yaml.safe_load((workdir / "config" / "tiny.yaml").read_text())
+    imported.update({"run": "tiny_import", "models": ["standard", "sequential", "standard_refit"],
+                     "single_seed_models": [], "convergence": {"models": []}})
+    imported["sae"].update({"source": "saelens", "path": "results/tiny/models/standard/seed~0/saelens"})
+    (workdir / "config" / "tiny_import.yaml").write_text(yaml.safe_dump(imported))
+    for part in ("corpus", "activations"):  # the same text and activations: nothing to extract again
+        shutil.copytree(results / part, workdir / "results" / "tiny_import" / part)
+    targets = [f"results/tiny_import/{path}" for path in ("metrics/reconstruction_summary.parquet",
+                                                          "behaviour/summary.parquet", "geometry/summary.parquet")]
+    byo = snakemake(workdir, *targets, "--configfile", "config/tiny_import.yaml")
+    assert byo.returncode == 0, byo.stderr[-3000:]
+    assert re.search(r"^import_saelens\s+1$", byo.stdout + byo.stderr, re.MULTILINE)
+    assert not (workdir / "results" / "tiny_import" / "models" / "standard" / "seed~0" / "train_log.parquet").exists()
+    imported_fvu = fvu_of(pd.read_parquet(workdir / "results" / "tiny_import" / "metrics" / "reconstruction.parquet"),
+                          "standard")
+    assert imported_fvu == pytest.approx(fvu_of(metrics, "standard"), rel=1e-4)  # the same SAE, through SAELens
+    assert not (workdir / "results" / "tiny_import" / "lr_selection" / "standard.parquet").exists()
 
     again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featint.config import SPLITS, Settings, load_settings
-from featint.errors import FeatintError
+from featint.errors import ConfigError, FeatintError
 from featint.runtime import (
     CPU_SHARE_VARIABLE,
     configure_logging,
@@ -41,6 +41,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "sae", "nfm", "training"),
     "cache-codes": ("model", "training"),
     "export-saelens": ("model", "extraction"),
+    "import-saelens": ("sae",),
     "evaluate": (),
     "gather-metrics": ("seed", "evaluation"),
     "convergence": ("convergence",),
@@ -401,6 +402,18 @@ def cmd_gather_layers(args: argparse.Namespace) -> None:
              .to_string(index=False))
 
 
+def cmd_import_saelens(args: argparse.Namespace) -> None:
+    from featint.saelens import import_saelens
+
+    settings = _settings(args)
+    if settings.sae.path is None:
+        raise ConfigError("import-saelens needs sae.path (a SAELens SAE folder) in the config.")
+    cfg = import_saelens(settings.sae.path, args.activations, args.out, args.seed, settings.sae.n_features,
+                         settings.sae.k)
+    log.info("imported %s (d_sae %s, k %s) as the standard SAE of seed %d", settings.sae.path, cfg["d_sae"], cfg["k"],
+             args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -579,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("gather-layers", cmd_gather_layers, "every comparison and kind per layer: tables and figure")
     p.add_argument("--folders", nargs="+", required=True, help="the layer-models output folders")
     p.add_argument("--out", required=True)
+    p = add("import-saelens", cmd_import_saelens, "a SAELens TopK SAE (sae.path) as the run's standard model")
+    p.add_argument("--activations", required=True, help="the run's activations directory (splits + normaliser)")
+    p.add_argument("--seed", type=int, required=True, help="the seed whose standard model it stands for")
+    p.add_argument("--out", required=True, help="results/<run>/models/standard/seed~<s>")
     p = add("claims", cmd_claims, "the paper's headline claims beside this run's numbers", config=False)
     p.add_argument("--paper-claims", required=True, help="config/paper_claims.tsv")
     p.add_argument("--results", required=True, help="results/<run>")

@@ -133,6 +133,13 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
     missing = sorted(set(completed["convergence"]["models"]) - set(completed["models"]))
     if missing:
         raise ConfigError(f"{source}: convergence.models {missing} are not in models; the check compares with them.")
+    if sae["source"] == "saelens":
+        if not sae["path"]:
+            raise ConfigError(f"{source}: sae.source is 'saelens' but sae.path is not set; point it to a SAELens SAE "
+                              "folder (cfg.json + sae_weights.safetensors).")
+        if "standard" in completed["convergence"]["models"]:
+            raise ConfigError(f"{source}: sae.source is 'saelens': the imported standard SAE is not retrained, so "
+                              "convergence.models must not list 'standard'.")
     layer_kinds = set(completed["layers"]["kinds"])
     if set(kinds.FROM_STANDARD) & layer_kinds and "standard" not in layer_kinds:
         raise ConfigError(f"{source}: layers.kinds {sorted(set(kinds.FROM_STANDARD) & layer_kinds)} start from the "
@@ -233,6 +240,8 @@ class SAESettings:
     pre_encoder_bias: bool
     tied_init: bool
     auxk: AuxKSettings
+    source: str = "featint"  #: "featint" (trained) or "saelens" (the standard SAE imported from ``path``)
+    path: str | None = None  #: the SAELens folder when ``source`` is "saelens"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Export a trained TopK SAE in SAELens's on-disk format, the normaliser folded into its weights.
+"""SAELens's on-disk format: export a trained TopK SAE with the normaliser folded into its weights, and import a
+SAELens TopK SAE as a run's standard model (the fold undone for the run's normaliser).
 
 SAELens (v6) saves an SAE as a folder holding ``sae_weights.safetensors`` (``W_enc`` [d_in, d_sae], ``W_dec``
 [d_sae, d_in], ``b_enc`` [d_sae], ``b_dec`` [d_in]) and ``cfg.json`` (``architecture`` "topk", ``d_in``, ``d_sae``,
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 from featint.errors import FeatintError
 from featint.io import atomic_directory
 from featint.kinds import SAE_ONLY
-from featint.models import load_model
+from featint.models import TopKSAE, load_model
 from featint.normaliser import Normaliser
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
@@ -104,3 +105,95 @@ def saelens_reconstruction(directory: str | Path, x: torch.Tensor) -> torch.Tens
 
 #: Kinds the workflow exports: the SAE-only kinds, whose reconstruction is their SAE's.
 EXPORTED_KINDS: tuple[str, ...] = SAE_ONLY
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Import: a SAELens TopK SAE as the run's standard model
+
+
+def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(cfg.json, float32 weights) of a SAELens SAE folder, checked to be a TopK SAE on raw activations."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in (CONFIG, WEIGHTS):
+        if not (directory / name).is_file():
+            raise FeatintError(f"{directory} has no {name}; sae.path must be a SAELens SAE folder "
+                               f"({CONFIG} + {WEIGHTS}), e.g. one written by `featint export-saelens`.")
+    cfg = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    architecture = cfg.get("architecture")
+    if architecture != "topk":
+        raise FeatintError(f"{directory / CONFIG}: architecture is {architecture!r}; featint imports TopK SAEs only.")
+    for key in ("normalize_activations", "reshape_activations"):
+        if cfg.get(key) not in (None, "none"):
+            raise FeatintError(f"{directory / CONFIG}: {key} is {cfg[key]!r}; featint imports SAEs that read raw "
+                               "activations (\"none\") and applies its own normaliser around them.")
+    weights = {name: tensor.float() for name, tensor in load_file(str(directory / WEIGHTS)).items()}
+    missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(weights)
+    if missing:
+        raise FeatintError(f"{directory / WEIGHTS} lacks {sorted(missing)}.")
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    if tuple(weights["W_enc"].shape) != (d_in, d_sae) or tuple(weights["W_dec"].shape) != (d_sae, d_in):
+        raise FeatintError(f"{directory}: weight shapes W_enc {tuple(weights['W_enc'].shape)}, W_dec "
+                           f"{tuple(weights['W_dec'].shape)} do not match d_in {d_in}, d_sae {d_sae} of {CONFIG}.")
+    return cfg, weights
+
+
+def unfolded_sae(cfg: dict[str, Any], weights: dict[str, torch.Tensor], normaliser: Normaliser) -> TopKSAE:
+    """featint's TopK SAE in the normaliser's space computing exactly the SAELens SAE on raw activations: the
+    inverse of :func:`folded_weights` (``W_dec = W_dec' * s``, ``b_dec = (b_dec' - m) * s``,
+    ``W_enc = (W_enc' / s)^T``; ``b_enc = b_enc'`` with the pre-encoder bias, ``b_enc' + m W_enc'`` without)."""
+    mean, scale = normaliser.mean.double(), normaliser.scale.double()
+    W_enc, W_dec = weights["W_enc"].double(), weights["W_dec"].double()
+    b_enc, b_dec = weights["b_enc"].double(), weights["b_dec"].double()
+    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
+    sae = TopKSAE(int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["k"]), "free", pre_encoder_bias=apply_b_dec)
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec * scale[None, :])
+        sae.b_dec.copy_((b_dec - mean) * scale)
+        sae.W_enc.copy_((W_enc / scale[:, None]).T)
+        sae.b_enc.copy_(b_enc if apply_b_dec else b_enc + mean @ W_enc)
+    return sae
+
+
+def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: str | Path, seed: int,
+                   n_features: int, k: int) -> dict[str, Any]:
+    """Stage entry point: the SAELens SAE at ``directory`` as the run's ``standard`` model of ``seed``:
+    ``weights.safetensors`` (and the same weights as ``init.safetensors``: an imported SAE has no step 0) and
+    ``parameters.parquet`` in ``out_dir``. Stops with a clear message when its input width, hook, width or k
+    do not match the run's activations and config (the other kinds are sized by ``sae.n_features`` and
+    ``sae.k``)."""
+    import pandas as pd
+
+    from featint.activations import ActivationStore
+    from featint.io import write_parquet
+    from featint.models import FeatureModel, save_model
+
+    cfg, weights = read_saelens(directory)
+    activations_dir, out_dir = Path(activations_dir), Path(out_dir)
+    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
+    store = ActivationStore(activations_dir / "test")
+    hook = (cfg.get("meta") or {}).get("hook_name", cfg.get("hook_name"))
+    if int(cfg["d_in"]) != store.meta.d_model:
+        raise FeatintError(f"{directory}: d_in = {cfg['d_in']} but the run's activations ({store.directory}) have "
+                           f"d = {store.meta.d_model}; import an SAE trained on this model's residual stream.")
+    if hook is not None and hook != normaliser.hook_name:
+        raise FeatintError(f"{directory}: hook {hook!r} but the run's activations are at {normaliser.hook_name!r}; "
+                           "set hook.layer / hook.site to the SAE's hook or import an SAE of this hook.")
+    if (int(cfg["d_sae"]), int(cfg["k"])) != (n_features, k):
+        raise FeatintError(f"{directory}: d_sae = {cfg['d_sae']}, k = {cfg['k']} but the config has "
+                           f"sae.n_features = {n_features}, sae.k = {k}; set them to the SAE's (the other kinds are "
+                           "sized by them).")
+    model = FeatureModel("standard", unfolded_sae(cfg, weights, normaliser)).eval()
+    extra = {"hook_name": normaliser.hook_name, "normaliser_kind": normaliser.kind, "seed": seed, "lr": None,
+             "tokens": 0, "imported_from": str(Path(directory).resolve()), "saelens_cfg": cfg}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, out_dir / "init.safetensors", extra)
+    counts = model.parameter_counts()
+    frame = pd.DataFrame([{"model": "standard", "seed": seed, "component": c, "parameters": n}
+                          for c, n in counts.items()])
+    frame["share"] = frame["parameters"] / counts["total"]
+    frame["trainable"] = 0
+    write_parquet(frame, out_dir / "parameters.parquet")
+    save_model(model, out_dir / "weights.safetensors", extra)
+    return cfg

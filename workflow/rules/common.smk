@@ -85,7 +85,11 @@ SEEDS = config["training"]["seeds"]
 #: every (kind, seed) trained: `models` on every seed, `single_seed_models` on the first
 MODEL_INSTANCES = SETTINGS.model_instances()
 #: the kinds whose LR is chosen on the validation split (kinds sharing a choice point at their source)
-LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES})
+#: the standard SAE is imported (sae.source: saelens), not trained: no LR choice, no train job for it
+SAE_IMPORTED = config["sae"]["source"] == "saelens"
+#: the kinds the train rule trains
+TRAINED_KINDS = [kind for kind in featint_kinds.MODEL_KINDS if not (SAE_IMPORTED and kind == "standard")]
+LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES} & set(TRAINED_KINDS))
 CONVERGENCE = config["convergence"]
 ACTS = f"{RESULTS}/activations"
 #: a rule's activation inputs (`input: **ACTIVATION_FILES`): the three splits and the normaliser

@@ -132,7 +132,7 @@ rule train:
         f"{BENCH}/train_{{group}}_{{kind}}_seed~{{seed}}.tsv"
     wildcard_constraints:
         group="models|convergence",
-        kind="|".join(featint_kinds.MODEL_KINDS),
+        kind="|".join(TRAINED_KINDS),
         seed=r"\d+",
     conda:
         FEATINT_ENV
@@ -154,6 +154,35 @@ rule train:
         "python -m featint train --config-json {params.config:q} --threads {threads} --kind {wildcards.kind}"
         " --seed {wildcards.seed} --activations {params.acts} {params.lr_table} {params.standard} {params.codes}"
         " --budget-factor {params.budget} --out {params.out} > {log} 2>&1"
+
+
+if SAE_IMPORTED:
+
+    rule import_saelens:
+        input:
+            **ACTIVATION_FILES,
+            sae=config["sae"]["path"],
+        output:
+            weights=f"{RESULTS}/models/standard/seed~{{seed}}/weights.safetensors",
+            init=f"{RESULTS}/models/standard/seed~{{seed}}/init.safetensors",
+            parameters=f"{RESULTS}/models/standard/seed~{{seed}}/parameters.parquet",
+        log:
+            f"{LOGS}/import_saelens_seed~{{seed}}.log",
+        wildcard_constraints:
+            seed=r"\d+",
+        conda:
+            FEATINT_ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        params:
+            acts=activations_dir,
+            config=stage_config("import-saelens"),
+            out=parent_dir(1, "weights"),
+        shell:
+            "python -m featint import-saelens --config-json {params.config:q} --activations {params.acts}"
+            " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
 
 
 rule evaluate_reconstruction:
