@@ -164,6 +164,9 @@ def test_synthetic_dag_reports_power_and_identification(tmp_path: Path) -> None:
     config["sae"]["auxk"]["k_aux"] = 16
     config["training"].update({"seeds": [0, 1], "tokens": 16384, "batch_size": 512, "validate_every": 8,
                                "checkpoint_every": 16, "validation_tokens": 1024})
+    # every code-based head of config/synthetic_rivals.yaml, at tiny sizes
+    config["synthetic"]["kinds"] = yaml.safe_load((REPO / "config" / "synthetic_rivals.yaml").read_text())[
+        "synthetic"]["kinds"]
     config["synthetic"].update({"d_model": 16, "n_features": 48, "active_mean": 3.0, "n_pairs": 6,
                                 "document_tokens": 64, "tokens": {"train": 8192, "validation": 1024, "test": 2048},
                                 "strengths": [0.0, 3.0],
