@@ -41,7 +41,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "sae", "nfm", "training"),
     "cache-codes": ("model", "training"),
     "export-saelens": ("model", "extraction"),
-    "import-saelens": ("sae",),
+    "import-saelens": ("sae", "nfm"),
     "evaluate": (),
     "gather-metrics": ("seed", "evaluation"),
     "convergence": ("convergence",),

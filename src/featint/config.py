@@ -137,7 +137,8 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
         if not sae["path"]:
             raise ConfigError(f"{source}: sae.source is 'saelens' but sae.path is not set; point it to a SAELens SAE "
                               "folder (cfg.json + sae_weights.safetensors).")
-        if "standard" in completed["convergence"]["models"]:
+        # (a stage given only its own sections gets the convergence default; the workflow checks its full config)
+        if "convergence" in config and "standard" in completed["convergence"]["models"]:
             raise ConfigError(f"{source}: sae.source is 'saelens': the imported standard SAE is not retrained, so "
                               "convergence.models must not list 'standard'.")
     layer_kinds = set(completed["layers"]["kinds"])

@@ -87,6 +87,11 @@ MODEL_INSTANCES = SETTINGS.model_instances()
 #: the kinds whose LR is chosen on the validation split (kinds sharing a choice point at their source)
 #: the standard SAE is imported (sae.source: saelens), not trained: no LR choice, no train job for it
 SAE_IMPORTED = config["sae"]["source"] == "saelens"
+if SAE_IMPORTED and "standard" in SETTINGS.convergence.models:
+    raise featint.config.ConfigError(
+        "workflow config: sae.source is 'saelens': the imported standard SAE is not retrained, so "
+        "convergence.models (default [standard, joint]) must not list 'standard'; set it, e.g. [joint]."
+    )
 #: the kinds the train rule trains
 TRAINED_KINDS = [kind for kind in featint_kinds.MODEL_KINDS if not (SAE_IMPORTED and kind == "standard")]
 LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES} & set(TRAINED_KINDS))
