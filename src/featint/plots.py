@@ -397,6 +397,9 @@ def kinds_by_parameters(points: pd.DataFrame, path: str | Path) -> None:
     order = kinds.order(points["model"])
     palette = dict(zip(order, sns.color_palette("tab20", n_colors=len(order))))
     markers = {"paper": "o", "control": "s", "ablation": "v", "rival": "D", "": "X"}
+    # kinds with (nearly) the same parameter count would hide each other: dodge them sideways by a small step
+    span = max(float(points["parameters"].max() - points["parameters"].min()) / 1e6, 1.0)
+    dodge = {model: (i - (len(order) - 1) / 2) * span * 0.006 for i, model in enumerate(order)}
     for ax, quantity in zip(axes[0], quantities):
         rows = points[points["quantity"] == quantity]
         for model in order:
@@ -405,9 +408,10 @@ def kinds_by_parameters(points: pd.DataFrame, path: str | Path) -> None:
                 continue
             r = row.iloc[0]
             err = np.array([[r["estimate"] - r["ci_low"]], [r["ci_high"] - r["estimate"]]])
-            ax.errorbar(r["parameters"] / 1e6, r["estimate"], yerr=np.nan_to_num(err), fmt=markers[r["role"]],
+            ax.errorbar(r["parameters"] / 1e6 + dodge[model], r["estimate"], yerr=np.nan_to_num(err),
+                        fmt=markers[r["role"]],
                         color=palette[model], capsize=3, ms=7, label=f"{model} ({r['role']})")
-        ax.set(xlabel="parameters (millions)", ylabel=labels[quantity])
+        ax.set(xlabel="parameters (millions; kinds dodged sideways)", ylabel=labels[quantity])
     handles, names = axes[0][-1].get_legend_handles_labels()
     axes[0][-1].legend(handles, names, fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle("Every kind: held-out reconstruction against parameter count (bars: 95% document bootstrap)")
