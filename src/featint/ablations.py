@@ -68,9 +68,9 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     from featint.codes import write_code_cache
     from featint.evaluation import reconstruction_table
     from featint.runtime import resolve_device, seed_everything
-    from featint.training import chosen_lr, lr_selection_kind, run_train
+    from featint.training import chosen_lr, lr_selection_kind, lr_tables_by_kind, run_train
 
-    tables = {str(pd.read_parquet(path)["model"].iloc[0]): str(path) for path in lr_tables}
+    tables = lr_tables_by_kind(lr_tables)
     instance = parse_instance(json.loads(instance_json))
     local = settings_for(settings, instance)
     out_dir = Path(out_dir)

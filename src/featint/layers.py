@@ -16,7 +16,6 @@ import pandas as pd
 
 from featint.config import Settings
 from featint.io import write_parquet
-from featint.kinds import KINDS
 
 #: Files one layer-and-seed job writes in its folder.
 RECONSTRUCTION, DOCUMENTS, PARAMETERS = "reconstruction.parquet", "documents.parquet", "parameters.parquet"
@@ -35,20 +34,15 @@ def run_layer(settings: Settings, layer: int, seed: int, activations_dir: str | 
     column) to ``out_dir``. ``lr_tables`` are the run's LR-selection tables (each names its kind)."""
     from featint.evaluation import reconstruction_table
     from featint.kinds import lr_selection_kind
-    from featint.runtime import seed_everything
-    from featint.training import chosen_lr, run_train
+    from featint.training import chosen_lr, lr_tables_by_kind, train_kinds
 
     local = layer_settings(settings, layer)
-    tables = {str(pd.read_parquet(path)["model"].iloc[0]): str(path) for path in lr_tables}
+    tables = lr_tables_by_kind(lr_tables)
     out_dir = Path(out_dir)
     frames, documents, parameters = [], [], []
-    for kind in sorted(local.layers.kinds, key=lambda name: KINDS[name].from_standard):
+    for kind, _ in train_kinds(local, local.layers.kinds, seed, activations_dir, out_dir,
+                               lambda name: chosen_lr(local, name, tables.get(lr_selection_kind(name))), device):
         model_dir = out_dir / kind
-        standard = out_dir / "standard" / "weights.safetensors" if KINDS[kind].from_standard else None
-        seed_everything(seed)
-        run_train(local, kind, seed, activations_dir, model_dir,
-                  chosen_lr(local, kind, tables.get(lr_selection_kind(kind))), device=device,
-                  standard_weights=standard)
         frame, per_document = reconstruction_table(model_dir / "weights.safetensors", activations_dir, run=run)
         frames.append(frame)
         documents.append(per_document)

@@ -301,6 +301,14 @@ class NFM(Head):
                 "dropout": float(self.dropout_p)}
 
 
+def _output_layer(n_in: int, d_model: int, std: float) -> nn.Linear:
+    """A head's last layer, initialised as the NFM's MLP: weights ~ N(0, std^2), bias 0."""
+    layer = nn.Linear(n_in, d_model)
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class PolyHead(Head):
     """Linear term + a low-rank quadratic on the codes (PolySAE's decoder term, pairwise products only):
 
@@ -318,9 +326,7 @@ class PolyHead(Head):
         self.use_interaction, self.rank = True, rank
         self.U = nn.Parameter(torch.randn(n_features, rank) * embedding_std)
         self.W = nn.Parameter(torch.randn(n_features, rank) * embedding_std)
-        self.out = nn.Linear(rank, d_model)
-        nn.init.normal_(self.out.weight, std=mlp_std)
-        nn.init.zeros_(self.out.bias)
+        self.out = _output_layer(rank, d_model, mlp_std)
 
     def quadratic(self, code: SparseCode) -> torch.Tensor:
         """(U f) * (W f) - sum_i f_i^2 u_i * w_i: the rank-space pairwise products, gathered over k rows."""
@@ -355,9 +361,7 @@ class MLPHead(Head):
         self.use_interaction, self.hidden = True, hidden
         self.W1 = nn.Parameter(torch.randn(n_features, hidden) * embedding_std)
         self.b1 = nn.Parameter(torch.zeros(hidden))
-        self.out = nn.Linear(hidden, d_model)
-        nn.init.normal_(self.out.weight, std=mlp_std)
-        nn.init.zeros_(self.out.bias)
+        self.out = _output_layer(hidden, d_model, mlp_std)
 
     def forward(self, code: SparseCode, x: torch.Tensor | None = None) -> HeadOutput:
         hidden = F.relu(gather_sum(self.W1, code) + self.b1)

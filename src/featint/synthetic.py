@@ -38,7 +38,7 @@ from featint import stats
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
 from featint.io import atomic_directory, write_parquet
-from featint.kinds import COMPARISONS, KINDS, WITH_INTERACTION
+from featint.kinds import COMPARISONS, WITH_INTERACTION
 from featint.normaliser import Normaliser
 
 log = logging.getLogger(__name__)
@@ -258,20 +258,17 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
     setting's test split, and identify pairs with every model that has an interaction term. Writes
     ``fvu.parquet`` and ``pairs.parquet`` to ``out_dir``; returns the FVU table."""
     from featint.evaluation import reconstruction_table
-    from featint.runtime import seed_everything
-    from featint.training import chosen_lr, run_train
+    from featint.training import chosen_lr, train_kinds
 
     assert settings.synthetic is not None
     local = setting_settings(settings, find_variant(settings.synthetic, variant_name))
     setting_dir, out_dir = Path(setting_dir), Path(out_dir)
     activations = setting_dir / "activations"
     rows = []
-    trained = sorted(settings.synthetic.kinds, key=lambda name: KINDS[name].from_standard)
-    for kind in trained:
-        seed_everything(seed)
-        standard = out_dir / "standard" / "weights.safetensors" if KINDS[kind].from_standard else None
-        result = run_train(local, kind, seed, activations, out_dir / kind, chosen_lr(local, kind, None),
-                           standard_weights=standard)
+    trained = []
+    for kind, result in train_kinds(local, settings.synthetic.kinds, seed, activations, out_dir,
+                                    lambda name: chosen_lr(local, name, None)):
+        trained.append(kind)
         table, _ = reconstruction_table(out_dir / kind / "weights.safetensors", activations, run=run)
         fvu = table[(table["token_set"] == "selected") & (table["metric"] == "fvu")].set_index("component")["value"]
         parameters = pd.read_parquet(out_dir / kind / "parameters.parquet")

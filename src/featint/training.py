@@ -431,6 +431,24 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     return result
 
 
+def train_kinds(settings: Settings, names: list[str], seed: int, activations_dir: str | Path, out_dir: str | Path,
+                lr_for: Callable[[str], float], device: torch.device | str = "cpu") -> Iterator[tuple[str, TrainResult]]:
+    """Train the kinds ``names`` for one seed into ``out_dir/<kind>``: ``standard`` first, every kind built on it
+    from its weights there (the one order the synthetic control and the layer sweep share); yields
+    (kind, result) as each finishes. ``lr_for(kind)`` gives each kind's learning rate."""
+    out_dir = Path(out_dir)
+    for kind in sorted(names, key=lambda name: kinds.KINDS[name].from_standard):
+        standard = out_dir / "standard" / "weights.safetensors" if kinds.KINDS[kind].from_standard else None
+        seed_everything(seed)
+        yield kind, run_train(settings, kind, seed, activations_dir, out_dir / kind, lr_for(kind), device=device,
+                              standard_weights=standard)
+
+
+def lr_tables_by_kind(paths: list[str | Path]) -> dict[str, str]:
+    """LR-selection tables keyed by the kind each names."""
+    return {str(pd.read_parquet(path)["model"].iloc[0]): str(path) for path in paths}
+
+
 def save_training_outputs(model: FeatureModel, result: TrainResult, out_dir: Path, label: str, seed: int,
                           extra: dict[str, Any], log_metadata: dict[str, Any], title: str) -> None:
     """What every training stage leaves in its directory: the log (labelled), its figure, the weights; the
