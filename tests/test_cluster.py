@@ -1,6 +1,6 @@
-"""The SLURM profile on a real (single-node, localhost) SLURM: every job goes through sbatch, and the results
-equal a local run of the same config. Marked ``cluster``; `.ci/run` runs it (it needs root for apt-get the
-first time, then about 5 minutes)."""
+"""The SLURM profile on a real (single-node, localhost) SLURM: every job goes through sbatch, and each model's
+results equal the local tiny run's (the session's ``tiny_run``, jobs on one thread each as here). Marked
+``cluster``; `.ci/run` runs it (it needs root for apt-get the first time, then a few minutes)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,26 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_THREADS, TinyRun, workflow_copy
 from slurm_cluster import ClusterUnavailable, local_slurm
-from test_workflow import workflow_copy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-# Every rule of the DAG but the convergence check (tested locally by test_workflow), with fewer models and seeds
-# than tiny.yaml, so the cluster run stays short.
+# Every rule of the DAG but the convergence check (tested locally by test_workflow), with two of tiny.yaml's
+# models, so the cluster run stays short.
 CLUSTER_CONFIG = """
 models: [standard, joint]
 single_seed_models: []
 convergence: {models: []}
 interventions: {models: [joint]}
 """
-COMPARED = ["metrics/reconstruction.parquet", "behaviour/summary.parquet", "geometry/summary.parquet",
-            "interventions/clamp_statistics.parquet", "report/claims.parquet"]
+# Each model's own results (the gathered tables differ: the local run has more models): the same kind, seed,
+# LR grid and activations give the same model, reconstruction, splice, geometry and interventions.
+COMPARED = [f"models/{kind}/seed~0/{table}.parquet" for kind in ("standard", "joint")
+            for table in ("reconstruction", "reconstruction_documents", "train_log")] + [
+    "lr_selection/joint.parquet", "behaviour/joint/seed~0/tokens.parquet", "behaviour/reference/tokens.parquet",
+    "geometry/joint/seed~0/summary.parquet", "interventions/joint/seed~0/clamp_statistics.parquet",
+    "interventions/joint/seed~0/secondary_tests.parquet"]
 
 
 def _snakemake(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,17 +51,14 @@ def _copy(root: Path, lm_dir: Path) -> Path:
     return workdir
 
 
-def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path, embedded_lm_dir: Path) -> None:
-    local = _copy(tmp_path / "local", embedded_lm_dir)
-    run = _snakemake(local, dict(os.environ), "--cores", "2", "--max-threads", "1")  # as the SLURM jobs
-    assert run.returncode == 0, run.stderr[-3000:]
-
+def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path, embedded_lm_dir: Path,
+                                                               tiny_run: TinyRun) -> None:
     cluster_dir = _copy(tmp_path / "cluster", embedded_lm_dir)
     try:
         with local_slurm(tmp_path / "slurm") as cluster:
             dry = _snakemake(cluster_dir, cluster.env, "-n", "--quiet", "rules")
             submitted = _snakemake(
-                cluster_dir, cluster.env, "--profile", "profiles/slurm", "--jobs", "2", "--max-threads", "1",
+                cluster_dir, cluster.env, "--profile", "profiles/slurm", "--jobs", "2", *TINY_THREADS,
                 "--default-resources", f"slurm_partition={cluster.partition}", "mem_mb=2000", "runtime=30",
                 "--set-resources", *[f"{rule}:{key}" for rule in GPU_RULES for key in ("gpu=0", "mem_mb=3000", "runtime=30")],
                 "--slurm-init-seconds-before-status-checks", "2")
@@ -73,7 +75,7 @@ def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path, e
     assert all(line.endswith("|COMPLETED") for line in jobs), jobs
     for relative in COMPARED:
         ours = pd.read_parquet(cluster_dir / "results" / "tiny" / relative)
-        reference = pd.read_parquet(local / "results" / "tiny" / relative)
+        reference = pd.read_parquet(tiny_run.results / relative)
         pd.testing.assert_frame_equal(ours, reference, check_exact=False, rtol=1e-9, atol=1e-12)
 
 

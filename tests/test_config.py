@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,11 @@ def test_config_readme_is_generated_and_every_key_is_described() -> None:
 
 
 def test_every_stage_reads_only_the_config_sections_it_declares() -> None:
-    """The stage contract: a rule passes a stage only the sections in ``STAGE_SECTIONS`` (so only their
-    changes rerun it), so a section the stage's command reads but does not declare would silently take its
-    default (the bug where ``train`` ignored a configured ``model.device``). Checked on each command's source:
-    every ``settings.<section>`` it reads is declared."""
+    """The stage contract, on the source: a rule passes a stage only its declared sections (so only their
+    changes rerun it), so a section its function reads but does not declare would silently take its default (the
+    bug where ``train`` ignored a configured ``model.device``). Every ``settings.<section>`` a stage function
+    reads is declared; a stage without config reads none. (At run time the restriction itself enforces it,
+    deeper than the function's own lines: the next test.)"""
     import inspect
     import re
 
@@ -126,12 +128,58 @@ def test_every_stage_reads_only_the_config_sections_it_declares() -> None:
     from featint.config import Settings
 
     sections = {name for name in Settings.__dataclass_fields__ if name != "raw"}
-    parser = cli.build_parser()
-    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
     checked = 0
-    for stage, declared in cli.STAGE_SECTIONS.items():
-        command = subparsers.choices[stage].get_default("func")
-        read = set(re.findall(r"settings\.(\w+)", inspect.getsource(command))) & sections
-        assert read <= set(declared), f"{stage} reads {sorted(read - set(declared))} without declaring them"
+    for name, declared in cli.STAGES.items():
+        if declared.sections == cli.EVERY_SECTION:
+            continue
+        read = set(re.findall(r"settings\.(\w+)", inspect.getsource(declared.run))) & sections
+        assert read <= set(declared.sections or ()), f"{name} reads {sorted(read - set(declared.sections or ()))}"
         checked += 1
-    assert checked == len(cli.STAGE_SECTIONS) >= 20
+    assert checked >= 30 and set(cli.STAGE_SECTIONS) <= set(cli.STAGES)
+
+
+def test_a_stage_reading_an_undeclared_section_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages receive their sections only: reading another one, anywhere below the stage function, raises with
+    the stage and section named, through the CLI as in a rule (the ``model.device`` bug fails here)."""
+    from featint import cli
+    from featint.config import Settings, UndeclaredSectionError
+
+    settings = Settings.from_dict({"model": {"device": "cpu"}, "sae": {"k": 64}})
+    restricted = settings.restricted(("sae", "training"), "train")
+    assert restricted.sae.k == 64 and restricted.training == settings.training
+    assert set(restricted.raw) <= {"sae", "training"}
+    with pytest.raises(UndeclaredSectionError, match="stage 'train' reads config section 'model'"):
+        _ = restricted.model.device
+    with pytest.raises(UndeclaredSectionError):
+        bool(restricted.synthetic)
+    with pytest.raises(ValueError, match="unknown config sections"):
+        settings.restricted(("modle",), "train")
+
+    seen = {}
+
+    def device_of(args: object, settings: Settings) -> None:  # reads model, declares sae only
+        seen["sae"] = settings.sae.k
+        seen["device"] = settings.model.device
+
+    monkeypatch.setitem(cli.STAGES, "probe", cli.Stage("probe", device_of, "a test stage", ("sae",), ()))
+    config = json.dumps({"sae": {"k": 64}, "model": {"device": "cpu"}})
+    with pytest.raises(UndeclaredSectionError, match="add 'model' to its sections"):
+        cli.main(["probe", "--config-json", config])
+    assert seen == {"sae": 64}
+    monkeypatch.setitem(cli.STAGES, "probe", cli.Stage("probe", device_of, "a test stage", ("sae", "model"), ()))
+    assert cli.main(["probe", "--config-json", config]) == 0 and seen["device"] == "cpu"
+
+
+def test_the_parser_and_the_rules_sections_come_from_the_declarations() -> None:
+    from featint import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a.choices, dict)).choices
+    assert set(commands) == set(cli.STAGES)
+    for name, declared in cli.STAGES.items():
+        options = {flag for action in commands[name]._actions for flag in action.option_strings}
+        assert ("--config-json" in options) == (declared.sections is not None), name
+        assert {flag for a in declared.args for flag in a.flags} <= options
+        assert commands[name].get_default("stage") is declared
+        if declared.sections not in (None, cli.EVERY_SECTION):
+            assert cli.STAGE_SECTIONS[name] == declared.sections

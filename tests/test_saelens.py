@@ -4,6 +4,9 @@ featint's reconstruction mapped back to raw space."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +18,15 @@ from featint.config import Settings
 from featint.errors import FeatintError
 from featint.models import build_model, load_model, save_model
 from featint.normaliser import Normaliser
-from featint.saelens import CONFIG, WEIGHTS, export_saelens, import_saelens, saelens_reconstruction
+from featint.saelens import (
+    CONFIG,
+    SAELENS_VERSION,
+    WEIGHTS,
+    export_saelens,
+    import_saelens,
+    saelens_hook_name,
+    saelens_reconstruction,
+)
 
 D, F_ = 24, 96
 
@@ -46,7 +57,8 @@ def test_exported_sae_reconstructs_raw_activations_as_featint_does(kind: str, tm
     assert written == json.loads(json.dumps(config))
     assert written["architecture"] == "topk" and written["k"] == 8 and written["normalize_activations"] == "none"
     assert (written["d_in"], written["d_sae"]) == (D, F_)
-    assert written["meta"]["hook_name"] == "blocks.3.hook_resid_pre"
+    assert written["metadata"]["hook_name"] == "blocks.3.hook_resid_pre"
+    assert written["metadata"]["sae_lens_version"] == SAELENS_VERSION
     assert written["apply_b_dec_to_input"] == (kind == "standard")  # the refit folds b_dec into b_enc
     weights = load_file(str(tmp_path / "sae" / WEIGHTS))
     assert {name: tuple(t.shape) for name, t in weights.items()} == {
@@ -124,3 +136,97 @@ def test_a_mismatched_saelens_sae_stops_with_a_clear_message(change: str, messag
         (folder / CONFIG).unlink()
     with pytest.raises(FeatintError, match=message):
         import_saelens(folder, acts, tmp_path / "standard", seed=0, n_features=F_ + (change == "width"), k=8)
+
+
+def test_the_hook_is_read_from_every_saelens_config_format() -> None:
+    assert saelens_hook_name({"metadata": {"hook_name": "blocks.3.hook_resid_pre"}}) == "blocks.3.hook_resid_pre"
+    assert saelens_hook_name({"hook_name": "blocks.2.hook_resid_post"}) == "blocks.2.hook_resid_post"  # before 6.0
+    assert saelens_hook_name({"hook_point": "blocks.1.hook_resid_pre"}) == "blocks.1.hook_resid_pre"  # older
+    assert saelens_hook_name({"d_in": 4}) is None
+
+
+# SAELens pins transformer-lens < 4 (featint runs 4.x), so its own loader runs in a separate environment, built
+# once (about two minutes: the local CPU torch wheel, then sae-lens from the package registry) and kept.
+SAELENS_ENV = Path(os.environ.get("FEATINT_SAELENS_ENV",
+                                  Path.home() / ".cache" / "featint" / f"sae-lens-{SAELENS_VERSION}"))
+LOAD_WITH_SAELENS = """
+import json, sys, torch
+from safetensors.torch import load_file, save_file
+from sae_lens import SAE
+raw = load_file(sys.argv[1])["raw"]
+out, fields = {}, {}
+for name, folder in zip(sys.argv[3::2], sys.argv[4::2]):
+    sae = SAE.load_from_disk(folder, device="cpu")
+    with torch.no_grad():
+        out[name + ".encode_decode"] = sae.decode(sae.encode(raw)).contiguous()
+        out[name + ".forward"] = sae(raw).contiguous()
+    meta = sae.cfg.metadata
+    fields[name] = {"class": type(sae).__name__, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "k": sae.cfg.k,
+                    "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input, "hook_name": meta.hook_name,
+                    "model_name": meta.model_name, "context_size": meta.context_size}
+save_file(out, sys.argv[2])
+print(json.dumps(fields))
+"""
+
+
+def _saelens_python() -> Path:
+    python = SAELENS_ENV / "bin" / "python"
+    if python.exists():
+        return python
+    building = SAELENS_ENV.with_name(SAELENS_ENV.name + ".building")
+    steps = [[sys.executable, "-m", "venv", "--clear", str(building)],
+             [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", "torch==2.13.0"],
+             [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", f"sae-lens=={SAELENS_VERSION}"]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
+        if done.returncode != 0:
+            reason = f"cannot build the SAELens environment ({' '.join(step[-2:])}):\n{done.stderr[-2000:]}"
+            if os.environ.get("CI") == "true":
+                raise RuntimeError(reason)
+            pytest.skip(reason)
+    building.rename(SAELENS_ENV)  # venv scripts use absolute paths: the interpreter is called directly
+    return python
+
+
+@pytest.mark.slow
+def test_saelens_own_loader_reads_the_export_and_reconstructs_as_featint(tmp_path: Path) -> None:
+    """SAELens's ``SAE.load_from_disk`` (its release :data:`SAELENS_VERSION`, in its own environment) reads both
+    export variants (with and without the pre-encoder bias) as TopK SAEs with our hook and model, and its
+    forward on raw activations equals featint's reconstruction mapped back to raw space."""
+    torch.manual_seed(3)
+    raw = torch.randn(256, D) * torch.linspace(0.5, 3.0, D) + torch.linspace(-2.0, 2.0, D)
+    normaliser = Normaliser.fit([raw], "zscore", "blocks.3.hook_resid_pre")
+    normaliser.save(tmp_path / "normaliser.safetensors")
+    shapes = Settings.from_dict({"sae": {"n_features": F_, "k": 8}, "nfm": {"embed_dim": 4, "truncated_k": 2}})
+    standard = build_model("standard", D, shapes.sae, shapes.nfm)
+    with torch.no_grad():
+        standard.sae.b_dec.normal_(std=0.3)
+        standard.sae.b_enc.normal_(std=0.1)
+        standard.sae.W_dec.mul_(torch.rand(F_, 1) * 3)
+    models = {"standard": standard,
+              "standard_refit": build_model("standard_refit", D, shapes.sae, shapes.nfm, standard=standard)}
+    ours, folders = {}, []
+    for kind, model in models.items():
+        save_model(model, tmp_path / f"{kind}.safetensors", {"hook_name": normaliser.hook_name, "seed": 0})
+        export_saelens(tmp_path / f"{kind}.safetensors", tmp_path / "normaliser.safetensors", tmp_path / kind,
+                       model_name="smollm2-135m-instruct", context_size=128)
+        with torch.no_grad():
+            ours[kind] = normaliser.invert(model(normaliser.apply(raw)).total)
+        folders += [kind, str(tmp_path / kind)]
+    from safetensors.torch import save_file
+
+    save_file({"raw": raw}, str(tmp_path / "raw.safetensors"))
+    script = tmp_path / "load_with_saelens.py"
+    script.write_text(LOAD_WITH_SAELENS)
+    loaded = subprocess.run([str(_saelens_python()), str(script), str(tmp_path / "raw.safetensors"),
+                             str(tmp_path / "theirs.safetensors"), *folders], capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    fields = json.loads(loaded.stdout.strip().splitlines()[-1])
+    theirs = load_file(str(tmp_path / "theirs.safetensors"))
+    for kind in models:
+        assert fields[kind] == {"class": "TopKSAE", "d_in": D, "d_sae": F_, "k": 8,
+                                "apply_b_dec_to_input": kind == "standard", "hook_name": "blocks.3.hook_resid_pre",
+                                "model_name": "smollm2-135m-instruct", "context_size": 128}
+        for route in ("encode_decode", "forward"):
+            torch.testing.assert_close(theirs[f"{kind}.{route}"], ours[kind], rtol=1e-4, atol=1e-4)

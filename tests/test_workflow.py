@@ -1,4 +1,6 @@
-"""End-to-end: the Snakemake DAG on the tiny config, in a temporary copy of the workflow."""
+"""End-to-end: the Snakemake DAG on the tiny config, run once per session in a temporary copy of the workflow
+(the ``tiny_run`` fixture of conftest.py); one test per stage reads its results, then the sweeps, the report in
+a browser and an imported SAE run on top of it."""
 
 from __future__ import annotations
 
@@ -6,14 +8,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from browser import BrowserUnavailable, rendered_report
+from conftest import TINY_THREADS, TinyRun, snakemake, workflow_copy
 
 from featint.activations import ActivationStore
 from featint.config import load_settings
@@ -21,49 +23,32 @@ from featint.kinds import COMPARISONS, KINDS, lr_selection_kind
 from featint.models import load_model
 from featint.normaliser import Normaliser
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def workflow_copy(dest: Path) -> Path:
-    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name)
-        else:
-            shutil.copy(source, dest / name)
-    return dest
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=1800, check=False)
-
-
-def fvu_of(metrics: pd.DataFrame, model: str) -> float:
-    """The test FVU (selected tokens) of ``model``'s final reconstruction, seed 0."""
+def fvu_of(metrics: pd.DataFrame, model: str, component: str | None = None) -> float:
+    """The test FVU (selected tokens, seed 0) of ``model``'s final reconstruction, or of one ``component``."""
     from featint.evaluation import final_reconstruction
 
-    final = final_reconstruction(metrics[(metrics["token_set"] == "selected") & (metrics["seed"] == 0)])
-    return float(final[(final["model"] == model) & (final["metric"] == "fvu")]["value"].item())
+    rows = metrics[(metrics["token_set"] == "selected") & (metrics["seed"] == 0) & (metrics["metric"] == "fvu")
+                   & (metrics["model"] == model)]
+    if component is not None:
+        return float(rows[rows["component"] == component]["value"].item())
+    return float(final_reconstruction(rows)["value"].item())
 
 
 @pytest.mark.slow
-def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
-    workdir = workflow_copy(tmp_path)
-    dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
-    assert dry.returncode == 0, dry.stderr
+def test_the_dag_plans_every_stage_and_a_finished_run_plans_nothing(tiny_run: TinyRun) -> None:
     for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
                  "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry",
                  "behaviour_reference", "behaviour", "gather_behaviour", "secondary_sae", "interventions",
                  "gather_interventions", "claims", "run_info"):
-        assert rule in dry.stdout + dry.stderr
+        assert rule in tiny_run.planned
+    again = snakemake(tiny_run.workdir, "--configfile", "config/tiny.yaml", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
 
-    run = snakemake(workdir, "--configfile", "config/tiny.yaml")
-    assert run.returncode == 0, run.stderr[-4000:]
 
-    results = workdir / "results" / "tiny"
+@pytest.mark.slow
+def test_corpus_and_activations(tiny_run: TinyRun) -> None:
+    results, workdir = tiny_run.results, tiny_run.workdir
     summary = pd.read_parquet(results / "activations" / "summary.parquet")
     assert list(summary["split"]) == ["train", "validation", "test"]
     assert (summary["tokens_selected"] > 0).all()
@@ -90,9 +75,12 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
                                                  "summarise_activations.log"}
     assert (workdir / "benchmarks" / "results" / "tiny" / "extract_train.tsv").is_file()
 
-    # training: every kind trained, evaluated on test, gathered with improvements over the standard SAE
-    metrics = pd.read_parquet(results / "metrics" / "reconstruction.parquet")
-    kinds = {kind for kind, _ in load_settings(workdir / "config" / "tiny.yaml").model_instances()}
+
+@pytest.mark.slow
+def test_training_lr_selection_and_reconstruction(tiny_run: TinyRun) -> None:
+    """Every kind trained, evaluated on test, gathered with improvements over the standard SAE; an LR chosen per
+    kind on validation; each term against its control, paired by seed and document."""
+    results, metrics, kinds = tiny_run.results, tiny_run.metrics, set(tiny_run.kinds)
     assert {"sequential_linear_input", "sequential_poly", "sequential_mlp", "joint_poly"} <= kinds  # the rivals
     assert set(metrics["model"]) == kinds and set(metrics["split"]) == {"test"}
     improvement = metrics[(metrics["metric"] == "improvement_vs_standard_mse") & (metrics["token_set"] == "selected")]
@@ -116,12 +104,10 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
         assert table.loc[table["chosen"], "validation_fvu"].item() == table["validation_fvu"].min()
     assert (results / "lr_selection" / "figures" / "lr_selection.png").stat().st_size > 10_000
     summary_rec = pd.read_parquet(results / "metrics" / "reconstruction_summary.parquet")
-    test_docs = ActivationStore(results / "activations" / "test").tokens()["doc_id"].nunique()
-    assert (summary_rec["n_documents"] == test_docs).all() and summary_rec["n_tokens"].gt(0).all()
+    assert (summary_rec["n_documents"] == tiny_run.test_documents).all() and summary_rec["n_tokens"].gt(0).all()
     joint_gain = summary_rec[(summary_rec["model"] == "joint") & (summary_rec["metric"] == "improvement_vs_standard_mse")
                              & (summary_rec["token_set"] == "selected")].iloc[0]
     assert joint_gain["ci_low"] <= joint_gain["mean"] <= joint_gain["ci_high"]
-    # each term against its control, paired by seed and document, with both parameter counts
     comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
     pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
     assert set(zip(pooled["model"], pooled["reference"])) == {
@@ -131,23 +117,45 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert rival["estimate"] == pytest.approx(1 - fvu_of(metrics, "sequential_poly") / fvu_of(
         metrics, "sequential_linear_input"), rel=1e-5)
     assert abs(rival["model_parameters"] - rival["reference_parameters"]) < 0.01 * rival["model_parameters"]
-
     # the convergence check: standard and joint retrained at twice the budget, criteria reported
     convergence = pd.read_parquet(results / "convergence" / "summary.parquet")
     assert set(convergence["quantity"]) == {"test_fvu", "improvement_vs_standard"}
     assert (convergence["tokens_longer"] == 2 * convergence["tokens_default"]).all()
     assert (results / "convergence" / "figures" / "convergence.png").stat().st_size > 10_000
 
-    # geometry: per-feature tables, verdicts for every model, figures
+
+@pytest.mark.slow
+def test_saelens_export_reconstructs_as_featint(tiny_run: TinyRun) -> None:
+    """Every SAE-only model also in SAELens's format, its reconstruction equal to ours on raw test activations."""
+    from featint.saelens import saelens_reconstruction
+
+    results = tiny_run.results
+    exported = results / "models" / "standard" / "seed~0" / "saelens"
+    assert json.loads((exported / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.3.hook_resid_pre"
+    raw = torch.cat([v for _, v in ActivationStore(results / "activations" / "test").iter_shards()])[:256]
+    standard_model, _ = load_model(results / "models" / "standard" / "seed~0" / "weights.safetensors")
+    normaliser = Normaliser.load(results / "activations" / "normaliser.safetensors")
+    with torch.no_grad():
+        ours = normaliser.invert(standard_model(normaliser.apply(raw)).total)
+    torch.testing.assert_close(saelens_reconstruction(exported, raw), ours, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_geometry(tiny_run: TinyRun) -> None:
+    results = tiny_run.results
     verdicts = pd.read_parquet(results / "geometry" / "verdicts.parquet")
-    assert set(verdicts["model"]) == {kind for kind in kinds if KINDS[kind].nfm_geometry}
+    assert set(verdicts["model"]) == {kind for kind in tiny_run.kinds if KINDS[kind].nfm_geometry}
     bimodal = verdicts[(verdicts["metric"] == "verdict_bimodal") & (verdicts["subset"] == "all")]
     assert set(bimodal["model"]) == set(verdicts["model"]) and bimodal["value"].isin([0.0, 1.0]).all()
     features = pd.read_parquet(results / "geometry" / "joint" / "seed~0" / "features.parquet")
     assert len(features) == 256 and features["squared_norm"].gt(0).all()
     assert (results / "geometry" / "figures" / "squared_norm_histograms.png").stat().st_size > 10_000
 
-    # behaviour: every model spliced on test windows, references, a bootstrap summary, figures
+
+@pytest.mark.slow
+def test_behaviour(tiny_run: TinyRun) -> None:
+    """Every model spliced on test windows, references, a bootstrap summary, figures."""
+    results, kinds = tiny_run.results, set(tiny_run.kinds)
     behaviour = pd.read_parquet(results / "behaviour" / "summary.parquet")
     boot = behaviour[behaviour["method"] == "document_window_bootstrap"]
     assert set(boot["model"]) == kinds | {"reference"}
@@ -158,11 +166,15 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert clean["mean_kl"] == 0.0 and clean["ce_loss_recovered"] == 1.0
     tokens = pd.read_parquet(results / "behaviour" / "joint" / "seed~0" / "tokens.parquet")
     assert tokens["window"].nunique() == 8 and tokens["position"].max() == 15
-    assert tokens["doc_id"].nunique() == min(8, test_docs)  # windows spread over the test documents
+    assert tokens["doc_id"].nunique() == min(8, tiny_run.test_documents)  # windows spread over the test documents
     assert (boot["n_documents"] == tokens["doc_id"].nunique()).all()
     assert (results / "behaviour" / "figures" / "pathology_ratios.png").stat().st_size > 10_000
 
-    # interventions: secondary SAEs, selection + ANOVAs, clamps with an exact no-op, FDR, figures
+
+@pytest.mark.slow
+def test_interventions(tiny_run: TinyRun) -> None:
+    """Secondary SAEs, selection + ANOVAs, clamps with an exact no-op, FDR, a tidy summary, figures."""
+    results = tiny_run.results
     clamp = pd.read_parquet(results / "interventions" / "clamp_statistics.parquet")
     assert set(clamp["model"]) == {"sequential", "joint"}
     noop = clamp[(clamp["test"] == "noop")]
@@ -173,17 +185,6 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert tested["q"].notna().any() and tested["p"].between(0, 1).all()
     mixed = clamp[clamp["test"] == "mixedlm_crossed_prompt_word"]
     assert len(mixed) == len(tested) and mixed["p"].between(0, 1).all() and mixed["word_var"].ge(0).all()
-    # every SAE-only model also in SAELens's format, its reconstruction equal to ours on raw test activations
-    from featint.saelens import saelens_reconstruction
-
-    exported = results / "models" / "standard" / "seed~0" / "saelens"
-    assert json.loads((exported / "cfg.json").read_text())["meta"]["hook_name"] == "blocks.3.hook_resid_pre"
-    raw = torch.cat([v for _, v in ActivationStore(results / "activations" / "test").iter_shards()])[:256]
-    standard_model, _ = load_model(results / "models" / "standard" / "seed~0" / "weights.safetensors")
-    normaliser_test = Normaliser.load(results / "activations" / "normaliser.safetensors")
-    with torch.no_grad():
-        ours = normaliser_test.invert(standard_model(normaliser_test.apply(raw)).total)
-    torch.testing.assert_close(saelens_reconstruction(exported, raw), ours, rtol=1e-3, atol=1e-3)
     summary = pd.read_parquet(results / "interventions" / "summary.parquet")
     assert "secondary_top_select_F" in set(summary["quantity"])
     # tidy: what a row measures is in `quantity`, of what in its own columns, never packed into the name
@@ -196,70 +197,109 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
     assert generations["continuation"].str.len().gt(0).all()
     assert (results / "interventions" / "figures" / "clamp_interaction_lines.png").stat().st_size > 10_000
 
-    # claims: every value of ours comes from an artefact
+
+@pytest.mark.slow
+def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
+    results, metrics = tiny_run.results, tiny_run.metrics
     claims = pd.read_parquet(results / "report" / "claims.parquet").set_index("claim_id")
     own = metrics[(metrics["model"] == "joint") & (metrics["metric"] == "improvement_own_sae")
                   & (metrics["token_set"] == "selected")]["value"].mean()
     assert claims.loc["joint_improvement", "ours_paper_definition"] == pytest.approx(own)
-    ratio = boot[(boot["model"] == "standard") & (boot["condition"] == "sae") & (boot["metric"] == "pathology_ratio")
-                 & boot["seed"].isna()]["estimate"].item()
+    behaviour = pd.read_parquet(results / "behaviour" / "summary.parquet")
+    ratio = behaviour[(behaviour["method"] == "document_window_bootstrap") & (behaviour["model"] == "standard")
+                      & (behaviour["condition"] == "sae") & (behaviour["metric"] == "pathology_ratio")
+                      & behaviour["seed"].isna()]["estimate"].item()
     assert claims.loc["sae_pathology_ratio", "ours_corrected"] == pytest.approx(ratio)
     unreported = ["budget_convergence", "nonlinear_vs_linear_control"]  # claims the paper did not make
     assert claims.drop(index=unreported)["paper_value"].notna().all() and len(claims) >= 20
+    comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
+    pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
     best = pooled[(pooled["reference"] == "sequential_linear_input")]["estimate"].max()
     assert claims.loc["nonlinear_vs_linear_control", "ours_corrected"] == pytest.approx(best)
     by_parameters = pd.read_parquet(results / "report" / "kinds_by_parameters.parquet")
-    assert set(by_parameters["model"]) == kinds and set(by_parameters["quantity"]) == {"test_fvu", "spliced_kl"}
+    assert set(by_parameters["model"]) == tiny_run.kinds and set(by_parameters["quantity"]) == {"test_fvu", "spliced_kl"}
     assert (results / "report" / "figures" / "kinds_by_parameters.png").stat().st_size > 10_000
+    convergence = pd.read_parquet(results / "convergence" / "summary.parquet")
     largest = convergence.loc[convergence["quantity"] == "test_fvu", "change"].abs().max()
     assert claims.loc["budget_convergence", "ours_corrected"] == pytest.approx(largest)
-    assert claims.loc["joint_improvement", "rests_on"].startswith(f"{test_docs} test documents")
+    assert claims.loc["joint_improvement", "rests_on"].startswith(f"{tiny_run.test_documents} test documents")
     assert "| Joint training improves reconstruction |" in (results / "report" / "claims.md").read_text()
     assert "snakemake" in (results / "report" / "versions.tsv").read_text()
 
-    # the HTML report builds from the finished run
-    report = snakemake(workdir, "--configfile", "config/tiny.yaml", "--report", str(tmp_path / "report.html"))
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert (tmp_path / "report.html").stat().st_size > 100_000
 
-    # ablations: the sweep target, then one instance rerun alone by its path
-    sweep = snakemake(workdir, "ablations", "--configfile", "config/tiny.yaml")
+@pytest.mark.slow
+def test_html_report_renders_in_a_browser(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """The HTML report builds from the finished run and renders in headless Chromium: every registered result
+    (each figure, the claims table, config and versions) is listed, each figure displays as an image, the
+    claims table shows, and the page logs no console error. A screenshot is left in the test's folder."""
+    report = tmp_path / "report.html"
+    built = snakemake(tiny_run.workdir, "--configfile", "config/tiny.yaml", "--report", str(report))
+    assert built.returncode == 0, built.stderr[-3000:]
+    try:
+        seen = rendered_report(report, tmp_path / "report.png")
+    except BrowserUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no headless Chromium: {exc}")
+    assert not seen.errors, seen.errors
+    # every figure the run made (the sweeps' come with their own targets), the claims, config and versions
+    made = {str(path.relative_to(tiny_run.workdir)) for path in tiny_run.results.rglob("*.png")
+            if not {"ablations", "layers"} & set(path.relative_to(tiny_run.results).parts)}
+    assert made and made <= set(seen.results), sorted(made - set(seen.results))
+    assert sorted(seen.listed) == sorted(seen.results)  # each shown on its (sub)category's page
+    assert sorted(seen.images) == sorted(path for path in seen.results if path.endswith(".png"))  # all decode
+    claims = next(text for path, text in seen.texts.items() if path.endswith("claims.md"))
+    assert "| Joint training improves reconstruction |" in claims
+    assert any(path.endswith("versions.tsv") and "snakemake" in text for path, text in seen.texts.items())
+    assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_ablation_sweep_and_one_instance_alone(tiny_run: TinyRun) -> None:
+    workdir, results = tiny_run.workdir, tiny_run.results
+    sweep = snakemake(workdir, *TINY_THREADS, "ablations", "--configfile", "config/tiny.yaml")
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     ablations = pd.read_parquet(results / "ablations" / "summary.parquet")
     assert len(ablations) == 3 and ablations["fvu"].between(0, 1.5).all()
     standard_row = ablations[ablations["ablation_kind"] == "standard"].iloc[0]
-    main_fvu = fvu[(fvu["model"] == "standard") & (fvu["token_set"] == "selected") & (fvu["component"] == "sae")]
-    assert standard_row["fvu"] == pytest.approx(main_fvu["value"].item())  # same settings and seed: same model
+    assert standard_row["fvu"] == pytest.approx(fvu_of(tiny_run.metrics, "standard", component="sae"))  # same model
     instance = "kind~joint/seed~0/k~8/width~256/embed~4/decoder~free/auxk~True/truncated_k~2"
     target = f"results/tiny/ablations/{instance}/reconstruction.parquet"
     before = (workdir / target).stat().st_mtime
-    alone = snakemake(workdir, target, "--forcerun", "ablation", "--configfile", "config/tiny.yaml")
+    alone = snakemake(workdir, *TINY_THREADS, target, "--forcerun", "ablation", "--configfile", "config/tiny.yaml")
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert (workdir / target).stat().st_mtime > before
     assert re.search(r"^ablation\s+1$", alone.stdout + alone.stderr, re.MULTILINE)  # that instance only
 
-    # the layer sweep: layer 1 extracted anew, layer 3 (the run's own) reuses the run's activations
-    layers = snakemake(workdir, "layers", "--configfile", "config/tiny.yaml")
+
+@pytest.mark.slow
+def test_layer_sweep(tiny_run: TinyRun) -> None:
+    """Layer 1 extracted anew, layer 3 (the run's own) reuses the run's activations and gives the run's model."""
+    workdir, results = tiny_run.workdir, tiny_run.results
+    layers = snakemake(workdir, *TINY_THREADS, "layers", "--configfile", "config/tiny.yaml")
     assert layers.returncode == 0, layers.stderr[-3000:]
     assert not (results / "layers" / "layer~3" / "activations").exists()
     assert ActivationStore(results / "layers" / "layer~1" / "activations" / "test").meta.hook_name == \
         "blocks.1.hook_resid_pre"
     layer_fvu = pd.read_parquet(results / "layers" / "fvu.parquet")
-    sweep_kinds = {"standard", "joint", "joint_no_interaction", "param_matched", "sequential_linear_input",
-                   "sequential_poly"}
+    sweep_kinds = set(load_settings(workdir / "config" / "tiny.yaml").layers.kinds)
     assert set(zip(layer_fvu["layer"], layer_fvu["model"])) == {(layer, kind) for layer in (1, 3)
                                                                  for kind in sweep_kinds}
     same = layer_fvu[(layer_fvu["layer"] == 3) & (layer_fvu["model"] == "standard")
                      & (layer_fvu["token_set"] == "selected")]["fvu"].item()
-    assert same == pytest.approx(fvu_of(metrics, "standard"))  # same layer, settings, seed and LR: same model
+    assert same == pytest.approx(fvu_of(tiny_run.metrics, "standard"))  # same layer, settings, seed and LR: same model
     layer_comparisons = pd.read_parquet(results / "layers" / "comparisons.parquet")
     pooled_layers = layer_comparisons[layer_comparisons["seed"].isna() & (layer_comparisons["token_set"] == "selected")]
     assert set(zip(pooled_layers["layer"], pooled_layers["model"], pooled_layers["reference"])) == {
         (layer, m, r) for layer in (1, 3) for m, r in COMPARISONS if m in sweep_kinds and r in sweep_kinds}
     assert (results / "layers" / "figures" / "layers.png").stat().st_size > 10_000
 
-    # bring your own SAE: the run's exported standard SAE imported as the standard model of another run on the
-    # same activations; the frozen-SAE kinds, evaluation, behaviour and geometry run on it
+
+@pytest.mark.slow
+def test_bring_your_own_sae(tiny_run: TinyRun) -> None:
+    """The run's exported standard SAE imported as the standard model of another run on the same activations;
+    the frozen-SAE kinds, evaluation, behaviour and geometry run on it."""
+    workdir, results = tiny_run.workdir, tiny_run.results
     imported = yaml.safe_load((workdir / "config" / "tiny.yaml").read_text())
     imported.update({"run": "tiny_import", "models": ["standard", "sequential", "standard_refit"],
                      "single_seed_models": [], "convergence": {"models": []}})
@@ -269,17 +309,14 @@ def test_tiny_dag_end_to_end(tmp_path: Path) -> None:
         shutil.copytree(results / part, workdir / "results" / "tiny_import" / part)
     targets = [f"results/tiny_import/{path}" for path in ("metrics/reconstruction_summary.parquet",
                                                           "behaviour/summary.parquet", "geometry/summary.parquet")]
-    byo = snakemake(workdir, *targets, "--configfile", "config/tiny_import.yaml")
+    byo = snakemake(workdir, *TINY_THREADS, *targets, "--configfile", "config/tiny_import.yaml")
     assert byo.returncode == 0, byo.stderr[-3000:]
     assert re.search(r"^import_saelens\s+1$", byo.stdout + byo.stderr, re.MULTILINE)
     assert not (workdir / "results" / "tiny_import" / "models" / "standard" / "seed~0" / "train_log.parquet").exists()
     imported_fvu = fvu_of(pd.read_parquet(workdir / "results" / "tiny_import" / "metrics" / "reconstruction.parquet"),
                           "standard")
-    assert imported_fvu == pytest.approx(fvu_of(metrics, "standard"), rel=1e-4)  # the same SAE, through SAELens
+    assert imported_fvu == pytest.approx(fvu_of(tiny_run.metrics, "standard"), rel=1e-4)  # the same SAE, via SAELens
     assert not (workdir / "results" / "tiny_import" / "lr_selection" / "standard.parquet").exists()
-
-    again = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
-    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -390,6 +390,38 @@ class SyntheticSettings:
     ci_level: float
 
 
+class UndeclaredSectionError(RuntimeError):
+    """A stage read a config section it does not declare (a bug in the stage's declaration in featint.cli)."""
+
+
+class UndeclaredSection:
+    """Stands in for a config section a stage did not declare: any use of it raises
+    :class:`UndeclaredSectionError`, naming the stage and the section to declare."""
+
+    def __init__(self, section: str, stage: str) -> None:
+        object.__setattr__(self, "_where", (section, stage))
+
+    def _stop(self, *_: Any, **__: Any) -> Any:
+        section, stage = object.__getattribute__(self, "_where")
+        raise UndeclaredSectionError(f"stage {stage!r} reads config section {section!r}, which it does not declare: "
+                                     f"add {section!r} to its sections in featint.cli (its rule passes only those).")
+
+    __getattr__ = _stop
+    __bool__ = _stop
+    __eq__ = _stop
+    __iter__ = _stop
+    __len__ = _stop
+    __getitem__ = _stop
+    __str__ = _stop
+    __int__ = _stop
+    __float__ = _stop
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        section, stage = object.__getattribute__(self, "_where")
+        return f"<config section {section!r}, undeclared by stage {stage!r}>"
+
+
 @dataclass(frozen=True)
 class Settings:
     run: str
@@ -424,6 +456,17 @@ class Settings:
                 node = node[key]
             node[where[-1]] = value
         return Settings.from_dict(raw, source=source)
+
+    def restricted(self, sections: tuple[str, ...], stage: str) -> Settings:
+        """These settings as stage ``stage`` may read them: the declared ``sections`` as they are, every other
+        section an :class:`UndeclaredSection` that stops the stage when read (its rule passes only the declared
+        sections, so an undeclared one would silently hold its default), ``raw`` cut to the declared sections."""
+        names = [f.name for f in fields(self) if f.name != "raw"]
+        unknown = set(sections) - set(names)
+        if unknown:
+            raise ValueError(f"stage {stage!r} declares unknown config sections {sorted(unknown)}")
+        hidden: dict[str, Any] = {name: UndeclaredSection(name, stage) for name in names if name not in sections}
+        return replace(self, **hidden, raw={key: value for key, value in self.raw.items() if key in sections})
 
     def model_instances(self) -> list[tuple[str, int]]:
         """Every (kind, seed) trained: ``models`` on every seed, ``single_seed_models`` on the first."""

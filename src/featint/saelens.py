@@ -4,9 +4,12 @@ SAELens TopK SAE as a run's standard model (the fold undone for the run's normal
 SAELens (v6) saves an SAE as a folder holding ``sae_weights.safetensors`` (``W_enc`` [d_in, d_sae], ``W_dec``
 [d_sae, d_in], ``b_enc`` [d_sae], ``b_dec`` [d_in]) and ``cfg.json`` (``architecture`` "topk", ``d_in``, ``d_sae``,
 ``k``, ``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``, ``reshape_activations`` and a
-``meta`` block with ``model_name`` and ``hook_name``); its TopK SAE computes
+``metadata`` block with ``sae_lens_version``, ``model_name`` and ``hook_name``; a config without a version is read as
+the pre-6.0 format, with those fields at the top level); its TopK SAE computes
 ``f = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc))`` and ``x_hat = f @ W_dec + b_dec`` on raw activations (field names
-and formulas read from SAELens's ``sae_lens/saes/sae.py`` and ``topk_sae.py``).
+and formulas read from SAELens's ``sae_lens/saes/sae.py``, ``topk_sae.py`` and
+``loading/pretrained_sae_loaders.py``; the export is loaded by ``SAE.load_from_disk`` of SAELens
+:data:`SAELENS_VERSION` in a test).
 
 featint's SAE works on normalised activations ``z = (x - m) * s`` (per dimension). The normaliser is affine, so it
 folds exactly: ``W_dec' = W_dec / s`` (columns), ``b_dec' = b_dec / s + m``, ``W_enc' = (W_enc * s)^T`` and, with
@@ -31,6 +34,8 @@ from featint.models import TopKSAE, load_model
 from featint.normaliser import Normaliser
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
+#: The SAELens release whose on-disk format the export writes and whose loader the tests run on it.
+SAELENS_VERSION = "6.54.12"
 
 
 class FoldedSAE(NamedTuple):
@@ -76,8 +81,9 @@ def export_saelens(weights_path: str | Path, normaliser_path: str | Path, out_di
     config = {
         "architecture": "topk", **folded.fields, "dtype": "float32", "device": "cpu", "normalize_activations": "none",
         "reshape_activations": "none",
-        "meta": {"model_name": model_name, "hook_name": normaliser.hook_name, "context_size": context_size,
-                 "prepend_bos": True, "exclude_special_tokens": False},
+        "metadata": {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": None,
+                     "model_name": model_name, "hook_name": normaliser.hook_name, "hook_head_index": None,
+                     "context_size": context_size, "prepend_bos": True, "exclude_special_tokens": False},
         "featint": {"source": str(weights_path), "kind": folded.kind, "seed": folded.seed,
                     "normaliser_folded": normaliser.kind,
                     "note": "position 0 (BOS) and massive-norm outliers were excluded from training"},
@@ -139,6 +145,13 @@ def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch
     return cfg, weights
 
 
+def saelens_hook_name(cfg: dict[str, Any]) -> str | None:
+    """The hook a SAELens config names: ``metadata.hook_name`` (format 6.x) or ``hook_name`` / ``hook_point``
+    at the top level (earlier releases), as SAELens's own loader reads them."""
+    metadata = cfg.get("metadata") or {}
+    return metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+
+
 def unfolded_sae(cfg: dict[str, Any], weights: dict[str, torch.Tensor], normaliser: Normaliser) -> TopKSAE:
     """featint's TopK SAE in the normaliser's space computing exactly the SAELens SAE on raw activations: the
     inverse of :func:`folded_weights` (``W_dec = W_dec' * s``, ``b_dec = (b_dec' - m) * s``,
@@ -173,7 +186,7 @@ def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: 
     activations_dir, out_dir = Path(activations_dir), Path(out_dir)
     normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
     store = ActivationStore(activations_dir / "test")
-    hook = (cfg.get("meta") or {}).get("hook_name", cfg.get("hook_name"))
+    hook = saelens_hook_name(cfg)
     if int(cfg["d_in"]) != store.meta.d_model:
         raise FeatintError(f"{directory}: d_in = {cfg['d_in']} but the run's activations ({store.directory}) have "
                            f"d = {store.meta.d_model}; import an SAE trained on this model's residual stream.")
