@@ -143,30 +143,31 @@ def _planted_tokens(n_windows: int = 12, per_window: int = 5) -> pd.DataFrame:
 def test_summary_known_answers_and_pairing() -> None:
     tokens = _planted_tokens()
     summary = summarise(tokens, "t", n_boot=300, level=0.95, seed=0)
-    boot = summary[summary["method"] == "document_window_bootstrap"].set_index(["model", "seed", "condition", "metric"])
-    ratio = boot.loc[("standard", 0, "sae", "pathology_ratio")]
+    boot = summary[summary["method"] == "document_window_bootstrap"].set_index(
+        ["model", "seed", "condition", "metric", "reference"])
+    ratio = boot.loc[("standard", 0, "sae", "pathology_ratio", "epsilon_own_norm")]
     # paired resampling: an exact 2x per token gives exactly 2 in every replicate
     assert ratio["estimate"] == pytest.approx(2.0) and ratio["ci_low"] == pytest.approx(2.0)
     assert ratio["ci_high"] == pytest.approx(2.0)
     # the paper's definition divides every condition by the epsilon control at the SAE path's error norm
-    paper_ratio = boot.loc[("joint", 0, "full", "pathology_ratio_paper_epsilon")]
+    paper_ratio = boot.loc[("joint", 0, "full", "pathology_ratio", "epsilon_sae_norm")]
     assert paper_ratio["estimate"] == pytest.approx(0.375 / 0.5) and paper_ratio["ci_low"] == pytest.approx(0.75)
-    assert boot.loc[("joint", 0, "full", "pathology_ratio")]["estimate"] == pytest.approx(3.0)
-    improvement = boot.loc[("joint", 0, "sae", "improvement_kl_vs_standard")]
+    assert boot.loc[("joint", 0, "full", "pathology_ratio", "epsilon_own_norm")]["estimate"] == pytest.approx(3.0)
+    improvement = boot.loc[("joint", 0, "sae", "improvement_kl", "standard")]
     assert improvement["estimate"] == pytest.approx(0.5) and improvement["ci_high"] == pytest.approx(0.5)
-    recovered = boot.loc[("standard", 0, "sae", "ce_loss_recovered")]
+    recovered = boot.xs(("standard", 0, "sae", "ce_loss_recovered"), level=[0, 1, 2, 3]).iloc[0]
     kl = tokens[(tokens["model"] == "standard") & (tokens["condition"] == "sae")]
     expected = 1.0 - (kl["ce"].mean() - tokens[tokens["condition"] == "clean"]["ce"].mean()) / 4.0
     assert recovered["estimate"] == pytest.approx(expected)
     assert recovered["ci_low"] < recovered["estimate"] < recovered["ci_high"]
     pooled = summary[summary["seed"].isna()]
     assert set(pooled["model"]) == {"standard", "joint"} and (pooled["n_seeds"] == 1).all()
-    paper = summary[summary["method"] == "paper_unpaired_t"].set_index(["model", "condition", "metric"])
+    paper = summary[summary["method"] == "paper_unpaired_t"].set_index(["model", "condition", "metric", "reference"])
     kl_sae = kl["kl"].to_numpy()
     eps = tokens[(tokens["model"] == "standard") & (tokens["condition"] == "epsilon:sae")]["kl"].to_numpy()
     from scipy.stats import ttest_ind
 
-    assert paper.loc[("standard", "sae", "paper_t_vs_epsilon"), "estimate"] == pytest.approx(
+    assert paper.loc[("standard", "sae", "paper_t", "epsilon_own_norm"), "estimate"] == pytest.approx(
         ttest_ind(kl_sae, eps).statistic)
 
 

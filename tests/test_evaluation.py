@@ -62,7 +62,7 @@ def test_streamed_metrics_equal_direct_computation(tmp_path: Path) -> None:
     lin, inter = rec.linear.abs().mean().item(), rec.interaction.abs().mean().item()  # type: ignore[union-attr]
     assert result["linear_share"] == pytest.approx(lin / (lin + inter), rel=1e-5)
     full, sae = result["components"]["full"]["mse"], result["components"]["sae"]["mse"]  # type: ignore[index]
-    assert result["improvement_own_sae"] == pytest.approx(1 - full / sae)
+    assert result["improvement_mse"]["own_sae"] == pytest.approx(1 - full / sae)
 
 
 def test_evaluate_refuses_a_model_from_another_hook(tmp_path: Path) -> None:
@@ -96,7 +96,8 @@ def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
     summary = gather([tmp_path / "m.parquet"], [tmp_path / "d.parquet"], [tmp_path / "p.parquet"],
                      tmp_path / "all.parquet", tmp_path / "summary.parquet", tmp_path / "params.parquet",
                      tmp_path / "fig.png", EvaluationSettings(bootstrap=300, ci_level=0.95), seed=0)
-    improvement = summary[(summary["metric"] == "improvement_vs_standard_mse") & (summary["model"] == "joint")]
+    improvement = summary[(summary["metric"] == "improvement_mse") & (summary["reference"] == "standard")
+                          & (summary["model"] == "joint")]
     expected = np.mean([1 - 0.3 / 0.4, 1 - 0.31 / 0.41])
     row = improvement.iloc[0]
     assert row["mean"] == pytest.approx(expected) and row["n_seeds"] == 2

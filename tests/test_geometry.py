@@ -129,7 +129,7 @@ def test_control_detects_a_low_mode_made_of_untrained_features() -> None:
     assert (features.loc[~live.numpy(), "fires"] == 0).all()
     rows = {(r["metric"], r["subset"]): r["value"] for r in summary_rows(trained, features, settings)}
     assert rows[("verdict_bimodal", "all")] == 1.0
-    assert rows[("verdict_bimodal_after_removing_untrained", "trained")] == 0.0
+    assert rows[("verdict_bimodal", "trained")] == 0.0  # after removing the untrained features
     low = features["cluster"] == "low"
     assert (low == ~live.numpy()).mean() > 0.98  # the low cluster is the untrained half
     assert rows[("fraction_never_fired", "all")] == pytest.approx(0.5)

@@ -83,7 +83,8 @@ def test_training_lr_selection_and_reconstruction(tiny_run: TinyRun) -> None:
     results, metrics, kinds = tiny_run.results, tiny_run.metrics, set(tiny_run.kinds)
     assert {"sequential_linear_input", "sequential_poly", "sequential_mlp", "joint_poly"} <= kinds  # the rivals
     assert set(metrics["model"]) == kinds and set(metrics["split"]) == {"test"}
-    improvement = metrics[(metrics["metric"] == "improvement_vs_standard_mse") & (metrics["token_set"] == "selected")]
+    improvement = metrics[(metrics["metric"] == "improvement_mse") & (metrics["reference"] == "standard")
+                          & (metrics["token_set"] == "selected")]
     assert improvement.set_index("model")["value"]["standard"] == 0.0
     assert set(improvement["model"]) == kinds
     fvu = metrics[(metrics["metric"] == "fvu") & (metrics["component"].isin(["full", "sae"]))]
@@ -105,8 +106,8 @@ def test_training_lr_selection_and_reconstruction(tiny_run: TinyRun) -> None:
     assert (results / "lr_selection" / "figures" / "lr_selection.png").stat().st_size > 10_000
     summary_rec = pd.read_parquet(results / "metrics" / "reconstruction_summary.parquet")
     assert (summary_rec["n_documents"] == tiny_run.test_documents).all() and summary_rec["n_tokens"].gt(0).all()
-    joint_gain = summary_rec[(summary_rec["model"] == "joint") & (summary_rec["metric"] == "improvement_vs_standard_mse")
-                             & (summary_rec["token_set"] == "selected")].iloc[0]
+    joint_gain = summary_rec[(summary_rec["model"] == "joint") & (summary_rec["metric"] == "improvement_mse")
+                             & (summary_rec["reference"] == "standard") & (summary_rec["token_set"] == "selected")].iloc[0]
     assert joint_gain["ci_low"] <= joint_gain["mean"] <= joint_gain["ci_high"]
     comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
     pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
@@ -119,7 +120,7 @@ def test_training_lr_selection_and_reconstruction(tiny_run: TinyRun) -> None:
     assert abs(rival["model_parameters"] - rival["reference_parameters"]) < 0.01 * rival["model_parameters"]
     # the convergence check: standard and joint retrained at twice the budget, criteria reported
     convergence = pd.read_parquet(results / "convergence" / "summary.parquet")
-    assert set(convergence["quantity"]) == {"test_fvu", "improvement_vs_standard"}
+    assert set(convergence["quantity"]) == {"test_fvu", "improvement_mse"}
     assert (convergence["tokens_longer"] == 2 * convergence["tokens_default"]).all()
     assert (results / "convergence" / "figures" / "convergence.png").stat().st_size > 10_000
 
@@ -159,7 +160,7 @@ def test_behaviour(tiny_run: TinyRun) -> None:
     behaviour = pd.read_parquet(results / "behaviour" / "summary.parquet")
     boot = behaviour[behaviour["method"] == "document_window_bootstrap"]
     assert set(boot["model"]) == kinds | {"reference"}
-    ratios = boot[(boot["metric"] == "pathology_ratio") & boot["seed"].isna()]
+    ratios = boot[(boot["metric"] == "pathology_ratio") & (boot["reference"] == "epsilon_own_norm") & boot["seed"].isna()]
     assert set(ratios["model"]) == kinds and (ratios["estimate"] > 0).all()
     assert (ratios["ci_low"] <= ratios["estimate"]).all() and (ratios["estimate"] <= ratios["ci_high"]).all()
     clean = boot[(boot["model"] == "reference") & (boot["condition"] == "clean")].set_index("metric")["estimate"]
@@ -186,9 +187,11 @@ def test_interventions(tiny_run: TinyRun) -> None:
     mixed = clamp[clamp["test"] == "mixedlm_crossed_prompt_word"]
     assert len(mixed) == len(tested) and mixed["p"].between(0, 1).all() and mixed["word_var"].ge(0).all()
     summary = pd.read_parquet(results / "interventions" / "summary.parquet")
-    assert "secondary_top_select_F" in set(summary["quantity"])
+    secondary = summary[summary["quantity"] == "secondary_F"]
+    assert set(zip(secondary["role"], secondary["sentences"])) == {
+        (role, sentences) for role in ("top_ranked", "clamped") for sentences in ("select", "test")}
     # tidy: what a row measures is in `quantity`, of what in its own columns, never packed into the name
-    assert not summary["quantity"].str.contains(r"[\[|]").any()
+    assert not summary["quantity"].str.contains(r"[\[|]|select|test|emotion|formality").any()
     clamp_rows = summary[summary["quantity"] == "clamp_min_p"]
     assert len(clamp_rows) and clamp_rows[["role", "reference", "test"]].notna().all().all()
     secondary_log = pd.read_parquet(results / "interventions" / "joint" / "seed~0" / "secondary" / "train_log.parquet")
@@ -202,12 +205,13 @@ def test_interventions(tiny_run: TinyRun) -> None:
 def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
     results, metrics = tiny_run.results, tiny_run.metrics
     claims = pd.read_parquet(results / "report" / "claims.parquet").set_index("claim_id")
-    own = metrics[(metrics["model"] == "joint") & (metrics["metric"] == "improvement_own_sae")
-                  & (metrics["token_set"] == "selected")]["value"].mean()
+    own = metrics[(metrics["model"] == "joint") & (metrics["metric"] == "improvement_mse")
+                  & (metrics["reference"] == "own_sae") & (metrics["token_set"] == "selected")]["value"].mean()
     assert claims.loc["joint_improvement", "ours_paper_definition"] == pytest.approx(own)
     behaviour = pd.read_parquet(results / "behaviour" / "summary.parquet")
     ratio = behaviour[(behaviour["method"] == "document_window_bootstrap") & (behaviour["model"] == "standard")
                       & (behaviour["condition"] == "sae") & (behaviour["metric"] == "pathology_ratio")
+                      & (behaviour["reference"] == "epsilon_own_norm")
                       & behaviour["seed"].isna()]["estimate"].item()
     assert claims.loc["sae_pathology_ratio", "ours_corrected"] == pytest.approx(ratio)
     unreported = ["budget_convergence", "nonlinear_vs_linear_control"]  # claims the paper did not make

@@ -100,14 +100,14 @@ def gather(tables: list[str | Path], out_summary: str | Path, figure_path: str |
     """Stage entry point: one row per instance with its final test FVU (selected tokens), the improvement over
     the sweep's standard SAE with the same k, width, decoder and seed, and the figure."""
     from featint import plots
-    from featint.evaluation import final_reconstruction
+    from featint.evaluation import final_reconstruction, improvement_rows
 
     metrics = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
     keys = [f"ablation_{c}" for c in COLUMNS]
     selected = metrics[metrics["token_set"] == "selected"]
     fvu = final_reconstruction(selected, tuple(keys) + ("metric",))
     fvu = fvu[fvu["metric"] == "fvu"].drop(columns="metric").rename(columns={"value": "fvu"})
-    own = selected[selected["metric"] == "improvement_own_sae"][keys + ["value"]]
+    own = improvement_rows(selected, "own_sae")[keys + ["value"]]
     summary = fvu.merge(own.rename(columns={"value": "improvement_own_sae"}), on=keys, how="left")
     baseline = summary[summary["ablation_kind"] == "standard"].rename(columns={"fvu": "standard_fvu"})
     match = ["ablation_seed", "ablation_k", "ablation_width", "ablation_decoder"]

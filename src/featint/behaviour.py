@@ -446,24 +446,29 @@ def window_sums(tokens: pd.DataFrame) -> WindowSums:
     return WindowSums(keys, kl, ce, counts[0], counts_ce[0], window_ids, doc_ids)
 
 
-SUMMARY_METRICS: dict[str, str] = {
-    "mean_kl": "mean KL(clean || spliced) per token, nats",
-    "mean_ce": "mean next-token cross-entropy of the spliced model, nats",
-    "delta_ce": "mean CE(spliced) - CE(clean)",
-    "ce_loss_recovered": "(CE_zero - CE) / (CE_zero - CE_clean)",
-    "pathology_ratio": "mean KL(condition) / mean KL(its epsilon-random control)",
-    "pathology_ratio_paper_epsilon": "mean KL(condition) / mean KL(epsilon-random at the SAE path's error norm) - "
-                                     "the paper's definition",
-    "improvement_kl_own_sae": "1 - KL(condition) / KL(the same model's SAE path) - the paper's definition",
-    "improvement_kl_vs_standard": "1 - KL(condition) / KL(the standalone standard SAE, same seed)",
-    "improvement_ce_own_sae": "1 - CE(condition) / CE(own SAE path) - the paper's definition",
-    "improvement_ce_vs_standard": "1 - CE(condition) / CE(standalone standard SAE)",
-    "improvement_delta_ce_vs_standard": "1 - delta CE(condition) / delta CE(standalone standard SAE)",
+#: What each (metric, reference) of the summary measures; ``reference`` is None where nothing is compared.
+SUMMARY_METRICS: dict[tuple[str, str | None], str] = {
+    ("mean_kl", None): "mean KL(clean || spliced) per token, nats",
+    ("mean_ce", None): "mean next-token cross-entropy of the spliced model, nats",
+    ("delta_ce", None): "mean CE(spliced) - CE(clean)",
+    ("ce_loss_recovered", None): "(CE_zero - CE) / (CE_zero - CE_clean)",
+    ("pathology_ratio", "epsilon_own_norm"): "mean KL(condition) / mean KL(epsilon-random at the condition's own "
+                                              "error norm)",
+    ("pathology_ratio", "epsilon_sae_norm"): "mean KL(condition) / mean KL(epsilon-random at the SAE path's error "
+                                              "norm) - the paper's definition",
+    ("improvement_kl", "own_sae"): "1 - KL(condition) / KL(the same model's SAE path) - the paper's definition",
+    ("improvement_kl", "standard"): "1 - KL(condition) / KL(the standalone standard SAE, same seed)",
+    ("improvement_ce", "own_sae"): "1 - CE(condition) / CE(own SAE path) - the paper's definition",
+    ("improvement_ce", "standard"): "1 - CE(condition) / CE(standalone standard SAE)",
+    ("improvement_delta_ce", "standard"): "1 - delta CE(condition) / delta CE(standalone standard SAE)",
+    ("paper_t", "epsilon_own_norm"): "the paper's unpaired per-token t statistic, KL(condition) vs its "
+                                      "epsilon-random rows",
+    ("paper_t", "own_sae"): "the paper's unpaired per-token t statistic, KL(condition) vs the model's SAE path",
 }
 
 
 def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: int) -> pd.DataFrame:
-    """Tidy summary: one row per (model, seed, condition, metric) with the estimate, a percentile CI of a
+    """Tidy summary: one row per (model, seed, condition, metric, reference) with the estimate, a percentile CI of a
     two-stage cluster bootstrap (test documents, then windows inside each drawn document; paired: one set of
     resampling rows for everything), per seed and averaged over seeds (``seed`` = NA); plus the paper's
     unpaired per-token t-tests, labelled ``method = paper_unpaired_t``."""
@@ -477,44 +482,53 @@ def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: i
     clean_ce = mean_ce[:, sums.column("reference", ref_seed, "clean")]
     zero_ce = mean_ce[:, sums.column("reference", ref_seed, "zero_ablation")]
 
-    per_seed: dict[tuple[str, int, str, str], np.ndarray] = {}
+    per_seed: dict[tuple[str, int, str, str, str | None], np.ndarray] = {}
     for k, key in sums.keys.iterrows():
         model, model_seed, condition = key["model"], int(key["seed"]), key["condition"]
-        values = {"mean_kl": mean_kl[:, k], "mean_ce": mean_ce[:, k], "delta_ce": mean_ce[:, k] - clean_ce,
-                  "ce_loss_recovered": (zero_ce - mean_ce[:, k]) / (zero_ce - clean_ce)}
+        values: dict[tuple[str, str | None], np.ndarray] = {
+            ("mean_kl", None): mean_kl[:, k], ("mean_ce", None): mean_ce[:, k],
+            ("delta_ce", None): mean_ce[:, k] - clean_ce,
+            ("ce_loss_recovered", None): (zero_ce - mean_ce[:, k]) / (zero_ce - clean_ce)}
         if key["condition_kind"] == "reconstruction":
             eps = sums.column(model, model_seed, EPSILON_PREFIX + condition)
             if eps is not None:
-                values["pathology_ratio"] = mean_kl[:, k] / mean_kl[:, eps]
+                values[("pathology_ratio", "epsilon_own_norm")] = mean_kl[:, k] / mean_kl[:, eps]
             eps_sae = sums.column(model, model_seed, EPSILON_PREFIX + "sae")
             if eps_sae is not None:
-                values["pathology_ratio_paper_epsilon"] = mean_kl[:, k] / mean_kl[:, eps_sae]
+                values[("pathology_ratio", "epsilon_sae_norm")] = mean_kl[:, k] / mean_kl[:, eps_sae]
             own = sums.column(model, model_seed, "sae")
             if condition != "sae" and own is not None:
-                values["improvement_kl_own_sae"] = 1.0 - mean_kl[:, k] / mean_kl[:, own]
-                values["improvement_ce_own_sae"] = 1.0 - mean_ce[:, k] / mean_ce[:, own]
+                values[("improvement_kl", "own_sae")] = 1.0 - mean_kl[:, k] / mean_kl[:, own]
+                values[("improvement_ce", "own_sae")] = 1.0 - mean_ce[:, k] / mean_ce[:, own]
             standard = sums.column("standard", model_seed, "sae")
             if model != "standard" and standard is not None:
-                values["improvement_kl_vs_standard"] = 1.0 - mean_kl[:, k] / mean_kl[:, standard]
-                values["improvement_ce_vs_standard"] = 1.0 - mean_ce[:, k] / mean_ce[:, standard]
-                values["improvement_delta_ce_vs_standard"] = 1.0 - (mean_ce[:, k] - clean_ce) / (
+                values[("improvement_kl", "standard")] = 1.0 - mean_kl[:, k] / mean_kl[:, standard]
+                values[("improvement_ce", "standard")] = 1.0 - mean_ce[:, k] / mean_ce[:, standard]
+                values[("improvement_delta_ce", "standard")] = 1.0 - (mean_ce[:, k] - clean_ce) / (
                     mean_ce[:, standard] - clean_ce)
-        for metric, replicates in values.items():
-            per_seed[(model, model_seed, condition, metric)] = replicates
+        for (metric, reference), replicates in values.items():
+            per_seed[(model, model_seed, condition, metric, reference)] = replicates
 
     rows = []
     base = {"run": run, "n_documents": int(np.unique(sums.doc_ids).size), "n_windows": len(sums.window_ids),
             "n_tokens": int(sums.n_kl.sum()), "method": "document_window_bootstrap", "ci_level": level}
     for item in stats.per_seed_and_pooled(per_seed, level, pooled=lambda model: model != "reference"):
-        condition, metric = item.rest
+        condition, metric, reference = item.rest
         rows.append({**base, "model": item.model, "seed": pd.NA if item.seed is None else item.seed,
-                     "n_seeds": item.n_seeds, "condition": condition, "metric": metric,
+                     "n_seeds": item.n_seeds, "condition": condition, "metric": metric, "reference": reference,
                      **_interval_columns(item.interval)})
     rows += _paper_t_tests(tokens, run)
     summary = pd.DataFrame(rows)
     summary["seed"] = summary["seed"].astype("Int32")
-    summary["description"] = summary["metric"].map(SUMMARY_METRICS).fillna("")
+    summary["description"] = [SUMMARY_METRICS.get((metric, None if pd.isna(reference) else reference), "")
+                              for metric, reference in zip(summary["metric"], summary["reference"])]
     return summary
+
+
+def summary_rows(summary: pd.DataFrame, metric: str, reference: str | None = None) -> pd.DataFrame:
+    """The rows of a behaviour summary giving ``metric`` against ``reference`` (None: a metric without one)."""
+    against = summary["reference"].isna() if reference is None else summary["reference"] == reference
+    return summary[(summary["metric"] == metric) & against]
 
 
 def _interval_columns(interval: stats.Interval) -> dict[str, float]:
@@ -529,15 +543,16 @@ def _paper_t_tests(tokens: pd.DataFrame, run: str) -> list[dict[str, Any]]:
     for (model, model_seed), group in used.groupby(["model", "seed"]):
         kl = {condition: g["kl"].to_numpy() for condition, g in group.groupby("condition")}
         for condition in [c for c in kl if not c.startswith(EPSILON_PREFIX)]:
-            comparisons = {"paper_t_vs_epsilon": kl.get(EPSILON_PREFIX + condition)}
+            comparisons = {"epsilon_own_norm": kl.get(EPSILON_PREFIX + condition)}
             if condition != "sae":
-                comparisons["paper_t_vs_own_sae"] = kl.get("sae")
-            for metric, other in comparisons.items():
+                comparisons["own_sae"] = kl.get("sae")
+            for reference, other in comparisons.items():
                 if other is None:
                     continue
                 t, p = stats.unpaired_t_test(kl[condition], other)
                 rows.append({"run": run, "model": model, "seed": int(model_seed), "n_seeds": 1,
-                             "condition": condition, "metric": metric, "estimate": t, "p_value": p,
+                             "condition": condition, "metric": "paper_t", "reference": reference, "estimate": t,
+                             "p_value": p,
                              "n_documents": int(group["doc_id"].nunique()),
                              "n_windows": int(group["window"].nunique()), "n_tokens": int(kl[condition].size),
                              "method": "paper_unpaired_t"})

@@ -81,22 +81,28 @@ def _seed_values(frame: pd.DataFrame, **where: object) -> np.ndarray:
     return frame.loc[mask].sort_values("seed")["value"].to_numpy(dtype=np.float64)
 
 
+def _against(frame: pd.DataFrame, reference: str | None) -> pd.Series:
+    """Rows comparing with ``reference`` (None: rows that compare with nothing)."""
+    return frame["reference"].isna() if reference is None else frame["reference"] == reference
+
+
 class Reader:
     """Small accessors over the artefacts (test split, ``selected`` tokens, pooled seeds)."""
 
     def __init__(self, artefacts: Artefacts) -> None:
         self.a = artefacts
 
-    def recon(self, model: str, metric: str, component: str = "model") -> np.ndarray:
+    def recon(self, model: str, metric: str, component: str = "model", reference: str | None = None) -> np.ndarray:
         frame = self.a.reconstruction
-        frame = frame[(frame["split"] == "test") & (frame["token_set"] == "selected")]
+        frame = frame[(frame["split"] == "test") & (frame["token_set"] == "selected") & _against(frame, reference)]
         return _seed_values(frame, model=model, metric=metric, component=component)
 
-    def recon_interval(self, model: str, metric: str, component: str = "model") -> tuple[float, float, float, int]:
+    def recon_interval(self, model: str, metric: str, component: str = "model",
+                       reference: str | None = None) -> tuple[float, float, float, int]:
         """(mean over seeds, CI low, CI high, seeds) of the document bootstrap in the reconstruction summary."""
         frame = self.a.reconstruction_summary
         row = frame[(frame["split"] == "test") & (frame["token_set"] == "selected") & (frame["model"] == model)
-                    & (frame["metric"] == metric) & (frame["component"] == component)]
+                    & (frame["metric"] == metric) & (frame["component"] == component) & _against(frame, reference)]
         if row.empty:
             return float("nan"), float("nan"), float("nan"), 0
         r = row.iloc[0]
@@ -118,10 +124,12 @@ class Reader:
         return (f"{int(r['n_documents'])} test documents, {int(r['n_windows'])} windows, "
                 f"{int(r['n_tokens']):,} spliced tokens")
 
-    def behaviour(self, model: str, condition: str, metric: str) -> tuple[float, float, float, int]:
+    def behaviour(self, model: str, condition: str, metric: str,
+                  reference: str | None = None) -> tuple[float, float, float, int]:
         frame = self.a.behaviour
         row = frame[(frame["model"] == model) & (frame["condition"] == condition) & (frame["metric"] == metric)
-                    & frame["seed"].isna() & (frame["method"] == "document_window_bootstrap")]
+                    & _against(frame, reference) & frame["seed"].isna()
+                    & (frame["method"] == "document_window_bootstrap")]
         if row.empty:
             return float("nan"), float("nan"), float("nan"), 0
         r = row.iloc[0]
@@ -136,11 +144,13 @@ class Reader:
         first_seed = frame[frame["seed"] == frame["seed"].min()].set_index("component")["parameters"]
         return float(first_seed[list(components)].sum() / first_seed["total"])
 
-    def intervention(self, model: str, quantity: str, column: str = "value", effect: str | None = None) -> np.ndarray:
+    def intervention(self, model: str, quantity: str, column: str = "value", **where: str) -> np.ndarray:
+        """``column`` of the intervention summary's ``quantity`` rows of ``model``, per seed, where each column
+        of ``where`` (role, sentences, effect, ...) has its value."""
         frame = self.a.interventions
         rows = frame[(frame["model"] == model) & (frame["quantity"] == quantity)]
-        if effect is not None:
-            rows = rows[rows["effect"] == effect]
+        for key, value in where.items():
+            rows = rows[rows[key] == value]
         return rows.sort_values("seed")[column].to_numpy(dtype=np.float64)
 
     def clamp(self, model: str, test: str, value: float, column: str) -> np.ndarray:
@@ -199,8 +209,8 @@ HELD_OUT = "test split, BOS and massive-norm tokens excluded"
 
 
 def _nonlinear_share(r: Reader) -> Ours:
-    own_full = r.behaviour("joint", "full", "improvement_kl_own_sae")[0]
-    own_interaction = r.behaviour("joint", "sae+interaction", "improvement_kl_own_sae")[0]
+    own_full = r.behaviour("joint", "full", "improvement_kl", "own_sae")[0]
+    own_interaction = r.behaviour("joint", "sae+interaction", "improvement_kl", "own_sae")[0]
     standard = r.behaviour("standard", "sae", "mean_kl")[0]
     joint = r.behaviour("joint", "full", "mean_kl")[0]
     without = r.behaviour("joint_no_interaction", "full", "mean_kl")[0]
@@ -263,45 +273,45 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "1 - FVU (uncentred residual, normalised space), " + HELD_OUT,
         "paper: training batches; ours: held-out text with a smaller model and budget"),
     "sequential_error_reduction": lambda r: _documents(
-        r.recon("sequential_truncated", "improvement_own_sae"), r.recon_interval("sequential", "improvement_vs_standard_mse"),
+        r.recon("sequential_truncated", "improvement_mse", reference="own_sae"), r.recon_interval("sequential", "improvement_mse", reference="standard"),
         "1 - MSE(sequential, SAE at its trained k) / MSE(standalone standard SAE)",
         "the paper's figure needs the SAE run at k/4 (sequential_truncated); at its trained k the NFM gains less"),
     "sequential_linear_share": lambda r: _seeds(
         r.recon("sequential", "linear_share"), r.recon("sequential", "linear_share"),
         "same definition, " + HELD_OUT, "output magnitudes; the definitions agree"),
     "joint_improvement": lambda r: _documents(
-        r.recon("joint", "improvement_own_sae"), r.recon_interval("joint", "improvement_vs_standard_mse"),
+        r.recon("joint", "improvement_mse", reference="own_sae"), r.recon_interval("joint", "improvement_mse", reference="standard"),
         "1 - MSE(joint) / MSE(independently trained standard SAE, same seed, budget, data)",
         "the paper compares with the joint model's own ablated SAE path, which alone is a poor SAE"),
     "joint_linear_share": lambda r: _seeds(
         r.recon("joint", "linear_share"), r.recon("joint", "linear_share"),
         "same definition, " + HELD_OUT, "output magnitudes; the definitions agree"),
     "sae_pathology_ratio": lambda r: _bootstrap(
-        r.behaviour("standard", "sae", "pathology_ratio"), r.behaviour("standard", "sae", "pathology_ratio"),
+        r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"), r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
         "KL(SAE) / KL(epsilon at the SAE's own error norm), spliced at the training hook with the normaliser, test text",
         "the paper spliced one layer off without normalisation on training text"),
     "sequential_pathology_ratio": lambda r: _bootstrap(
-        r.behaviour("sequential", "full", "pathology_ratio_paper_epsilon"),
-        r.behaviour("sequential", "full", "pathology_ratio"),
+        r.behaviour("sequential", "full", "pathology_ratio", "epsilon_sae_norm"),
+        r.behaviour("sequential", "full", "pathology_ratio", "epsilon_own_norm"),
         "KL(full) / KL(epsilon at the full model's own error norm)",
         "the paper's epsilon used the SAE's error norm for every condition"),
     "sequential_kl_reduction": lambda r: _bootstrap(
-        r.behaviour("sequential", "sae+linear", "improvement_kl_own_sae"),
-        r.behaviour("sequential", "full", "improvement_kl_vs_standard"),
+        r.behaviour("sequential", "sae+linear", "improvement_kl", "own_sae"),
+        r.behaviour("sequential", "full", "improvement_kl", "standard"),
         "1 - KL(sequential full) / KL(standalone standard SAE)",
         "the sequential model's SAE path is the standard SAE, so both references coincide"),
     "joint_kl_reduction": lambda r: _bootstrap(
-        r.behaviour("joint", "full", "improvement_kl_own_sae"), r.behaviour("joint", "full", "improvement_kl_vs_standard"),
+        r.behaviour("joint", "full", "improvement_kl", "own_sae"), r.behaviour("joint", "full", "improvement_kl", "standard"),
         "1 - KL(joint full) / KL(standalone standard SAE)",
         "the paper's reference is the joint model's own ablated SAE path"),
     "joint_nonlinear_kl_reduction": lambda r: _bootstrap(
-        r.behaviour("joint", "sae+interaction", "improvement_kl_own_sae"),
-        r.behaviour("joint", "sae+interaction", "improvement_kl_vs_standard"),
+        r.behaviour("joint", "sae+interaction", "improvement_kl", "own_sae"),
+        r.behaviour("joint", "sae+interaction", "improvement_kl", "standard"),
         "1 - KL(joint SAE + interaction) / KL(standalone standard SAE)",
         "the ablated joint SAE path is a poor reference"),
     "joint_ce_reduction": lambda r: _bootstrap(
-        r.behaviour("joint", "full", "improvement_ce_own_sae"),
-        r.behaviour("joint", "full", "improvement_delta_ce_vs_standard"),
+        r.behaviour("joint", "full", "improvement_ce", "own_sae"),
+        r.behaviour("joint", "full", "improvement_delta_ce", "standard"),
         "1 - delta CE(joint full) / delta CE(standalone standard SAE), delta = spliced - clean",
         "absolute CE ratios shrink every effect towards 0; the CE increase is the quantity that moves"),
     "nonlinear_share_of_improvement": _nonlinear_share,
@@ -331,8 +341,8 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "rho(squared norm, activation-based NFM share) over features that fired",
         "the paper's ratio contains the decoder norm itself, so its rho is partly definitional"),
     "secondary_anova_F": lambda r: _seeds(
-        r.intervention("sequential", "secondary_top_select_F"),
-        r.intervention("sequential", "secondary_top_test_F", effect="formality:emotion"),
+        r.intervention("sequential", "secondary_F", role="top_ranked", sentences="select"),
+        r.intervention("sequential", "secondary_F", role="top_ranked", sentences="test", effect="formality:emotion"),
         "two-way ANOVA interaction F on held-out test sentences for the feature selected on select sentences",
         "the paper selected and tested on the same 40 sentences with a one-way F"),
     "clamp_interaction_F": lambda r: _seeds(

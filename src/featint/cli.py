@@ -290,7 +290,7 @@ def gather_metrics(args: argparse.Namespace, settings: Settings) -> None:
     summary = gather(args.tables, args.documents, args.parameters, args.out_metrics, args.out_summary,
                      args.out_parameters, args.out_figure, settings.evaluation, settings.seed,
                      out_comparisons=args.out_comparisons)
-    view = summary[(summary["metric"].isin(["fvu", "improvement_vs_standard_mse"]))
+    view = summary[(summary["metric"].isin(["fvu", "improvement_mse"]))
                    & summary["component"].isin(["full", "model"]) & (summary["token_set"] == "selected")]
     log.info("test reconstruction:\n%s", view.to_string(index=False))
 
@@ -370,9 +370,10 @@ def gather_behaviour(args: argparse.Namespace, settings: Settings) -> None:
 
     summary = gather(args.tables, args.reference, args.out_summary, args.figures, args.run, settings.behaviour,
                      settings.seed)
-    view = summary[summary["seed"].isna() & summary["metric"].isin(["pathology_ratio", "improvement_kl_vs_standard"])]
+    view = summary[summary["seed"].isna() & summary["metric"].isin(["pathology_ratio", "improvement_kl"])]
     log.info("behaviour (mean over seeds):\n%s",
-             view[["model", "condition", "metric", "estimate", "ci_low", "ci_high"]].to_string(index=False))
+             view[["model", "condition", "metric", "reference", "estimate", "ci_low", "ci_high"]]
+             .to_string(index=False))
 
 
 # ---------------------------------------------------------------------------------------------------------

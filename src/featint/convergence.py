@@ -8,7 +8,8 @@ the same LR, seed and schedule shape, and evaluated on the same test tokens. The
   standard deviation over the default run's seeds: a longer training would not move the comparison by more
   than the seeds already do.
 
-One tidy row per quantity (``test_fvu`` of each model, ``improvement_vs_<reference>`` of each other model),
+One tidy row per quantity (``test_fvu`` of each model; ``improvement_mse`` of each other model against the
+``reference``),
 with both values, the change, the threshold and whether it passes; the figure shows the validation curves of
 both budgets.
 """
@@ -59,7 +60,7 @@ def convergence_table(settings: ConvergenceSettings, default: pd.DataFrame, long
     for model in settings.models:
         before, after = _lookup(default, model, seed, "default"), _lookup(longer, model, seed, "longer")
         change = (after - before) / before
-        rows.append({**base, "quantity": "test_fvu", "model": model, "reference": "", "default": before,
+        rows.append({**base, "quantity": "test_fvu", "model": model, "reference": None, "default": before,
                      "longer": after, "change": change, "change_kind": "relative",
                      "threshold": settings.max_relative_fvu_change,
                      "threshold_definition": "max_relative_fvu_change",
@@ -74,7 +75,7 @@ def convergence_table(settings: ConvergenceSettings, default: pd.DataFrame, long
                        & set(default.loc[default["model"] == reference, "seed"]))
         spread = float(np.std([improvement(default, s, "default") for s in seeds], ddof=1)) \
             if len(seeds) > 1 else float("nan")
-        rows.append({**base, "quantity": f"improvement_vs_{reference}", "model": model, "reference": reference,
+        rows.append({**base, "quantity": "improvement_mse", "model": model, "reference": reference,
                      "default": before, "longer": after, "change": after - before, "change_kind": "absolute",
                      "threshold": spread,
                      "threshold_definition": f"sd over {len(seeds)} seeds of the improvement at the default budget",

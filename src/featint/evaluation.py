@@ -10,8 +10,9 @@ Per model, seed, token set and component (``sae`` = the model's own SAE path, ``
 
 and per model: ``l0``, ``dead_fraction`` (features that never fire on the test tokens), the NFM output
 magnitudes mean|linear|, mean|interaction| and the paper's "linear share" mean|L| / (mean|L| + mean|I|), and
-``improvement_own_sae`` = 1 - MSE(full) / MSE(own SAE path) (the paper's 41.3% definition). The honest
-improvement against the independently trained standard SAE is added when the table is gathered.
+``improvement_mse`` with ``reference = own_sae``: 1 - MSE(full) / MSE(own SAE path) (the paper's 41.3%
+definition). The honest improvement, against the independently trained standard SAE (``reference =
+standard``), is added when the table is gathered. ``reference`` is empty (NA) on every other row.
 
 Token sets: ``selected`` (position 0 and massive-norm outliers excluded, the training distribution) and
 ``with_outliers`` (position 0 excluded only).
@@ -223,9 +224,10 @@ def _finish(model: FeatureModel, acc: _Accumulator, st: _ModelStats) -> dict[str
         total = scalars["linear_magnitude"] + scalars["interaction_magnitude"]
         scalars["linear_share"] = scalars["linear_magnitude"] / total if total > 0 else float("nan")
     per_component = acc.metrics()
+    against: dict[str, float] = {}
     if "full" in per_component:
-        scalars["improvement_own_sae"] = 1.0 - per_component["full"]["mse"] / per_component["sae"]["mse"]
-    return {"components": per_component, **scalars}  # type: ignore[dict-item]
+        against["own_sae"] = 1.0 - per_component["full"]["mse"] / per_component["sae"]["mse"]
+    return {"components": per_component, "improvement_mse": against, **scalars}  # type: ignore[dict-item]
 
 
 def reconstruction_metrics(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
@@ -248,10 +250,13 @@ def reconstruction_table(weights_path: str | Path, activations_dir: str | Path, 
     documents: dict[str, pd.DataFrame] = {}
     for token_set, result in reconstruction_metrics_by_set(model, normaliser, store, documents=documents).items():
         for component, metrics in result.pop("components").items():  # type: ignore[union-attr]
-            rows += [{**base, "token_set": token_set, "component": component, "metric": m, "value": v}
-                     for m, v in metrics.items()]
-        rows += [{**base, "token_set": token_set, "component": "model", "metric": m, "value": float(v)}
-                 for m, v in result.items()]
+            rows += [{**base, "token_set": token_set, "component": component, "metric": m, "reference": None,
+                      "value": v} for m, v in metrics.items()]
+        for reference, value in result.pop("improvement_mse").items():  # type: ignore[union-attr]
+            rows.append({**base, "token_set": token_set, "component": "model", "metric": "improvement_mse",
+                         "reference": reference, "value": value})
+        rows += [{**base, "token_set": token_set, "component": "model", "metric": m, "reference": None,
+                  "value": float(v)} for m, v in result.items()]
     per_document = pd.concat([frame.assign(**base, token_set=token_set) for token_set, frame in documents.items()],
                              ignore_index=True)
     front = [*base, "token_set"]
@@ -281,45 +286,80 @@ def final_reconstruction(metrics: pd.DataFrame, keys: tuple[str, ...] = FINAL_KE
     return final["value"].reset_index()
 
 
-#: Reconstruction metrics given document-bootstrap intervals in the summary.
-INTERVAL_METRICS: tuple[str, ...] = ("fvu", "fvu_raw", "improvement_vs_standard_mse")
+#: Reconstruction metrics given document-bootstrap intervals in the summary, with their reference.
+INTERVAL_METRICS: tuple[tuple[str, str | None], ...] = (("fvu", None), ("fvu_raw", None),
+                                                         ("improvement_mse", "standard"))
 
 
-def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed: int) -> pd.DataFrame:
-    """Percentile intervals of a bootstrap over test documents (one set of resampling rows for every model,
-    seed and component, so improvements are paired), per seed and for the mean over seeds. Rows: run, model,
-    seed (NA = mean over seeds), split, token_set, component, metric, estimate, ci_low, ci_high,
-    n_documents, n_tokens. ``fvu`` for every component; ``improvement_vs_standard_mse`` (component
-    ``model``) = 1 - SSE(final reconstruction) / SSE(standard SAE of the same seed) on the same tokens."""
+@dataclass(frozen=True)
+class DocumentBootstrap:
+    """One resampling of the test documents of a (run, split, token set), shared by every quantity computed on
+    them (so differences between models are paired)."""
+
+    run: str  #: the run
+    split: str  #: the split (test)
+    token_set: str  #: selected or with_outliers
+    rows: pd.DataFrame  #: the per-document sums of squares of every model, seed and component
+    doc_ids: np.ndarray  #: the documents, sorted
+    weights: np.ndarray  #: [1 + B, documents]: row 0 the data itself, then B bootstrap draws
+    n_tokens: int  #: tokens in those documents
+
+    def replicates(self, rows: pd.DataFrame, column: str) -> np.ndarray:
+        """The sum of ``column`` over documents under each resampling row, [1 + B]."""
+        return self.weights @ rows.set_index("doc_id")[column].reindex(self.doc_ids).fillna(0.0).to_numpy()
+
+    def counts(self) -> dict[str, Any]:
+        return {"run": self.run, "split": self.split, "token_set": self.token_set,
+                "n_documents": int(self.doc_ids.size), "n_tokens": self.n_tokens}
+
+
+def document_bootstraps(documents: pd.DataFrame, n_boot: int, seed: int) -> list[DocumentBootstrap]:
+    """A :class:`DocumentBootstrap` per (run, split, token set) of the per-document tables."""
     from featint import stats
 
     out = []
     for (run, split, token_set), frame in documents.groupby(["run", "split", "token_set"]):
         doc_ids = np.sort(frame["doc_id"].unique())
-        weights = stats.nested_cluster_bootstrap_weights(doc_ids, n_boot, seed)
         tokens = frame.drop_duplicates("doc_id").set_index("doc_id")["tokens"].reindex(doc_ids).to_numpy()
+        out.append(DocumentBootstrap(str(run), str(split), str(token_set), frame, doc_ids,
+                                     stats.nested_cluster_bootstrap_weights(doc_ids, n_boot, seed),
+                                     int(tokens.sum())))
+    return out
 
-        def replicates(rows: pd.DataFrame, column: str, weights: np.ndarray = weights,
-                       doc_ids: np.ndarray = doc_ids) -> np.ndarray:
-            return weights @ rows.set_index("doc_id")[column].reindex(doc_ids).fillna(0.0).to_numpy()
 
-        series: dict[tuple[str, int, str, str], np.ndarray] = {}
-        for (model, model_seed, component), rows in frame.groupby(["model", "seed", "component"]):
-            series[(model, int(model_seed), component, "fvu")] = replicates(rows, "sse") / replicates(rows, "sst")
-            series[(model, int(model_seed), component, "fvu_raw")] = (replicates(rows, "sse_raw")
-                                                                     / replicates(rows, "sst_raw"))
-        final = {(m, sd): ("full" if (m, sd, "full", "fvu") in series else "sae") for m, sd, _, _ in series}
-        for (model, model_seed), component in final.items():
-            standard = ("standard", model_seed, "sae", "fvu")
+def _final_component(rows: pd.DataFrame) -> str:
+    """``full`` for a model with an NFM, ``sae`` for an SAE-only one."""
+    return "full" if (rows["component"] == "full").any() else "sae"
+
+
+def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed: int) -> pd.DataFrame:
+    """Percentile intervals of a bootstrap over test documents (one set of resampling rows for every model,
+    seed and component, so improvements are paired), per seed and for the mean over seeds. Rows: run, model,
+    seed (NA = mean over seeds), split, token_set, component, metric, reference, estimate, ci_low, ci_high,
+    n_documents, n_tokens. ``fvu`` and ``fvu_raw`` for every component; ``improvement_mse`` against
+    ``reference = standard`` (component ``model``) = 1 - SSE(final reconstruction) / SSE(standard SAE of the
+    same seed) on the same tokens."""
+    from featint import stats
+
+    out = []
+    for boot in document_bootstraps(documents, n_boot, seed):
+        series: dict[tuple[str, int, str, str, str | None], np.ndarray] = {}
+        finals: dict[tuple[str, int], np.ndarray] = {}
+        for (model, model_seed), rows in boot.rows.groupby(["model", "seed"]):
+            for component, part in rows.groupby("component"):
+                key = (str(model), int(model_seed), str(component))
+                series[(*key, "fvu", None)] = boot.replicates(part, "sse") / boot.replicates(part, "sst")
+                series[(*key, "fvu_raw", None)] = boot.replicates(part, "sse_raw") / boot.replicates(part, "sst_raw")
+            finals[(str(model), int(model_seed))] = series[(str(model), int(model_seed), _final_component(rows), "fvu",
+                                                            None)]
+        for (model, model_seed), fvu in finals.items():
+            standard = ("standard", model_seed, "sae", "fvu", None)
             if model != "standard" and standard in series:
-                series[(model, model_seed, "model", "improvement_vs_standard_mse")] = (
-                    1.0 - series[(model, model_seed, component, "fvu")] / series[standard])
-        base = {"run": run, "split": split, "token_set": token_set, "n_documents": int(doc_ids.size),
-                "n_tokens": int(tokens.sum())}
+                series[(model, model_seed, "model", "improvement_mse", "standard")] = 1.0 - fvu / series[standard]
         for item in stats.per_seed_and_pooled(series, level):
-            component, metric = item.rest
-            out.append({**base, "model": item.model, "seed": pd.NA if item.seed is None else item.seed,
-                        "n_seeds": item.n_seeds, "component": component, "metric": metric,
+            component, metric, reference = item.rest
+            out.append({**boot.counts(), "model": item.model, "seed": pd.NA if item.seed is None else item.seed,
+                        "n_seeds": item.n_seeds, "component": component, "metric": metric, "reference": reference,
                         "estimate": item.interval.estimate, "ci_low": item.interval.low,
                         "ci_high": item.interval.high})
     frame = pd.DataFrame(out)
@@ -341,32 +381,32 @@ def comparison_intervals(documents: pd.DataFrame, parameters: pd.DataFrame, n_bo
     totals = (parameters[parameters["component"] == "total"].groupby("model")["parameters"].first().to_dict()
               if len(parameters) else {})
     out = []
-    for (run, split, token_set), frame in documents.groupby(["run", "split", "token_set"]):
-        doc_ids = np.sort(frame["doc_id"].unique())
-        weights = stats.nested_cluster_bootstrap_weights(doc_ids, n_boot, seed)
-        tokens = frame.drop_duplicates("doc_id").set_index("doc_id")["tokens"].reindex(doc_ids).to_numpy()
-        sse: dict[tuple[str, int], np.ndarray] = {}
-        for (model, model_seed), rows in frame.groupby(["model", "seed"]):
-            component = "full" if (rows["component"] == "full").any() else "sae"
-            final = rows[rows["component"] == component].set_index("doc_id")["sse"]
-            sse[(model, int(model_seed))] = weights @ final.reindex(doc_ids).fillna(0.0).to_numpy()
+    for boot in document_bootstraps(documents, n_boot, seed):
+        sse = {(str(model), int(model_seed)): boot.replicates(rows[rows["component"] == _final_component(rows)], "sse")
+               for (model, model_seed), rows in boot.rows.groupby(["model", "seed"])}
         series = {(model, model_seed, reference): 1.0 - sse[(model, model_seed)] / sse[(reference, model_seed)]
                   for model, reference in COMPARISONS for (name, model_seed) in sse
                   if name == model and (reference, model_seed) in sse}
         for item in stats.per_seed_and_pooled(series, level):
             (reference,) = item.rest
-            out.append({"run": run, "split": split, "token_set": token_set, "model": item.model,
-                        "reference": reference, "seed": pd.NA if item.seed is None else item.seed,
+            counts = boot.counts()
+            out.append({"run": counts["run"], "split": counts["split"], "token_set": counts["token_set"],
+                        "model": item.model, "reference": reference, "seed": pd.NA if item.seed is None else item.seed,
                         "n_seeds": item.n_seeds, "metric": "improvement_mse", "estimate": item.interval.estimate,
                         "ci_low": item.interval.low, "ci_high": item.interval.high,
                         "model_parameters": totals.get(item.model, pd.NA),
                         "reference_parameters": totals.get(reference, pd.NA),
-                        "n_documents": int(doc_ids.size), "n_tokens": int(tokens.sum())})
+                        "n_documents": counts["n_documents"], "n_tokens": counts["n_tokens"]})
     columns = ["run", "split", "token_set", "model", "reference", "seed", "n_seeds", "metric", "estimate", "ci_low",
                "ci_high", "model_parameters", "reference_parameters", "n_documents", "n_tokens"]
     frame = pd.DataFrame(out, columns=columns)
     frame["seed"] = frame["seed"].astype("Int32")
     return frame
+
+
+def improvement_rows(metrics: pd.DataFrame, reference: str, metric: str = "improvement_mse") -> pd.DataFrame:
+    """The rows of a reconstruction table giving ``metric`` (an improvement) against ``reference``."""
+    return metrics[(metrics["metric"] == metric) & (metrics["reference"] == reference)]
 
 
 def gather(tables: list[str | Path], document_tables: list[str | Path], parameter_tables: list[str | Path],
@@ -384,16 +424,18 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     standard = final[final["model"] == "standard"].drop(columns="model").rename(columns={"value": "standard"})
     merged = final.merge(standard, on=["run", "seed", "split", "token_set", "metric"], how="inner")
     merged["value"] = 1.0 - merged["value"] / merged["standard"]
-    merged["metric"] = "improvement_vs_standard_" + merged["metric"]
+    merged["metric"] = "improvement_" + merged["metric"]
+    merged["reference"] = "standard"
     merged["component"] = "model"
     metrics = pd.concat([metrics, merged.drop(columns="standard")], ignore_index=True)
     write_parquet(metrics, out_metrics)
-    keys = ["run", "model", "split", "token_set", "component", "metric"]
-    summary = (metrics.groupby(keys)["value"]
+    keys = ["run", "model", "split", "token_set", "component", "metric", "reference"]
+    summary = (metrics.groupby(keys, dropna=False)["value"]
                .agg(mean="mean", sd="std", n_seeds="count", minimum="min", maximum="max").reset_index())
     documents = pd.concat([pd.read_parquet(p) for p in document_tables], ignore_index=True)
     intervals = document_intervals(documents, settings.bootstrap, settings.ci_level, seed)
-    pooled = intervals[intervals["seed"].isna() & intervals["metric"].isin(INTERVAL_METRICS)]
+    wanted = pd.MultiIndex.from_frame(intervals[["metric", "reference"]]).isin(list(INTERVAL_METRICS))
+    pooled = intervals[intervals["seed"].isna() & wanted]
     summary = summary.merge(pooled[keys + ["ci_low", "ci_high"]], on=keys, how="left")
     summary["interval"] = np.where(summary["ci_low"].notna(),
                                    f"{settings.ci_level:.0%} bootstrap over test documents, mean over seeds", "")
@@ -406,6 +448,6 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     if out_comparisons is not None:
         write_parquet(comparison_intervals(documents, parameters, settings.bootstrap, settings.ci_level, seed),
                       out_comparisons)
-    plots.reconstruction_comparison(final[final["metric"] == "fvu"],
-                                    metrics[metrics["metric"] == "improvement_vs_standard_mse"], figure_path)
+    plots.reconstruction_comparison(final[final["metric"] == "fvu"], improvement_rows(metrics, "standard"),
+                                    figure_path)
     return summary

@@ -244,8 +244,8 @@ def summary_rows(model: FeatureModel, features: pd.DataFrame, settings: Geometry
     below = features["paper_group"] == "below"
     add("paper_fraction_below_threshold", float(below.mean()), "paper")
     for ratio in ("paper_residual_ratio", "paper_linear_ratio", "paper_interaction_ratio"):
-        add(f"{ratio}_mean_below", float(features.loc[below, ratio].mean()), "paper")
-        add(f"{ratio}_mean_above", float(features.loc[~below, ratio].mean()), "paper")
+        add(f"{ratio}_mean", float(features.loc[below, ratio].mean()), "paper", subset="paper_below_threshold")
+        add(f"{ratio}_mean", float(features.loc[~below, ratio].mean()), "paper", subset="paper_above_threshold")
     if model.nfm is not None:
         nfm_ratio = 1.0 - features["paper_residual_ratio"].to_numpy()
         add("spearman_squared_norm_vs_nfm_ratio", stats.spearman(squared, nfm_ratio)[0], "paper")
@@ -263,8 +263,7 @@ def summary_rows(model: FeatureModel, features: pd.DataFrame, settings: Geometry
         found = {r["metric"]: r["value"] for r in rows if r["subset"] == subset}
         # two peaks in the fitted density of the squared norms (the paper's scale) and Ashman's D > 2
         bimodal = found["squared_norm_two_peak_bimodal"] == 1.0
-        add("verdict_bimodal" if subset == "all" else "verdict_bimodal_after_removing_untrained", float(bimodal),
-            subset=subset)
+        add("verdict_bimodal", float(bimodal), subset=subset)  # subset "trained": after removing untrained rows
     return rows
 
 
@@ -329,7 +328,7 @@ def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], p
     summary = pd.concat([pd.read_parquet(p) for p in summary_tables], ignore_index=True)
     curves = pd.concat([pd.read_parquet(p) for p in pca_tables], ignore_index=True)
     write_parquet(summary, out_summary)
-    verdict_metrics = ["verdict_bimodal", "verdict_bimodal_after_removing_untrained", "squared_norm_ashman_d",
+    verdict_metrics = ["verdict_bimodal", "squared_norm_ashman_d",
                        "squared_norm_n_density_modes", "squared_norm_density_mode_low",
                        "squared_norm_density_mode_high", "squared_norm_prefers_2",
                        "squared_norm_bimodality_coefficient", "fraction_never_fired", "fraction_trained",

@@ -163,9 +163,11 @@ def behaviour_ratios(summary: pd.DataFrame, path: str | Path) -> None:
     sns.set_theme(style="whitegrid", context="notebook")
     pooled = summary[summary["seed"].isna() & (summary["method"] == "document_window_bootstrap")]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
-    for ax, metric, label in ((axes[0], "pathology_ratio", "KL(condition) / KL(epsilon-random)"),
-                              (axes[1], "improvement_kl_vs_standard", "1 - KL / KL(standard SAE)")):
-        rows = pooled[(pooled["metric"] == metric) & pooled["condition"].isin(CONDITION_ORDER)]
+    for ax, metric, reference, label in (
+            (axes[0], "pathology_ratio", "epsilon_own_norm", "KL(condition) / KL(epsilon-random)"),
+            (axes[1], "improvement_kl", "standard", "1 - KL / KL(standard SAE)")):
+        rows = pooled[(pooled["metric"] == metric) & (pooled["reference"] == reference)
+                      & pooled["condition"].isin(CONDITION_ORDER)]
         models = _order(rows["model"])
         hues = [c for c in CONDITION_ORDER if c in set(rows["condition"])]
         width = 0.8 / max(1, len(hues))

@@ -42,27 +42,31 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
 
 
 def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.DataFrame:
-    """Per model and seed: how many primary features pass FDR per factor, the selected secondary feature's
-    select-split F and test-split F / p / q per effect, and the smallest clamping interaction p (vs pipeline
-    and vs clean) of each clamp role and test. Tidy: ``quantity`` names what is measured; ``effect``, ``role``,
+    """Per model and seed: how many primary features pass FDR per factor and the top one's t; the secondary
+    features' F on the select sentences (one-way, the ranking) and on the test sentences (two-way, per effect)
+    for the top-ranked feature and the clamped one; and the smallest clamping interaction p (vs pipeline and vs
+    clean) of each clamp role and test. Tidy: ``quantity`` names what is measured; ``factor``, ``role``
+    (``top_ranked`` / ``clamped`` feature, or the clamp's role), ``sentences`` (select / test), ``effect``,
     ``reference`` and ``test`` say of what (empty where they do not apply)."""
     rows = []
     for (model, seed), primary in tables["primary_tests"].groupby(["model", "seed"]):
         base = {"model": model, "seed": seed}
         for factor, group in primary.groupby("factor"):
-            rows.append({**base, "quantity": f"primary_{factor}_features_passing_fdr", "value": float((group["q"] < alpha).sum())})
+            rows.append({**base, "quantity": "primary_features_passing_fdr", "factor": factor,
+                         "value": float((group["q"] < alpha).sum())})
             top = group[group["rank"] == 1].iloc[0]
-            rows.append({**base, "quantity": f"primary_{factor}_top_t", "value": float(top["t"]),
+            rows.append({**base, "quantity": "primary_top_t", "factor": factor, "value": float(top["t"]),
                          "feature": int(top["feature"])})
         secondary = tables["secondary_tests"]
         secondary = secondary[(secondary["model"] == model) & (secondary["seed"] == seed)]
         ranking = secondary[secondary["test"] == "one_way_anova_cells"].sort_values("rank")
         top = ranking.iloc[0]
-        rows.append({**base, "quantity": "secondary_top_select_F", "value": float(top["F"]), "feature": int(top["feature"]),
-                     "p": float(top["p"])})
+        rows.append({**base, "quantity": "secondary_F", "role": "top_ranked", "sentences": "select",
+                     "value": float(top["F"]), "feature": int(top["feature"]), "p": float(top["p"])})
         two_way = secondary[(secondary["test"] == "two_way_anova_type2") & (secondary["feature"] == top["feature"])]
         for record in two_way.to_dict("records"):
-            rows.append({**base, "quantity": "secondary_top_test_F", "effect": record["effect"],
+            rows.append({**base, "quantity": "secondary_F", "role": "top_ranked", "sentences": "test",
+                         "effect": record["effect"],
                          "value": float(record["F"]), "feature": int(top["feature"]), "p": float(record["p"]),
                          "q": float(record["q"])})
         # the feature that is clamped (best-ranked among those firing often enough; may differ from rank 1)
@@ -72,12 +76,14 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
         if len(clamped):
             feature = int(clamped["feature"].iloc[0])
             own = ranking[ranking["feature"] == feature].iloc[0]
-            rows.append({**base, "quantity": "secondary_clamped_select_F", "value": float(own["F"]),
+            rows.append({**base, "quantity": "secondary_F", "role": "clamped", "sentences": "select",
+                         "value": float(own["F"]),
                          "feature": feature, "p": float(own["p"]), "rank": int(own["rank"]),
                          "fires_fraction": float(own["fires_fraction"])})
             tested = secondary[(secondary["test"] == "two_way_anova_type2") & (secondary["feature"] == feature)]
             for record in tested.to_dict("records"):
-                rows.append({**base, "quantity": "secondary_clamped_test_F", "effect": record["effect"],
+                rows.append({**base, "quantity": "secondary_F", "role": "clamped", "sentences": "test",
+                             "effect": record["effect"],
                              "value": float(record["F"]), "feature": feature, "p": float(record["p"]),
                              "q": float(record["q"])})
         rows.append({**base, "quantity": "secondary_tested_interaction_passing_fdr",
