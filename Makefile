@@ -29,7 +29,7 @@ reproduce: $(STAMP)
 
 # CI: the linters, the unit tests (fail fast), then the DAG, SLURM, deployment, browser and SAELens tests
 test: lint test-fast
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "slow or cluster" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "slow or cluster" --durations=25 $(PYTEST_ARGS)
 
 # the unit tests only (no DAG runs, no SLURM, no LM splices): ~2 minutes on a quiet 2-core machine
 test-fast: $(STAMP)
@@ -43,10 +43,12 @@ lint: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --quiet all
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --quiet all --configfile config/tiny.yaml
 
+# throughput ratios, each measured within one script's run, then benchmarks/results/summary.md (never gates CI)
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_extraction.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_training.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_behaviour.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/summary.py
 
 clean-results:
 	rm -rf results logs benchmarks/results .snakemake

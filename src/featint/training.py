@@ -222,6 +222,44 @@ def encode_chunks(model: FeatureModel, x: torch.Tensor, chunk: int = 4096) -> li
     return [model.sae.encode(x[start : start + chunk])[0] for start in range(0, x.shape[0], chunk)]
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a training run leaves its state, and for which run: a checkpoint whose identity (kind, steps, LR,
+    batch, seed) differs from this run's is ignored, never resumed. The state holds everything a resumed run
+    needs to continue bit-identically: weights, optimizer, schedule, the dead-feature counters, the log so far
+    and every RNG."""
+
+    path: Path  #: the checkpoint file (written atomically)
+    identity: str  #: the run it belongs to
+
+    def save(self, step: int, model: FeatureModel, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, since_fired: torch.Tensor,
+             rows: list[dict[str, float]]) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({"identity": self.identity, "step": step, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "since_fired": since_fired, "log": rows, "rng": _rng_state()}, tmp)
+
+    def restore(self, model: FeatureModel, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, name: str
+                ) -> tuple[int, torch.Tensor, list[dict[str, float]]] | None:
+        """Load this run's checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNGs; returns (step,
+        dead-feature counters, log rows), or None when there is none (or only another run's)."""
+        state = torch.load(self.path, map_location=device, weights_only=True) if self.path.is_file() else None
+        if state is None:
+            return None
+        if state.get("identity") != self.identity:
+            log.warning("%s: ignoring checkpoint %s of another configuration (%s); starting afresh", name,
+                        self.path, state.get("identity"))
+            return None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        log.info("%s: resumed from %s at step %d", name, self.path, int(state["step"]))
+        return int(state["step"]), state["since_fired"].to(device), list(state["log"])
+
+
 def train(
     model: FeatureModel,
     data: ShuffledBatches,
@@ -249,26 +287,14 @@ def train(
                                  fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, training.lr_final_factor, training.lr_decay_fraction))
-    n_features = model.sae.n_features
-    since_fired = torch.zeros(n_features, dtype=torch.long, device=device)
+    since_fired = torch.zeros(model.sae.n_features, dtype=torch.long, device=device)
     rows: list[dict[str, float]] = []
+    checkpoint = Checkpoint(Path(checkpoint_path),
+                            f"{name}|steps={total_steps}|lr={lr!r}|batch={data.batch_size}|seed={data.seed}")
+    resumed = checkpoint.restore(model, optimizer, scheduler, device, name)
     start_step = 0
-    checkpoint_path = Path(checkpoint_path)
-    identity = f"{name}|steps={total_steps}|lr={lr!r}|batch={data.batch_size}|seed={data.seed}"
-    state = torch.load(checkpoint_path, map_location=device, weights_only=True) if checkpoint_path.is_file() else None
-    if state is not None and state.get("identity") != identity:
-        log.warning("%s: ignoring checkpoint %s of another configuration (%s); starting afresh", name,
-                    checkpoint_path, state.get("identity"))
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        since_fired = state["since_fired"].to(device)
-        rows = list(state["log"])
-        start_step = int(state["step"])
-        _set_rng_state(state["rng"])
-        log.info("%s: resumed from %s at step %d", name, checkpoint_path, start_step)
+    if resumed is not None:
+        start_step, since_fired, rows = resumed
 
     autocast = training.bf16_autocast  # opt-in; master weights, loss and metrics stay float32
     # a frozen encoder's validation codes never change: encode the validation tokens once
@@ -320,10 +346,7 @@ def train(
                          "mse": val_mse, "fvu": val_fvu})
             progress.set_postfix(val_fvu=f"{val_fvu:.3f}")
         if done % training.checkpoint_every == 0 and done < total_steps:
-            with atomic_path(checkpoint_path) as tmp:
-                torch.save({"identity": identity, "step": done, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "since_fired": since_fired, "log": rows, "rng": _rng_state()}, tmp)
+            checkpoint.save(done, model, optimizer, scheduler, since_fired, rows)
             if on_checkpoint is not None:
                 on_checkpoint(done)
     model.eval()
