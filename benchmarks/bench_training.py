@@ -131,18 +131,30 @@ def main() -> None:
     bench.add("standard step throughput / floor throughput", floor_s / standard_s, "x", ">= 0.7", shapes, floor_note)
     bench.add("joint step / floor", joint_s / floor_s, "x", shapes=shapes)
     bench.add("param_matched step / floor", matched_s / floor_s, "x", shapes=shapes)
-    loop_s, steps = whole_loop(d, n_features, k, embed, args.batch)
-    bench.add("whole training loop / its bare steps", loop_s / (steps * standard_s), "x", "<= 1.2", shapes,
+    loop_s, steps, parts = whole_loop(d, n_features, k, embed, args.batch)
+    bare = steps * standard_s
+    per_step, fixed = parts.pop("per step"), parts.pop("fixed start-up and finish (s)")
+    for part, seconds in parts.items():
+        bench.add(f"training loop: {part} / bare steps", seconds / bare, "x", shapes=shapes)
+    bench.add("training loop: fixed start-up and finish (open store, init, save weights, figure)", fixed, "s",
+              shapes=shapes, note="intercept of the loop's time at 128 and 256 steps")
+    bench.add("training loop per step (slope over 128 -> 256 steps) / bare step", per_step / standard_s, "x",
+              "<= 1.2", shapes, "the steady-state cost of a step inside run_train: batches, AuxK, clipping, "
+              "logging, validations and checkpoints included")
+    bench.add("whole training loop / its bare steps", loop_s / bare, "x", "<= 1.2", shapes,
               f"run_train (standard) on a real store, {steps} steps, validation every 64 steps on 16,384 tokens, "
               "a checkpoint every 200, a log row every 5 (config/config.yaml's), store reading included")
     print(f"wrote {bench.write()}")
 
 
-def whole_loop(d: int, n_features: int, k: int, embed: int, batch: int, steps: int = 256) -> tuple[float, int]:
+def whole_loop(d: int, n_features: int, k: int, embed: int, batch: int, steps: int = 256
+               ) -> tuple[float, int, dict[str, float]]:
     """Seconds of `run_train` (standard) on a generated store of d-dim activations: streaming, normalising,
-    AuxK, logging, validation, clipping, Adam and checkpoints around ``steps`` steps."""
+    AuxK, logging, validation, clipping, Adam and checkpoints around ``steps`` steps; and, measured alone on the
+    same store right after, the seconds of its parts outside the step: the batches (streaming + normalising),
+    the validations and the checkpoints it made."""
     from featint.synthetic import write_synthetic_activations
-    from featint.training import run_train
+    from featint.training import Checkpoint, ShuffledBatches, TrainingData, evaluate_mse, load_selected, run_train
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_dict({
@@ -152,10 +164,44 @@ def whole_loop(d: int, n_features: int, k: int, embed: int, batch: int, steps: i
             "synthetic": {"d_model": d, "n_features": 1024, "active_mean": 20.0,
                           "tokens": {"train": steps * batch, "validation": 16384, "test": 1024}}})
         assert settings.synthetic is not None
+        training = settings.training
         write_synthetic_activations(settings.synthetic, 1.0, "new", Path(tmp) / "setting")
+        activations = Path(tmp) / "setting" / "activations"
+        loops = []
+        for budget in (0.5, 1.0):  # two lengths: the difference is the loop's cost per step, the rest fixed
+            started = time.perf_counter()
+            run_train(settings, "standard", 0, activations, Path(tmp) / f"model{budget}", 3e-3,
+                      budget_factor=budget)
+            loops.append(time.perf_counter() - started)
+        loop = loops[1]
+        parts_per_step = (loops[1] - loops[0]) / (steps - steps // 2)
+
+        parts: dict[str, float] = {}
+        data = TrainingData.open(activations)
         started = time.perf_counter()
-        run_train(settings, "standard", 0, Path(tmp) / "setting" / "activations", Path(tmp) / "model", 3e-3)
-        return time.perf_counter() - started, steps
+        batches = ShuffledBatches(data.train, data.normaliser, batch, training.shuffle_shards, 0, "cpu").iterate(0)
+        for _ in range(steps):
+            next(batches)
+        parts["batches"] = time.perf_counter() - started
+        model = FeatureModel("standard", TopKSAE(d, n_features, k))
+        validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
+        validations = steps // training.validate_every + (steps % training.validate_every != 0)
+        started = time.perf_counter()
+        for _ in range(validations):
+            evaluate_mse(model, validation)
+        parts["validation"] = time.perf_counter() - started
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        training_step(model, torch.randn(batch, d))()  # optimizer state exists, as in a checkpoint
+        optimizer.step()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        checkpoint = Checkpoint(Path(tmp) / "c.pt", "bench")
+        started = time.perf_counter()
+        for _ in range((steps - 1) // training.checkpoint_every):
+            checkpoint.save(0, model, optimizer, scheduler, torch.zeros(n_features, dtype=torch.long), [])
+        parts["checkpoints"] = time.perf_counter() - started
+        parts["fixed start-up and finish (s)"] = loops[1] - steps * parts_per_step
+        parts["per step"] = parts_per_step
+        return loop, steps, parts
 
 
 if __name__ == "__main__":
