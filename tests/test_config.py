@@ -154,6 +154,10 @@ def test_a_stage_reading_an_undeclared_section_stops(monkeypatch: pytest.MonkeyP
         bool(restricted.synthetic)
     with pytest.raises(ValueError, match="unknown config sections"):
         settings.restricted(("modle",), "train")
+    changed = restricted.with_overrides({("sae", "k"): 32}, "an ablation row")  # overrides keep the restriction
+    assert changed.sae.k == 32 and changed.training == settings.training
+    with pytest.raises(UndeclaredSectionError):
+        _ = changed.model.device
 
     seen = {}
 

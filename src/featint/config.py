@@ -448,14 +448,18 @@ class Settings:
     raw: dict[str, Any]
 
     def with_overrides(self, changes: Mapping[tuple[str, ...], Any], source: str) -> Settings:
-        """These settings with the keys at the given paths (e.g. ``("sae", "k")``) replaced, validated again."""
+        """These settings with the keys at the given paths (e.g. ``("sae", "k")``) replaced, validated again
+        (restricted settings stay restricted: an undeclared section does not come back as its default)."""
         raw = copy.deepcopy(self.raw)
         for where, value in changes.items():
             node = raw
             for key in where[:-1]:
-                node = node[key]
+                node = node.setdefault(key, {})
             node[where[-1]] = value
-        return Settings.from_dict(raw, source=source)
+        changed = Settings.from_dict(raw, source=source)
+        hidden = {f.name: getattr(self, f.name) for f in fields(self)
+                  if isinstance(getattr(self, f.name), UndeclaredSection)}
+        return replace(changed, **hidden) if hidden else changed
 
     def restricted(self, sections: tuple[str, ...], stage: str) -> Settings:
         """These settings as stage ``stage`` may read them: the declared ``sections`` as they are, every other
