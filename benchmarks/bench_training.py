@@ -40,7 +40,27 @@ def seconds_per_call(fn: Callable[[], None], repeats: int, warmup: int = 2) -> f
     return (time.perf_counter() - started) / repeats
 
 
-def nfm_sparse_vs_dense(batch: int) -> tuple[float, float]:
+def op_shares(step: Callable[[], None], groups: dict[str, tuple[str, ...]], repeats: int = 3) -> dict[str, float]:
+    """Share of ``step``'s self CPU time (torch profiler) in the ops whose names contain any of each group's
+    substrings: the measured reason a step is as slow as it is."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    events = prof.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    return {name: sum(event.self_cpu_time_total for event in events if any(part in event.key for part in parts))
+            / total for name, parts in groups.items()}
+
+
+#: the gathers and scatters of [F, m] tables: embedding_bag forward and backward, and the zero-filled dense
+#: gradient buffers its backward writes into
+TABLE_OPS = ("embedding_bag", "aten::fill_")
+
+
+def nfm_sparse_vs_dense(batch: int) -> tuple[float, float, float]:
     d, n_features, k, embed = 576, 16384, 64, 64
     torch.manual_seed(0)
     sae = TopKSAE(d, n_features, k)
@@ -59,7 +79,8 @@ def nfm_sparse_vs_dense(batch: int) -> tuple[float, float]:
         out = nfm.forward_dense(dense_f)
         (out.linear.square().mean() + out.interaction.square().mean()).backward()  # type: ignore[union-attr]
 
-    return seconds_per_call(sparse, 5), seconds_per_call(dense, 3)
+    share = op_shares(sparse, {"tables": TABLE_OPS})["tables"]
+    return seconds_per_call(sparse, 5), seconds_per_call(dense, 3), share
 
 
 def training_step(model: FeatureModel, x: torch.Tensor, dense_reference: bool = False,
@@ -76,9 +97,8 @@ def training_step(model: FeatureModel, x: torch.Tensor, dense_reference: bool = 
     return step
 
 
-NFM_NOTE = ("sparse: the k active rows gathered with embedding_bag; what remains is its dense-gradient backward "
-            "(sort + scatter into zero-filled [F, d] and [F, K] buffers, a cost independent of the batch); a CSR "
-            "backward (the encoder's) and one gather of V measured slower here")
+NFM_NOTE = ("sparse: the k active rows gathered with embedding_bag; a CSR backward (the encoder's) and one "
+            "gather of V measured slower here")
 
 
 def main() -> None:
@@ -91,10 +111,12 @@ def main() -> None:
     print(f"{threads} threads, batch {args.batch}")
 
     for batch in sorted({args.batch, 4096}):  # the default batch and the paper's
-        sparse_s, dense_s = nfm_sparse_vs_dense(batch)
+        sparse_s, dense_s, share = nfm_sparse_vs_dense(batch)
         nfm_shapes = f"F=16384 k=64 K=64 d=576, batch {batch}"
         bench.add("NFM fwd+bwd sparse", sparse_s * 1e3, "ms", shapes=nfm_shapes)
-        bench.add("NFM fwd+bwd, dense / sparse", dense_s / sparse_s, "x", ">= 20", nfm_shapes, NFM_NOTE)
+        bench.add("NFM fwd+bwd, dense / sparse", dense_s / sparse_s, "x", ">= 20", nfm_shapes,
+                  f"{NFM_NOTE}; table gathers/scatters and zero-filled [F, m] gradient buffers: {share:.0%} of the "
+                  "sparse step (torch profiler)")
 
     d, n_features, k, embed = 576, 4608, 92, 52  # the embedded default shapes
     shapes = f"d={d} F={n_features} k={k} K={embed}, batch {args.batch}"
@@ -109,7 +131,11 @@ def main() -> None:
     bench.add("standard SAE step", standard_s * 1e3, "ms", shapes=shapes)
     bench.add("standard SAE training throughput", args.batch / standard_s, "tokens/s", shapes=shapes)
     bench.add("standard step, plain autograd / sparse backward", autograd_s / standard_s, "x", shapes=shapes)
-    bench.add("joint step / standard step", joint_s / standard_s, "x", "<= 1.25", shapes)
+    joint_share = op_shares(training_step(joint, x), {"tables": TABLE_OPS})["tables"]
+    standard_share = op_shares(training_step(standard, x), {"tables": TABLE_OPS})["tables"]
+    bench.add("joint step / standard step", joint_s / standard_s, "x", "<= 1.25", shapes,
+              f"the NFM's linear term is a second [F, d] table gathered and scattered like the decoder: table ops "
+              f"take {joint_share:.0%} of the joint step vs {standard_share:.0%} of the standard one (profiler)")
 
     settings = Settings.from_dict({"sae": {"n_features": n_features, "k": k}, "nfm": {"embed_dim": embed}})
     with torch.no_grad():
@@ -119,8 +145,10 @@ def main() -> None:
         model = build_model(kind, d, settings.sae, settings.nfm, standard=standard)
         on_cache = seconds_per_call(training_step(model, x, code=cached), 6)
         encoding = seconds_per_call(training_step(model, x), 6)
+        shares = op_shares(training_step(model, x, code=cached), {"tables": TABLE_OPS, "adam": ("adam",)})
         bench.add(f"{kind} step on cached codes: speed-up over the standard step", standard_s / on_cache, "x",
-                  ">= 5", shapes, f"re-encoding every batch: {standard_s / encoding:.1f}x")
+                  ">= 5", shapes, f"re-encoding every batch: {standard_s / encoding:.1f}x; on the cache, table "
+                  f"gathers/scatters take {shares['tables']:.0%} of its step and Adam {shares['adam']:.0%}")
 
     W, b = standard.sae.W_enc.detach(), standard.sae.b_enc.detach()
     floor_s = seconds_per_call(lambda: torch.addmm(b, x, W.t()).topk(k, dim=-1, sorted=False), 8)
@@ -128,7 +156,12 @@ def main() -> None:
     matched = build_model("param_matched", d, settings.sae, settings.nfm)
     matched_s = seconds_per_call(training_step(matched, x), 6)
     floor_note = "floor: the encoder product + top-k alone (forward), the least a step must do"
-    bench.add("standard step throughput / floor throughput", floor_s / standard_s, "x", ">= 0.7", shapes, floor_note)
+    split = op_shares(training_step(standard, x), {"products": ("addmm", "aten::mm"), "topk": ("topk",),
+                                                  "tables": TABLE_OPS, "adam": ("adam",)})
+    bench.add("standard step throughput / floor throughput", floor_s / standard_s, "x", ">= 0.7", shapes,
+              f"{floor_note}; the step's time (profiler): the encoder product and its sparse (CSR) weight gradient "
+              f"{split['products']:.0%}, top-k {split['topk']:.0%}, decoder table gathers/scatters "
+              f"{split['tables']:.0%}, Adam {split['adam']:.0%}")
     bench.add("joint step / floor", joint_s / floor_s, "x", shapes=shapes)
     bench.add("param_matched step / floor", matched_s / floor_s, "x", shapes=shapes)
     loop_s, steps, parts = whole_loop(d, n_features, k, embed, args.batch)
