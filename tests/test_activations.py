@@ -134,3 +134,21 @@ def test_token_budget_is_respected(tmp_path: Path, documents_path: Path, embedde
     settings = tiny_extraction_settings(max_tokens={"train": 80, "validation": None, "test": None})
     meta = extract(settings, "train", documents_path, embedded_lm_dir, tmp_path / "train")
     assert meta.n_rows == 80 and meta.n_windows == 5
+
+
+def test_token_selection_known_answer(tmp_path: Path) -> None:
+    """Two windows of 4 rows: position 0 never selected nor an outlier; the train split's threshold is
+    outlier_norm_factor x the median of its other rows; validation reads the train split's threshold."""
+    from featint.activations import select_tokens
+    from featint.config import Settings
+
+    norms = np.array([100.0, 1.0, 2.0, 3.0, 100.0, 2.0, 50.0, 2.0], dtype=np.float32)
+    extraction = Settings.from_dict({"extraction": {"outlier_norm_factor": 10.0}}).extraction
+    chosen = select_tokens(norms, 4, "train", extraction, None)
+    assert chosen.median_norm == 2.0 and chosen.threshold == 20.0
+    assert chosen.is_position_zero.tolist() == [True, False, False, False] * 2
+    assert chosen.is_outlier.tolist() == [False] * 6 + [True, False]
+    assert chosen.selected.tolist() == [False, True, True, True, False, True, False, True]
+    keep_outliers = Settings.from_dict({"extraction": {"outlier_norm_factor": 10.0,
+                                                       "exclude_outliers": False}}).extraction
+    assert select_tokens(norms, 4, "train", keep_outliers, None).selected.sum() == 6

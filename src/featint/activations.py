@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -286,6 +286,59 @@ def train_norm_threshold(train_dir: str | Path) -> tuple[float, float]:
     return meta.median_norm, meta.outlier_threshold
 
 
+class TokenSelection(NamedTuple):
+    """Which extracted rows the models see, and why the others are left out."""
+
+    median_norm: float  #: median norm of the train split's rows, position 0 excluded
+    threshold: float  #: outlier_norm_factor x that median: rows above it are massive-norm outliers
+    is_position_zero: np.ndarray  #: [rows] the window's first position (BOS)
+    is_outlier: np.ndarray  #: [rows] norm above the threshold (position 0 never counts)
+    selected: np.ndarray  #: [rows] kept: not excluded as position 0 or as an outlier (per the settings)
+
+
+def select_tokens(norms: np.ndarray, context_length: int, split: str, extraction: ExtractionSettings,
+                  train_dir: str | Path | None) -> TokenSelection:
+    """The selection of a split's rows (windows of ``context_length`` rows, in order): the train split sets the
+    outlier threshold from its own norms, validation and test read it from ``train_dir``."""
+    is_position_zero = np.tile(np.arange(context_length, dtype=np.int16), norms.size // context_length) == 0
+    if split == "train":
+        median = float(np.median(norms[~is_position_zero]))
+        threshold = extraction.outlier_norm_factor * median
+    else:
+        median, threshold = train_norm_threshold(train_dir)  # type: ignore[arg-type]
+    is_outlier = (~is_position_zero) & (norms > threshold)
+    selected = np.ones(norms.size, dtype=bool)
+    if extraction.exclude_position_zero:
+        selected &= ~is_position_zero
+    if extraction.exclude_outliers:
+        selected &= ~is_outlier
+    if not selected.any():
+        raise SplitError(f"split '{split}' has no selected token after excluding position 0 and outliers.")
+    return TokenSelection(median, threshold, is_position_zero, is_outlier, selected)
+
+
+def token_table(windows: list[Window], context_length: int, norms: np.ndarray, shard_rows: int,
+                chosen: TokenSelection) -> pd.DataFrame:
+    """One row per extracted token: where it is stored, where it comes from, its norm and its selection."""
+    T = context_length
+    rows = np.arange(norms.size, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "row": rows,
+            "shard": (rows // shard_rows).astype(np.int32),
+            "doc_id": np.repeat(np.array([w.doc_id for w in windows], dtype=np.int32), T),
+            "window": np.repeat(np.arange(len(windows), dtype=np.int32), T),
+            "window_in_doc": np.repeat(np.array([w.index_in_doc for w in windows], dtype=np.int32), T),
+            "position": np.tile(np.arange(T, dtype=np.int16), len(windows)),
+            "token_id": np.array([t for w in windows for t in w.token_ids], dtype=np.int32),
+            "norm": norms,
+            "is_position_zero": chosen.is_position_zero,
+            "is_outlier": chosen.is_outlier,
+            "selected": chosen.selected,
+        }
+    )
+
+
 @torch.no_grad()
 def extract_split(
     *,
@@ -351,37 +404,8 @@ def extract_split(
             writer.add(flat, doc_ids)
         manifest = writer.close()
 
-        positions = np.tile(np.arange(T, dtype=np.int16), len(windows))
-        is_position_zero = positions == 0
-        if split == "train":
-            median = float(np.median(norms[~is_position_zero]))
-            threshold = extraction.outlier_norm_factor * median
-        else:
-            median, threshold = train_norm_threshold(train_dir)  # type: ignore[arg-type]
-        is_outlier = (~is_position_zero) & (norms > threshold)
-        selected = np.ones(n_rows, dtype=bool)
-        if extraction.exclude_position_zero:
-            selected &= ~is_position_zero
-        if extraction.exclude_outliers:
-            selected &= ~is_outlier
-        if not selected.any():
-            raise SplitError(f"split '{split}' has no selected token after excluding position 0 and outliers.")
-        rows = np.arange(n_rows, dtype=np.int64)
-        tokens_table = pd.DataFrame(
-            {
-                "row": rows,
-                "shard": (rows // extraction.shard_rows).astype(np.int32),
-                "doc_id": np.repeat(np.array([w.doc_id for w in windows], dtype=np.int32), T),
-                "window": np.repeat(np.arange(len(windows), dtype=np.int32), T),
-                "window_in_doc": np.repeat(np.array([w.index_in_doc for w in windows], dtype=np.int32), T),
-                "position": positions,
-                "token_id": np.array([t for w in windows for t in w.token_ids], dtype=np.int32),
-                "norm": norms,
-                "is_position_zero": is_position_zero,
-                "is_outlier": is_outlier,
-                "selected": selected,
-            }
-        )
+        chosen = select_tokens(norms, T, split, extraction, train_dir)
+        tokens_table = token_table(windows, T, norms, extraction.shard_rows, chosen)
         meta = StoreMeta(
             split=split,
             hook_name=hook_point.name,
@@ -395,16 +419,17 @@ def extract_split(
             n_rows=n_rows,
             n_windows=len(windows),
             n_documents=int(plan_stats["documents_used"]),
-            median_norm=median,
-            outlier_threshold=threshold,
+            median_norm=chosen.median_norm,
+            outlier_threshold=chosen.threshold,
             outlier_norm_factor=extraction.outlier_norm_factor,
             exclude_position_zero=extraction.exclude_position_zero,
             exclude_outliers=extraction.exclude_outliers,
         )
         write_parquet(tokens_table, tmp / TOKENS, metadata={"split": split, **plan_stats})
         write_parquet(manifest, tmp / MANIFEST, metadata=asdict(meta))
-    log.info("%s: %d outliers (> %.1f = %.1f x median %.1f), %d selected tokens", split, int(is_outlier.sum()),
-             threshold, extraction.outlier_norm_factor, median, int(selected.sum()))
+    log.info("%s: %d outliers (> %.1f = %.1f x median %.1f), %d selected tokens", split,
+             int(chosen.is_outlier.sum()), chosen.threshold, extraction.outlier_norm_factor, chosen.median_norm,
+             int(chosen.selected.sum()))
     return meta
 
 
