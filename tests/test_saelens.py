@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from featint.config import Settings
 from featint.errors import FeatintError
-from featint.models import build_model, load_model, save_model
+from featint.models import FeatureModel, build_model, load_model, save_model
 from featint.normaliser import Normaliser
 from featint.saelens import (
     CONFIG,
@@ -31,18 +31,25 @@ from featint.saelens import (
 D, F_ = 24, 96
 
 
+def _trained_looking_standard() -> tuple[Settings, FeatureModel]:
+    """Shapes and a standard SAE that looks trained: nonzero biases, decoder rows of varied norms (draws from
+    torch's global RNG, which the caller seeds)."""
+    shapes = Settings.from_dict({"sae": {"n_features": F_, "k": 8}, "nfm": {"embed_dim": 4, "truncated_k": 2}})
+    standard = build_model("standard", D, shapes.sae, shapes.nfm)
+    with torch.no_grad():
+        standard.sae.b_dec.normal_(std=0.3)
+        standard.sae.b_enc.normal_(std=0.1)
+        standard.sae.W_dec.mul_(torch.rand(F_, 1) * 3)
+    return shapes, standard
+
+
 @pytest.mark.parametrize("kind", ["standard", "standard_refit"])
 def test_exported_sae_reconstructs_raw_activations_as_featint_does(kind: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     raw = torch.randn(512, D) * torch.linspace(0.5, 3.0, D) + torch.linspace(-2.0, 2.0, D)
     normaliser = Normaliser.fit([raw], "zscore", "blocks.3.hook_resid_pre")
     normaliser.save(tmp_path / "normaliser.safetensors")
-    shapes = Settings.from_dict({"sae": {"n_features": F_, "k": 8}, "nfm": {"embed_dim": 4, "truncated_k": 2}})
-    standard = build_model("standard", D, shapes.sae, shapes.nfm)
-    with torch.no_grad():  # a trained-looking SAE: nonzero biases, decoder rows of varied norms
-        standard.sae.b_dec.normal_(std=0.3)
-        standard.sae.b_enc.normal_(std=0.1)
-        standard.sae.W_dec.mul_(torch.rand(F_, 1) * 3)
+    shapes, standard = _trained_looking_standard()
     model = standard if kind == "standard" else build_model(kind, D, shapes.sae, shapes.nfm, standard=standard)
     save_model(model, tmp_path / "weights.safetensors", {"hook_name": normaliser.hook_name, "seed": 0})
     config = export_saelens(tmp_path / "weights.safetensors", tmp_path / "normaliser.safetensors", tmp_path / "sae",
@@ -86,12 +93,7 @@ def _run_with_sae(tmp_path: Path, hook: str = "blocks.3.hook_resid_pre") -> tupl
     normaliser.save(acts / "normaliser.safetensors")
     exporting = Normaliser.fit([raw[300:] * 1.1 + 0.2], "zscore", "blocks.3.hook_resid_pre")
     exporting.save(tmp_path / "exporting.safetensors")
-    shapes = Settings.from_dict({"sae": {"n_features": F_, "k": 8}, "nfm": {"embed_dim": 4, "truncated_k": 2}})
-    standard = build_model("standard", D, shapes.sae, shapes.nfm)
-    with torch.no_grad():
-        standard.sae.b_dec.normal_(std=0.3)
-        standard.sae.b_enc.normal_(std=0.1)
-        standard.sae.W_dec.mul_(torch.rand(F_, 1) * 3)
+    _, standard = _trained_looking_standard()
     save_model(standard, tmp_path / "weights.safetensors", {"hook_name": exporting.hook_name, "seed": 0})
     export_saelens(tmp_path / "weights.safetensors", tmp_path / "exporting.safetensors", tmp_path / "sae", "m")
     return raw, normaliser, acts
@@ -197,12 +199,7 @@ def test_saelens_own_loader_reads_the_export_and_reconstructs_as_featint(tmp_pat
     raw = torch.randn(256, D) * torch.linspace(0.5, 3.0, D) + torch.linspace(-2.0, 2.0, D)
     normaliser = Normaliser.fit([raw], "zscore", "blocks.3.hook_resid_pre")
     normaliser.save(tmp_path / "normaliser.safetensors")
-    shapes = Settings.from_dict({"sae": {"n_features": F_, "k": 8}, "nfm": {"embed_dim": 4, "truncated_k": 2}})
-    standard = build_model("standard", D, shapes.sae, shapes.nfm)
-    with torch.no_grad():
-        standard.sae.b_dec.normal_(std=0.3)
-        standard.sae.b_enc.normal_(std=0.1)
-        standard.sae.W_dec.mul_(torch.rand(F_, 1) * 3)
+    shapes, standard = _trained_looking_standard()
     models = {"standard": standard,
               "standard_refit": build_model("standard_refit", D, shapes.sae, shapes.nfm, standard=standard)}
     ours, folders = {}, []
