@@ -389,14 +389,11 @@ def comparison_intervals(documents: pd.DataFrame, parameters: pd.DataFrame, n_bo
                   if name == model and (reference, model_seed) in sse}
         for item in stats.per_seed_and_pooled(series, level):
             (reference,) = item.rest
-            counts = boot.counts()
-            out.append({"run": counts["run"], "split": counts["split"], "token_set": counts["token_set"],
-                        "model": item.model, "reference": reference, "seed": pd.NA if item.seed is None else item.seed,
-                        "n_seeds": item.n_seeds, "metric": "improvement_mse", "estimate": item.interval.estimate,
-                        "ci_low": item.interval.low, "ci_high": item.interval.high,
-                        "model_parameters": totals.get(item.model, pd.NA),
-                        "reference_parameters": totals.get(reference, pd.NA),
-                        "n_documents": counts["n_documents"], "n_tokens": counts["n_tokens"]})
+            out.append({**boot.counts(), "model": item.model, "reference": reference,
+                        "seed": pd.NA if item.seed is None else item.seed, "n_seeds": item.n_seeds,
+                        "metric": "improvement_mse", "estimate": item.interval.estimate, "ci_low": item.interval.low,
+                        "ci_high": item.interval.high, "model_parameters": totals.get(item.model, pd.NA),
+                        "reference_parameters": totals.get(reference, pd.NA)})
     columns = ["run", "split", "token_set", "model", "reference", "seed", "n_seeds", "metric", "estimate", "ci_low",
                "ci_high", "model_parameters", "reference_parameters", "n_documents", "n_tokens"]
     frame = pd.DataFrame(out, columns=columns)
