@@ -61,6 +61,18 @@ def test_ce_known_answer_and_missing_targets() -> None:
     assert next_token_ce(logits[None, :2], tokens).item() == pytest.approx(-math.log(0.7), rel=1e-6)
 
 
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_logit_makes_its_tokens_kl_non_finite(bad: float) -> None:
+    """evaluate_conditions checks the [N] KLs instead of the [N, vocab] logits: one bad logit, wherever it
+    sits in the vocabulary, must show in its token's KL and only there."""
+    generator = torch.Generator().manual_seed(1)
+    clean = CleanDistribution.from_logits(torch.randn(4, 3000, generator=generator))
+    logits = torch.randn(4, 3000, generator=generator)
+    logits[2, 1234] = bad
+    kl, _ = kl_and_ce(clean, logits, None, chunk_tokens=3)
+    assert torch.isfinite(kl).tolist() == [True, True, False, True]
 # ---------------------------------------------------------------------------------------------------------
 # Statistics
 

@@ -299,12 +299,14 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
             for group in _groups(make_conditions(clean, positions, batch_index), per_call):
                 stacked = continuation.logits(torch.cat([c.residual for c in group]))
                 for condition, logits in zip(group, stacked.reshape(len(group), -1, vocab).unbind(0)):
-                    if not torch.isfinite(logits).all():
+                    kl, ce = kl_and_ce(clean_distribution, logits, targets, settings.kl_chunk_tokens)
+                    # a NaN or inf logit makes its token's KL non-finite (the sum runs over the whole
+                    # vocabulary), so checking the [N] KLs checks the [N, vocab] logits at no cost
+                    if not torch.isfinite(kl).all():
                         raise BehaviourError(
                             f"the LM produced NaN/inf logits under condition '{condition.condition}' (draw "
                             f"{condition.draw}); the reconstruction is not finite: check the model's weights "
                             "and the normaliser.")
-                    kl, ce = kl_and_ce(clean_distribution, logits, targets, settings.kl_chunk_tokens)
                     frames.append(pd.DataFrame({
                         "condition": condition.condition, "condition_kind": condition.kind,
                         "component": condition.component, "draw": np.int16(condition.draw),
