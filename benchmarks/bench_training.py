@@ -176,7 +176,10 @@ def main() -> None:
     bench.add("training loop per step, fixed part excluded / bare step", (loop_s - fixed) / bare, "x", "<= 1.2",
               shapes, "the steady-state cost of a step inside run_train: batches, clipping, logging, validations "
               "and checkpoints included")
+    shares = {part: seconds / bare for part, seconds in parts.items()} | {"fixed start-up": fixed / bare}
+    shares["the rest (clipping, logging, dead-latent counters)"] = loop_s / bare - 1 - sum(shares.values())
     bench.add("whole training loop / its bare steps", loop_s / bare, "x", "<= 1.2", shapes,
+              "over the bare steps: " + ", ".join(f"{part} {share:+.3f}" for part, share in shares.items()) + "; "
               f"run_train (standard) on a real store with config/config.yaml's training settings: {steps} steps of "
               f"{training.batch_size}, validation every {training.validate_every} steps on "
               f"{training.validation_tokens:,} tokens, a checkpoint every {training.checkpoint_every}, a log row "
