@@ -5,7 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from featint.io import atomic_directory, atomic_path, read_parquet_metadata, write_parquet
+from featint import io
+from featint.errors import ShardError
+from featint.io import ShardChecks, atomic_directory, atomic_path, read_parquet_metadata, sha256_file, write_parquet
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
@@ -35,3 +37,29 @@ def test_parquet_metadata_round_trip(tmp_path: Path) -> None:
     write_parquet(frame, tmp_path / "t.parquet", metadata={"hook": "blocks.15.hook_resid_pre", "n": 2})
     assert read_parquet_metadata(tmp_path / "t.parquet") == {"hook": "blocks.15.hook_resid_pre", "n": 2}
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), frame)
+
+
+def test_shard_checks_hash_a_file_once_per_reader_and_check_its_size_every_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shard = tmp_path / "shard.bin"
+    shard.write_bytes(bytes(range(256)) * 64)
+    size, digest = shard.stat().st_size, sha256_file(shard)
+    hashed: list[Path] = []
+    monkeypatch.setattr(io, "sha256_file", lambda path: hashed.append(path) or digest)
+    checks = ShardChecks()
+    for _ in range(3):  # three epochs: one hash
+        checks.verify(shard, size, digest, "shard", "fix it")
+    assert hashed == [shard]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ShardError, match="is truncated"):  # the size is checked on every read
+        checks.verify(shard, size, digest, "shard", "fix it")
+    monkeypatch.undo()
+    data = bytearray(bytes(range(256)) * 64)
+    data[5] ^= 0xFF  # same size, one flipped byte: a new reader hashes it and stops
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="fails its sha256 checksum; fix it"):
+        ShardChecks().verify(shard, size, digest, "shard", "fix it")
+    failing = ShardChecks()  # a failed check is not remembered as hashed
+    for _ in range(2):
+        with pytest.raises(ShardError, match="fails its sha256"):
+            failing.verify(shard, size, digest, "shard", "fix it")

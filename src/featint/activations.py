@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from featint.config import ExtractionSettings, HookSettings, ModelSettings
 from featint.errors import ShardError, SplitError
-from featint.io import atomic_directory, read_parquet_metadata, sha256_file, verify_file, write_parquet
+from featint.io import ShardChecks, atomic_directory, read_parquet_metadata, sha256_file, write_parquet
 from featint.lm import HookPoint, bos_token_id, encode_document, load_bridge, model_key
 from featint.normaliser import Normaliser
 
@@ -128,7 +128,8 @@ class ShardWriter:
 
 
 class ActivationStore:
-    """Read-only view of one split's shards; shards are verified (size + sha256) as they are read."""
+    """Read-only view of one split's shards; shards are verified as they are read (sha256 on first read by
+    this object, size on every read: :class:`~featint.io.ShardChecks`)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -141,6 +142,7 @@ class ActivationStore:
         self.manifest = pd.read_parquet(manifest_path)
         self.meta = StoreMeta(**read_parquet_metadata(manifest_path))
         self._tokens: pd.DataFrame | None = None
+        self._checks = ShardChecks()
 
     @property
     def n_rows(self) -> int:
@@ -168,7 +170,7 @@ class ActivationStore:
         entry = self.manifest.iloc[index]
         path = self.directory / entry["file"]
         fix = f"delete {self.directory} and rerun the workflow to extract this split again."
-        verify_file(path, entry["bytes"], entry["sha256"], "activation shard", fix, checksum=verify)
+        self._checks.verify(path, entry["bytes"], entry["sha256"], "activation shard", fix, checksum=verify)
         try:
             tensor = load_file(str(path))[TENSOR_NAME]
         except (SafetensorError, KeyError, OSError) as exc:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from featint.activations import ActivationStore
 from featint.errors import ShardError
-from featint.io import atomic_directory, read_parquet_metadata, sha256_file, verify_file, write_parquet
+from featint.io import ShardChecks, atomic_directory, read_parquet_metadata, sha256_file, write_parquet
 from featint.models import SparseCode, load_model
 from featint.normaliser import Normaliser
 
@@ -88,7 +88,8 @@ def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_
 
 
 class CodeCache:
-    """Read-only view of a code cache; shards are verified (size + sha256) as they are read."""
+    """Read-only view of a code cache; shards are verified as they are read (sha256 on first read by this
+    object, size on every read: :class:`~featint.io.ShardChecks`)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -98,6 +99,7 @@ class CodeCache:
                              "Rerun the cache_codes rule (snakemake re-creates it).")
         self.manifest = pd.read_parquet(manifest).set_index("shard")
         self.meta = CodeCacheMeta(**read_parquet_metadata(manifest))
+        self._checks = ShardChecks()
 
     def check(self, weights_path: str | Path, store: ActivationStore, k: int) -> None:
         """Stop with a clear message unless the cache was computed by ``weights_path`` on ``store`` with at
@@ -119,7 +121,7 @@ class CodeCache:
         entry = self.manifest.loc[index]
         path = self.directory / entry["file"]
         fix = f"the cache is corrupt: delete {self.directory} and rerun the workflow to write it again."
-        verify_file(path, entry["bytes"], entry["sha256"], "code cache shard", fix)
+        self._checks.verify(path, entry["bytes"], entry["sha256"], "code cache shard", fix)
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError) as exc:
