@@ -192,11 +192,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 
 def whole_loop(d: int, n_features: int, k: int, embed: int) -> tuple[float, TrainingSettings, dict[str, float]]:
-    """Seconds of `run_train` (standard) on a generated store of d-dim activations as large as the default's train
-    split, with config/config.yaml's training settings (its steps, batch, validation and checkpoint frequencies,
-    validation tokens): streaming,
-    normalising, AuxK, logging, validation, clipping, Adam and checkpoints around every step; and, measured
-    alone on the same store right after, the seconds of its parts outside the step: the batches (streaming +
+    """Seconds of `run_train` (standard) on a generated store of d-dim activations as large as the default's
+    train split, with config/config.yaml's training settings (its steps, batch, validation and checkpoint
+    frequencies, validation tokens): streaming, normalising, logging, validation, clipping, Adam and checkpoints
+    around every step; the seconds of a one-step run (its fixed start-up and finish); and, measured alone on
+    the same store right after, the seconds of the loop's parts outside the step: the batches (streaming +
     normalising), the validations and the checkpoints it made."""
     from featint.synthetic import write_synthetic_activations
     from featint.training import Checkpoint, ShuffledBatches, TrainingData, evaluate_mse, load_selected, run_train
@@ -207,7 +207,8 @@ def whole_loop(d: int, n_features: int, k: int, embed: int) -> tuple[float, Trai
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_dict({
             # AuxK off: no latent dies in the default run (its logs' dead_fraction stays 0), so AuxK never runs
-            # there; on this synthetic store (1,024 true directions for 4,608 latents) most would die and it would
+            # there; on this synthetic store (1,024 true directions for 4,608 latents) most latents would die and
+            # AuxK would dominate the loop
             "sae": {"n_features": n_features, "k": k, "auxk": {"enabled": False}}, "nfm": {"embed_dim": embed},
             "training": {**default.raw["training"], "lr": 3e-3},
             "synthetic": {"d_model": d, "n_features": 1024, "active_mean": 20.0,  # the default's split sizes
