@@ -18,6 +18,8 @@ Not a test: nothing gates on time.
 from __future__ import annotations
 
 import argparse
+import itertools
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,13 +33,21 @@ from featint.models import NFM, FeatureModel, SparseCode, TopKSAE, build_model
 from featint.runtime import set_threads
 
 
-def seconds_per_call(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
+def interleaved_seconds(calls: dict[str, Callable[[], None]], rounds: int = 7, repeats: int = 2) -> dict[str, float]:
+    """Seconds per call of each function, timed in interleaved rounds (each round calls every function
+    ``repeats`` times; two warm-up calls first), the median over rounds: a drift in this shared machine's speed
+    hits every function of a ratio alike instead of whichever ran during it."""
+    for fn in calls.values():
         fn()
-    started = time.perf_counter()
-    for _ in range(repeats):
         fn()
-    return (time.perf_counter() - started) / repeats
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            started = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times[name].append((time.perf_counter() - started) / repeats)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def op_shares(step: Callable[[], None], groups: dict[str, tuple[str, ...]], repeats: int = 3) -> dict[str, float]:
@@ -80,16 +90,21 @@ def nfm_sparse_vs_dense(batch: int) -> tuple[float, float, float]:
         (out.linear.square().mean() + out.interaction.square().mean()).backward()  # type: ignore[union-attr]
 
     share = op_shares(sparse, {"tables": TABLE_OPS})["tables"]
-    return seconds_per_call(sparse, 5), seconds_per_call(dense, 3), share
+    seconds = interleaved_seconds({"sparse": sparse, "dense": dense}, rounds=5, repeats=1)
+    return seconds["sparse"], seconds["dense"], share
 
 
-def training_step(model: FeatureModel, x: torch.Tensor, dense_reference: bool = False,
+def training_step(model: FeatureModel, x: torch.Tensor | list[torch.Tensor], dense_reference: bool = False,
                   code: SparseCode | None = None) -> Callable[[], None]:
+    """One training step (forward, MSE, backward, fused Adam) per call, on ``x`` or, given a list, on its
+    batches in turn."""
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-4, fused=True)  # as featint.training
+    batches = itertools.cycle(x if isinstance(x, list) else [x])
 
     def step() -> None:
-        rec = model.forward_dense(x) if dense_reference else model(x, code=code)
-        loss = (rec.total - x).square().mean()
+        batch = next(batches)
+        rec = model.forward_dense(batch) if dense_reference else model(batch, code=code)
+        loss = (rec.total - batch).square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -125,36 +140,40 @@ def main() -> None:
     standard = FeatureModel("standard", TopKSAE(d, n_features, k))
     torch.manual_seed(0)
     joint = FeatureModel("joint", TopKSAE(d, n_features, k), NFM(n_features, d, embed))
-    standard_s = seconds_per_call(training_step(standard, x), 6)
-    joint_s = seconds_per_call(training_step(joint, x), 6)
-    autograd_s = seconds_per_call(training_step(standard, x, dense_reference=True), 4)
+    settings = Settings.from_dict({"sae": {"n_features": n_features, "k": k}, "nfm": {"embed_dim": embed}})
+    with torch.no_grad():
+        cached = standard.sae.encode(x)[0]
+    frozen = {}
+    for kind in ("sequential", "standard_refit"):
+        torch.manual_seed(0)
+        frozen[kind] = build_model(kind, d, settings.sae, settings.nfm, standard=standard)
+    torch.manual_seed(0)
+    matched = build_model("param_matched", d, settings.sae, settings.nfm)
+    W, b = standard.sae.W_enc.detach().clone(), standard.sae.b_enc.detach().clone()
+    seconds = interleaved_seconds({
+        "standard": training_step(standard, x), "joint": training_step(joint, x),
+        "autograd": training_step(standard, x, dense_reference=True), "param_matched": training_step(matched, x),
+        "floor": lambda: torch.addmm(b, x, W.t()).topk(k, dim=-1, sorted=False),
+        **{f"{kind} on cache": training_step(model, x, code=cached) for kind, model in frozen.items()},
+        **{f"{kind} encoding": training_step(model, x) for kind, model in frozen.items()}})
+    standard_s, joint_s, floor_s = seconds["standard"], seconds["joint"], seconds["floor"]
     bench.add("standard SAE step", standard_s * 1e3, "ms", shapes=shapes)
     bench.add("standard SAE training throughput", batch_size / standard_s, "tokens/s", shapes=shapes)
-    bench.add("standard step, plain autograd / sparse backward", autograd_s / standard_s, "x", shapes=shapes)
+    bench.add("standard step, plain autograd / sparse backward", seconds["autograd"] / standard_s, "x",
+              shapes=shapes)
     joint_share = op_shares(training_step(joint, x), {"tables": TABLE_OPS})["tables"]
     standard_share = op_shares(training_step(standard, x), {"tables": TABLE_OPS})["tables"]
     bench.add("joint step / standard step", joint_s / standard_s, "x", "<= 1.25", shapes,
               f"the NFM's linear term is a second [F, d] table gathered and scattered like the decoder: table ops "
               f"take {joint_share:.0%} of the joint step vs {standard_share:.0%} of the standard one (profiler)")
-
-    settings = Settings.from_dict({"sae": {"n_features": n_features, "k": k}, "nfm": {"embed_dim": embed}})
-    with torch.no_grad():
-        cached = standard.sae.encode(x)[0]
-    for kind in ("sequential", "standard_refit"):
-        torch.manual_seed(0)
-        model = build_model(kind, d, settings.sae, settings.nfm, standard=standard)
-        on_cache = seconds_per_call(training_step(model, x, code=cached), 6)
-        encoding = seconds_per_call(training_step(model, x), 6)
+    for kind, model in frozen.items():
         shares = op_shares(training_step(model, x, code=cached), {"tables": TABLE_OPS, "adam": ("adam",)})
-        bench.add(f"{kind} step on cached codes: speed-up over the standard step", standard_s / on_cache, "x",
-                  ">= 5", shapes, f"re-encoding every batch: {standard_s / encoding:.1f}x; on the cache, table "
+        bench.add(f"{kind} step on cached codes: speed-up over the standard step",
+                  standard_s / seconds[f"{kind} on cache"], "x", ">= 5", shapes,
+                  f"re-encoding every batch: {standard_s / seconds[f'{kind} encoding']:.1f}x; on the cache, table "
                   f"gathers/scatters take {shares['tables']:.0%} of its step and Adam {shares['adam']:.0%}")
 
-    W, b = standard.sae.W_enc.detach(), standard.sae.b_enc.detach()
-    floor_s = seconds_per_call(lambda: torch.addmm(b, x, W.t()).topk(k, dim=-1, sorted=False), 8)
-    torch.manual_seed(0)
-    matched = build_model("param_matched", d, settings.sae, settings.nfm)
-    matched_s = seconds_per_call(training_step(matched, x), 6)
+    matched_s = seconds["param_matched"]
     floor_note = "floor: the encoder product + top-k alone (forward), the least a step must do"
     split = op_shares(training_step(standard, x), {"products": ("addmm", "aten::mm"), "topk": ("topk",),
                                                   "tables": TABLE_OPS, "adam": ("adam",)})
@@ -166,11 +185,14 @@ def main() -> None:
     bench.add("param_matched step / floor", matched_s / floor_s, "x", shapes=shapes)
     loop_s, training, parts = whole_loop(d, n_features, k, embed)
     steps = training.steps
-    bare = steps * standard_s
     one_step_run, one_validation = parts.pop("one-step run (s)"), parts.pop("one validation (s)")
+    bare_step = parts.pop("bare step (s)")
+    bare = steps * bare_step
+    bench.add("bare standard step on the store's batches", bare_step * 1e3, "ms", shapes=shapes,
+              note="the loop's steps are compared with it (a step on random vectors: above)")
     for part, seconds in parts.items():
         bench.add(f"training loop: {part} / bare steps", seconds / bare, "x", shapes=shapes)
-    fixed = one_step_run - standard_s - one_validation
+    fixed = one_step_run - bare_step - one_validation
     bench.add("training loop: fixed start-up and finish (open store, init, save weights, figure)", fixed, "s",
               shapes=shapes, note="a one-step run less its step and its validation")
     bench.add("training loop per step, fixed part excluded / bare step", (loop_s - fixed) / bare, "x", "<= 1.2",
@@ -230,9 +252,14 @@ def whole_loop(d: int, n_features: int, k: int, embed: int) -> tuple[float, Trai
         data = TrainingData.open(activations)
         started = time.perf_counter()
         batches = ShuffledBatches(data.train, data.normaliser, batch, training.shuffle_shards, 0, "cpu").iterate(0)
-        for _ in range(steps):
-            next(batches)
+        store_batches = [next(batches).x for _ in range(steps)]
         parts["batches"] = time.perf_counter() - started
+        # the bare step on this store's batches (its codes gather other rows than random vectors' do): the
+        # loop's steps are compared with these
+        torch.manual_seed(0)
+        model = FeatureModel("standard", TopKSAE(d, n_features, k))
+        parts["bare step (s)"] = interleaved_seconds({"bare": training_step(model, store_batches[:16])},
+                                                     rounds=3, repeats=16)["bare"]
         model = FeatureModel("standard", TopKSAE(d, n_features, k))
         validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
         validations = steps // training.validate_every + (steps % training.validate_every != 0)
