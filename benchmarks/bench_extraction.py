@@ -4,20 +4,22 @@
 
 Prints tokens/s of (a) the bare forward `bridge(tokens, stop_at_layer=hook)` over the same windows and
 (b) the whole extraction (tokenising, forward, norms, shard writing with sha256, token table), and their
-ratio (target >= 0.9). The model is loaded once, outside both timings. Not a test: nothing gates on time.
+ratio (target >= 0.9), each the median of alternating rounds. The model is loaded once, outside both
+timings. Not a test: nothing gates on time.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from featint.activations import extract_split, plan_windows
-from featint.config import load_settings
+from featint.activations import StoreMeta, extract_split, plan_windows
+from featint.config import Settings, load_settings
 from featint.corpus import build_documents
 from featint.lm import HookPoint, load_bridge, model_dir, needs_preparation, prepare_model
 from featint.runtime import set_threads
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--windows", type=int, default=192, help="windows per measurement")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both timings (median)")
     args = parser.parse_args()
 
     threads = set_threads(args.threads)
@@ -46,27 +49,36 @@ def main() -> None:
     tokens = torch.tensor([w.token_ids for w in windows], dtype=torch.long)
     n_tokens = tokens.numel()
 
-    with torch.no_grad():
-        bridge(tokens[: ex.batch_size], stop_at_layer=hook.stop_at_layer)  # warm-up
-        started = time.perf_counter()
+    overrides = dict(settings.raw)
+    overrides["extraction"] = dict(settings.raw["extraction"], max_tokens={"train": budget, "validation": None,
+                                                                          "test": None})
+    run_settings = Settings.from_dict(overrides)
+
+    @torch.no_grad()
+    def bare_forward() -> None:
         for start in range(0, len(tokens), ex.batch_size):
             bridge(tokens[start : start + ex.batch_size], stop_at_layer=hook.stop_at_layer)
-        bare = time.perf_counter() - started
 
-    with tempfile.TemporaryDirectory() as tmp:
-        docs_path = Path(tmp) / "documents.parquet"
-        documents.to_parquet(docs_path)
-        overrides = dict(settings.raw)
-        overrides["extraction"] = dict(settings.raw["extraction"], max_tokens={"train": budget, "validation": None,
-                                                                              "test": None})
-        from featint.config import Settings
+    def extraction() -> StoreMeta:
+        with tempfile.TemporaryDirectory() as tmp:
+            docs_path = Path(tmp) / "documents.parquet"
+            documents.to_parquet(docs_path)
+            return extract_split(split="train", documents_path=docs_path, model_directory=lm,
+                                 out_dir=Path(tmp) / "train", model=run_settings.model, hook=run_settings.hook,
+                                 extraction=run_settings.extraction, bridge=bridge)
 
-        run_settings = Settings.from_dict(overrides)
+    with torch.no_grad():
+        bridge(tokens[: ex.batch_size], stop_at_layer=hook.stop_at_layer)  # warm-up
+    # alternating rounds, the median of each: a drift in the shared machine's speed hits both alike
+    bare_times, full_times = [], []
+    for _ in range(args.rounds):
         started = time.perf_counter()
-        meta = extract_split(split="train", documents_path=docs_path, model_directory=lm, out_dir=Path(tmp) / "train",
-                             model=run_settings.model, hook=run_settings.hook, extraction=run_settings.extraction,
-                             bridge=bridge)
-        full = time.perf_counter() - started
+        bare_forward()
+        bare_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        meta = extraction()
+        full_times.append(time.perf_counter() - started)
+    bare, full = statistics.median(bare_times), statistics.median(full_times)
     assert meta.n_rows == n_tokens, (meta.n_rows, n_tokens)
 
     bare_tps, full_tps = n_tokens / bare, n_tokens / full
