@@ -61,8 +61,6 @@ def test_ce_known_answer_and_missing_targets() -> None:
     assert next_token_ce(logits[None, :2], tokens).item() == pytest.approx(-math.log(0.7), rel=1e-6)
 
 
-
-
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_a_non_finite_logit_makes_its_tokens_kl_non_finite(bad: float) -> None:
     """evaluate_conditions checks the [N] KLs instead of the [N, vocab] logits: one bad logit, wherever it
@@ -73,6 +71,8 @@ def test_a_non_finite_logit_makes_its_tokens_kl_non_finite(bad: float) -> None:
     logits[2, 1234] = bad
     kl, _ = kl_and_ce(clean, logits, None, chunk_tokens=3)
     assert torch.isfinite(kl).tolist() == [True, True, False, True]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Statistics
 
