@@ -86,8 +86,8 @@ def verify_file(path: Path, expected_bytes: int, expected_sha256: str, what: str
 class ShardChecks:
     """Verification of a store's shards as they are read: the sha256 the first time a reader opens a file,
     its size every time. A training run reads every train shard once per epoch; hashing them again each epoch
-    cost 4% of the default training loop (bench_training) and guards against nothing the first hash and the
-    size check miss (a shard rewritten in place, at the same size, while a run reads it)."""
+    cost 4% of the default training loop (bench_training), and the only damage it would add to what the first
+    hash and the size checks catch is a shard rewritten in place, at the same size, while a run reads it."""
 
     def __init__(self) -> None:
         self._hashed: set[Path] = set()
