@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from record import Recorder
 
-from featint.behaviour import EvaluationWindows, evaluate_conditions, model_conditions
+from featint.behaviour import EvaluationWindows, conditions_per_call, evaluate_conditions, model_conditions
 from featint.config import Settings
 from featint.evaluation import components_of
 from featint.lm import EMBEDDED_KEY, HookPoint, load_bridge, read_n_layers
@@ -43,7 +43,7 @@ def lm_work(continuation: ModelContinuation, windows: EvaluationWindows, batch_t
     for window_slice in windows.batches(batch_tokens):
         clean = continuation.residual(windows.tokens[window_slice])
         continuation.logits(clean)
-        per_call = max(1, batch_tokens // (clean.shape[0] * clean.shape[1]))
+        per_call = conditions_per_call(batch_tokens, clean.shape[0], clean.shape[1])
         for start in range(0, n_conditions, per_call):
             continuation.logits(torch.cat([clean] * min(per_call, n_conditions - start)))
 

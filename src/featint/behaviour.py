@@ -295,7 +295,7 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
             window_grid = np.repeat(windows.window_ids[window_slice], P).astype(np.int32)
             doc_grid = np.repeat(windows.doc_ids[window_slice], P).astype(np.int32)
             position_grid = np.tile(np.arange(P), tokens.shape[0]).astype(np.int16)
-            per_call = max(1, settings.batch_tokens // (tokens.shape[0] * P))
+            per_call = conditions_per_call(settings.batch_tokens, tokens.shape[0], P)
             for group in _groups(make_conditions(clean, positions, batch_index), per_call):
                 stacked = continuation.logits(torch.cat([c.residual for c in group]))
                 for condition, logits in zip(group, stacked.reshape(len(group), -1, vocab).unbind(0)):
@@ -318,6 +318,12 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
     log.info("residual at %s matches the stored activations (largest relative difference %.2e)",
              continuation.hook.name, worst)
     return pd.concat(frames, ignore_index=True)
+
+
+def conditions_per_call(batch_tokens: int, n_windows: int, n_positions: int) -> int:
+    """How many conditions of a batch of ``n_windows`` windows go through the blocks after the hook in one
+    call: as many as fit in ``batch_tokens`` positions, at least one."""
+    return max(1, batch_tokens // (n_windows * n_positions))
 
 
 def _groups(conditions: Iterator[SplicedCondition], size: int) -> Iterator[list[SplicedCondition]]:
