@@ -191,7 +191,7 @@ def test_interventions(tiny_run: TinyRun) -> None:
     assert set(zip(secondary["role"], secondary["sentences"])) == {
         (role, sentences) for role in ("top_ranked", "clamped") for sentences in ("select", "test")}
     # tidy: what a row measures is in `quantity`, of what in its own columns, never packed into the name
-    assert not summary["quantity"].str.contains(r"[\[|]|_(?:select|test)_|emotion|formality").any()
+    assert not summary["quantity"].str.contains(r"[\[|]|(?:^|_)(?:select|test)(?:_|$)|emotion|formality").any()
     clamp_rows = summary[summary["quantity"] == "clamp_min_p"]
     assert len(clamp_rows) and clamp_rows[["role", "reference", "test"]].notna().all().all()
     secondary_log = pd.read_parquet(results / "interventions" / "joint" / "seed~0" / "secondary" / "train_log.parquet")
