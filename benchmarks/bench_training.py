@@ -24,13 +24,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from record import Recorder
 
-from featint.config import Settings, TrainingSettings, load_settings
+from featint.config import Settings, load_settings
 from featint.models import NFM, FeatureModel, SparseCode, TopKSAE, build_model
 from featint.runtime import set_threads
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 
 def interleaved_seconds(calls: dict[str, Callable[[], None]], rounds: int = 7, repeats: int = 2) -> dict[str, float]:
@@ -122,7 +125,8 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(args.threads)
     bench = Recorder("bench_training", threads)
-    batch_size = load_settings(DEFAULT_CONFIG).training.batch_size  # the default config's
+    default = load_settings(DEFAULT_CONFIG)
+    batch_size = default.training.batch_size
     print(f"{threads} threads, batch {batch_size}")
 
     for batch in sorted({batch_size, 4096}):  # the default batch and the paper's
@@ -183,47 +187,51 @@ def main() -> None:
               f"{split['tables']:.0%}, Adam {split['adam']:.0%}")
     bench.add("joint step / floor", joint_s / floor_s, "x", shapes=shapes)
     bench.add("param_matched step / floor", matched_s / floor_s, "x", shapes=shapes)
-    loop_s, training, parts = whole_loop(d, n_features, k, embed)
-    steps = training.steps
-    one_step_run, one_validation = parts.pop("one-step run (s)"), parts.pop("one validation (s)")
-    bare_step = parts.pop("bare step (s)")
-    bare = steps * bare_step
-    bench.add("bare standard step on the store's batches", bare_step * 1e3, "ms", shapes=shapes,
+    loop = whole_loop(default, d, n_features, k)
+    training = default.training
+    bare = training.steps * loop.bare_step
+    bench.add("bare standard step on the store's batches", loop.bare_step * 1e3, "ms", shapes=shapes,
               note="the loop's steps are compared with it (a step on random vectors: above)")
-    for part, seconds in parts.items():
-        bench.add(f"training loop: {part} / bare steps", seconds / bare, "x", shapes=shapes)
-    fixed = one_step_run - bare_step - one_validation
+    for part, part_seconds in loop.parts.items():
+        bench.add(f"training loop: {part} / bare steps", part_seconds / bare, "x", shapes=shapes)
+    fixed = loop.one_step_run - loop.bare_step - loop.one_validation
     bench.add("training loop: fixed start-up and finish (open store, init, save weights, figure)", fixed, "s",
               shapes=shapes, note="a one-step run less its step and its validation")
-    bench.add("training loop per step, fixed part excluded / bare step", (loop_s - fixed) / bare, "x", "<= 1.2",
-              shapes, "the steady-state cost of a step inside run_train: batches, clipping, logging, validations "
-              "and checkpoints included")
-    shares = {part: seconds / bare for part, seconds in parts.items()} | {"fixed start-up": fixed / bare}
-    shares["the rest (clipping, logging, dead-latent counters)"] = loop_s / bare - 1 - sum(shares.values())
-    bench.add("whole training loop / its bare steps", loop_s / bare, "x", "<= 1.2", shapes,
+    bench.add("training loop per step, fixed part excluded / bare step", (loop.seconds - fixed) / bare, "x",
+              "<= 1.2", shapes, "the steady-state cost of a step inside run_train: batches, clipping, logging, "
+              "validations and checkpoints included")
+    shares = {part: part_seconds / bare for part, part_seconds in loop.parts.items()} | {"fixed start-up": fixed / bare}
+    shares["the rest (clipping, logging, dead-latent counters)"] = loop.seconds / bare - 1 - sum(shares.values())
+    bench.add("whole training loop / its bare steps", loop.seconds / bare, "x", "<= 1.2", shapes,
               "over the bare steps: " + ", ".join(f"{part} {share:+.3f}" for part, share in shares.items()) + "; "
-              f"run_train (standard) on a real store with config/config.yaml's training settings: {steps} steps of "
-              f"{training.batch_size}, validation every {training.validate_every} steps on "
+              f"run_train (standard) on a real store with config/config.yaml's training settings: {training.steps} "
+              f"steps of {training.batch_size}, validation every {training.validate_every} steps on "
               f"{training.validation_tokens:,} tokens, a checkpoint every {training.checkpoint_every}, a log row "
               f"every {training.log_every}; store reading included; AuxK off (no latent dies in the default run, "
               "so it never runs there)")
     print(f"wrote {bench.write()}")
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+class LoopTiming(NamedTuple):
+    """What :func:`whole_loop` measured, in seconds."""
+
+    seconds: float  #: the whole `run_train` at the default budget
+    one_step_run: float  #: `run_train` of one step: start-up, one batch, one validation, finish
+    one_validation: float  #: one validation on the validation tokens
+    bare_step: float  #: one bare training step on the store's own batches
+    parts: dict[str, float]  #: the loop's parts outside the step, each over the whole run (batches, ...)
 
 
-def whole_loop(d: int, n_features: int, k: int, embed: int) -> tuple[float, TrainingSettings, dict[str, float]]:
+def whole_loop(default: Settings, d: int, n_features: int, k: int) -> LoopTiming:
     """Seconds of `run_train` (standard) on a generated store of d-dim activations as large as the default's
-    train split, with config/config.yaml's training settings (its steps, batch, validation and checkpoint
+    train split, with the default config's training settings (its steps, batch, validation and checkpoint
     frequencies, validation tokens): streaming, normalising, logging, validation, clipping, Adam and checkpoints
     around every step; the seconds of a one-step run (its fixed start-up and finish); and, measured alone on
-    the same store right after, the seconds of the loop's parts outside the step: the batches (streaming +
-    normalising), the validations and the checkpoints it made."""
+    the same store right after, a bare step on the store's batches and the loop's parts outside the step: the
+    batches (streaming + normalising), the validations and the checkpoints it made."""
     from featint.synthetic import write_synthetic_activations
     from featint.training import Checkpoint, ShuffledBatches, TrainingData, evaluate_mse, load_selected, run_train
 
-    default = load_settings(DEFAULT_CONFIG)
     training, train_tokens = default.training, default.extraction.max_tokens["train"]
     steps, batch = training.steps, training.batch_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,7 +239,7 @@ def whole_loop(d: int, n_features: int, k: int, embed: int) -> tuple[float, Trai
             # AuxK off: no latent dies in the default run (its logs' dead_fraction stays 0), so AuxK never runs
             # there; on this synthetic store (1,024 true directions for 4,608 latents) most latents would die and
             # AuxK would dominate the loop
-            "sae": {"n_features": n_features, "k": k, "auxk": {"enabled": False}}, "nfm": {"embed_dim": embed},
+            "sae": {"n_features": n_features, "k": k, "auxk": {"enabled": False}},
             "training": {**default.raw["training"], "lr": 3e-3},
             "synthetic": {"d_model": d, "n_features": 1024, "active_mean": 20.0,  # the default's split sizes
                           "tokens": {"train": train_tokens, "validation": training.validation_tokens,
@@ -252,14 +260,16 @@ def whole_loop(d: int, n_features: int, k: int, embed: int) -> tuple[float, Trai
         data = TrainingData.open(activations)
         started = time.perf_counter()
         batches = ShuffledBatches(data.train, data.normaliser, batch, training.shuffle_shards, 0, "cpu").iterate(0)
-        store_batches = [next(batches).x for _ in range(steps)]
+        first_batches = [next(batches).x for _ in range(16)]
+        for _ in range(steps - len(first_batches)):
+            next(batches)
         parts["batches"] = time.perf_counter() - started
         # the bare step on this store's batches (its codes gather other rows than random vectors' do): the
         # loop's steps are compared with these
         torch.manual_seed(0)
         model = FeatureModel("standard", TopKSAE(d, n_features, k))
-        parts["bare step (s)"] = interleaved_seconds({"bare": training_step(model, store_batches[:16])},
-                                                     rounds=3, repeats=16)["bare"]
+        bare_step = interleaved_seconds({"bare": training_step(model, first_batches)}, rounds=3,
+                                        repeats=len(first_batches))["bare"]
         model = FeatureModel("standard", TopKSAE(d, n_features, k))
         validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
         validations = steps // training.validate_every + (steps % training.validate_every != 0)
@@ -276,9 +286,8 @@ def whole_loop(d: int, n_features: int, k: int, embed: int) -> tuple[float, Trai
         for _ in range((steps - 1) // training.checkpoint_every):
             checkpoint.save(0, model, optimizer, scheduler, torch.zeros(n_features, dtype=torch.long), [])
         parts["checkpoints"] = time.perf_counter() - started
-        parts["one-step run (s)"] = loops[1]
-        parts["one validation (s)"] = parts["validation"] / validations
-        return loops[2], training, parts
+        return LoopTiming(seconds=loops[2], one_step_run=loops[1], one_validation=parts["validation"] / validations,
+                          bare_step=bare_step, parts=parts)
 
 
 if __name__ == "__main__":
