@@ -4,6 +4,7 @@ the tiny config's DAG (run once per session by ``tiny_run``, read by the workflo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,9 +87,10 @@ def workflow_copy(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Snakemake in ``workdir`` on 2 cores with this interpreter's environment (targets before --configfile)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Snakemake in ``workdir`` on 2 cores with this interpreter's environment (targets before --configfile),
+    plus ``env``."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=1800, check=False)
@@ -97,6 +99,11 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 #: How the tiny run's jobs take threads: one each, two side by side (as the SLURM test's jobs do, so its results
 #: compare bit for bit; and on two cores, faster than one two-thread job at a time).
 TINY_THREADS = ("--max-threads", "1")
+
+#: The environment that puts every process of a DAG on the simulated GPU (``tests/simulated_cuda.py``): each job
+#: starts inside it, so ``model.device: auto`` resolves to ``cuda`` as on a GPU machine.
+SIMULATED_GPU = {"FEATINT_SIMULATED_CUDA": "1", "PYTHONPATH": os.pathsep.join(
+    [str(Path(__file__).resolve().parent / "simulated_cuda_site"), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 @dataclass(frozen=True)
@@ -111,13 +118,28 @@ class TinyRun:
     test_documents: int  #: documents in the test split
 
 
+def failed_jobs(workdir: Path, stderr: str) -> str:
+    """Each failed job of a Snakemake run in ``workdir``: its log and the log's last lines (where it stopped)."""
+    logs = sorted(set(re.findall(r"Error in rule \w+:\n(?:.*\n)*?\s+log: (\S+\.log)", stderr)))
+    parts = []
+    for log in logs:
+        lines = (workdir / log).read_text(errors="replace").splitlines() if (workdir / log).is_file() else []
+        where = [line.strip() for line in lines if line.strip().startswith('File "') and "featint" in line]
+        parts.append(f"{log}: {where[-1] if where else ''} :: {lines[-1] if lines else '(no log)'}")
+    return "\n".join(parts) or stderr[-4000:]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """The tiny DAG, every job on the simulated GPU (:data:`SIMULATED_GPU`; two at once, as on a two-GPU node):
+    a stage that leaves a tensor on the CPU, or hands a device tensor to NumPy, stops its job here. The SLURM test
+    reruns it on the CPU and compares every model's results with these."""
     workdir = workflow_copy(tmp_path_factory.mktemp("tiny"))
-    dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n")
+    dry = snakemake(workdir, "--configfile", "config/tiny.yaml", "-n", env=SIMULATED_GPU)
     assert dry.returncode == 0, dry.stderr
-    run = snakemake(workdir, *TINY_THREADS, "--configfile", "config/tiny.yaml")
-    assert run.returncode == 0, run.stderr[-4000:]
+    run = snakemake(workdir, *TINY_THREADS, "--keep-going", "--resources", "gpu=2", "--configfile",
+                    "config/tiny.yaml", env=SIMULATED_GPU)
+    assert run.returncode == 0, "jobs failed on the simulated GPU:\n" + failed_jobs(workdir, run.stderr)
     results = workdir / "results" / "tiny"
     return TinyRun(
         workdir=workdir, results=results, planned=dry.stdout + dry.stderr,

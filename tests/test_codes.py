@@ -82,3 +82,25 @@ def test_a_cache_of_another_sae_or_a_corrupt_shard_stops_with_the_fix(trained: t
         CodeCache(copy).read_shard(1)
     with pytest.raises(ShardError, match="never written"):
         CodeCache(tmp_path / "missing")
+
+
+def test_under_bf16_autocast_the_cache_is_encoded_as_training_encodes(trained: tuple[Path, Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """With ``training.bf16_autocast`` the step re-encodes in bfloat16; the cache is encoded under the same
+    autocast, so training on it stays bit-identical to re-encoding, and a float32 cache is refused."""
+    acts, weights, codes_dir = trained
+    s = settings(bf16_autocast=True)
+    with pytest.raises(ShardError, match="bf16 autocast off, but training.bf16_autocast is True"):
+        run_train(s, "sequential", 1, acts, tmp_path / "refused", 3e-3, standard_weights=weights,
+                  codes_dir=codes_dir)
+    bf16_codes = tmp_path / "codes_bf16"
+    write_code_cache(weights, acts, bf16_codes, s.training.batch_size, bf16_autocast=True)
+    assert CodeCache(bf16_codes).meta.bf16_autocast
+    cached = run_train(s, "sequential", 1, acts, tmp_path / "cached", 3e-3, standard_weights=weights,
+                       codes_dir=bf16_codes)
+    encoded = run_train(s, "sequential", 1, acts, tmp_path / "encoded", 3e-3, standard_weights=weights)
+    a, _ = load_model(tmp_path / "cached" / "weights.safetensors")
+    b, _ = load_model(tmp_path / "encoded" / "weights.safetensors")
+    for (name, left), (_, right) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(left, right), name
+    pd.testing.assert_frame_equal(cached.log, encoded.log)

@@ -59,6 +59,16 @@ def test_fractions_must_sum_to_one() -> None:
         validate_config({"split": {"fractions": {"train": 0.5, "validation": 0.1, "test": 0.1}}})
 
 
+def test_an_auxk_window_beyond_the_budget_is_refused() -> None:
+    """AuxK counts a latent dead after ``dead_after_tokens`` silent tokens; at or above the budget it never acts
+    (config/paper.yaml had 10M over 5.24M)."""
+    with pytest.raises(ConfigError, match=r"dead_after_tokens \(10,000,000\) is not below training.tokens"):
+        validate_config({"sae": {"auxk": {"dead_after_tokens": 10_000_000}}, "training": {"tokens": 5_242_880}})
+    validate_config({"sae": {"auxk": {"dead_after_tokens": 10_000_000, "enabled": False}},
+                     "training": {"tokens": 5_242_880}})
+    validate_config({"sae": {"auxk": {"dead_after_tokens": 10_000_000}}})  # a stage given the sae section only
+
+
 def test_local_model_needs_path() -> None:
     with pytest.raises(ConfigError, match="model.path"):
         validate_config({"model": {"source": "local"}})

@@ -70,6 +70,32 @@ def test_sparse_and_dense_give_equal_outputs_and_gradients() -> None:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-8, msg=name)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_sparse_and_dense_sae_kernels_give_equal_outputs_and_gradients(autocast: bool) -> None:
+    """``training.kernels``: the encoder backward and the decoder as gathers over the k active latents or as
+    products over all F; the same reconstruction and gradients (to rounding; bf16 rounding under autocast),
+    AuxK's dead-latent selection included."""
+    model = joint()
+    x = torch.randn(64, D)
+    dead = torch.zeros(model.sae.n_features, dtype=torch.bool)
+    dead[::3] = True
+    grads, outs = [], []
+    for kernels in ("sparse", "dense"):
+        model.sae.kernels = kernels
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            rec = model(x, aux_mask=dead, k_aux=4)
+            loss = ((rec.total.float() - x) ** 2).mean() + rec.aux_code.values.float().pow(2).mean()  # type: ignore[union-attr]
+        loss.backward()
+        outs.append(rec.total.detach().float())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(outs[0], outs[1], **tolerance)
+    assert grads[0].keys() == grads[1].keys() and "sae.W_enc" in grads[0] and "sae.b_enc" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], **tolerance, msg=name)
+
+
 def test_bi_interaction_known_answer() -> None:
     """p = 0.5 * ((sum f v)^2 - sum (f v)^2) = sum_{i<j} f_i f_j v_i * v_j (element-wise)."""
     torch.manual_seed(2)

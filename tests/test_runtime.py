@@ -9,16 +9,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from featint.runtime import claim_gpu, try_claim_slot
 
 
 def test_each_job_claims_a_different_gpu_and_a_finished_job_frees_its_own(tmp_path: Path) -> None:
-    held = [try_claim_slot(3, tmp_path) for _ in range(3)]  # three jobs on a 3-GPU node
+    gpus = ["GPU-a", "GPU-b", "GPU-c"]
+    held = [try_claim_slot(gpus, tmp_path) for _ in range(3)]  # three jobs on a 3-GPU node
     assert [slot for slot, _ in held] == [0, 1, 2]  # type: ignore[misc]
-    assert try_claim_slot(3, tmp_path) is None  # a fourth job finds every GPU held
+    assert try_claim_slot(gpus, tmp_path) is None  # a fourth job finds every GPU held
     os.close(held[1][1])  # type: ignore[index]  # the job on GPU 1 ends
-    again = try_claim_slot(3, tmp_path)
+    again = try_claim_slot(gpus, tmp_path)
     assert again is not None and again[0] == 1
     for _, fd in (held[0], held[2], again):  # type: ignore[misc]
         os.close(fd)
@@ -32,18 +34,54 @@ def test_a_killed_job_releases_its_gpu(tmp_path: Path) -> None:
             import sys, time
             from pathlib import Path
             from featint.runtime import claim_gpu
-            print(claim_gpu(2, Path({str(tmp_path)!r})), flush=True)
+            print(claim_gpu(2, Path({str(tmp_path)!r}), keys=["GPU-a", "GPU-b"]), flush=True)
             time.sleep(60)
         """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
-        slot, fd = try_claim_slot(2, tmp_path)  # type: ignore[misc]
+        slot, fd = try_claim_slot(["GPU-a", "GPU-b"], tmp_path)  # type: ignore[misc]
         assert slot == 1
         os.close(fd)
     finally:
         holder.kill()
         holder.wait()
-    assert claim_gpu(2, tmp_path, poll_seconds=0.01) == 0
+    assert claim_gpu(2, tmp_path, poll_seconds=0.01, keys=["GPU-a", "GPU-b"]) == 0
+
+
+def test_jobs_that_each_see_their_gpu_as_device_0_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """Under SLURM every job sees its own GPU as index 0; the locks are named by UUID, so two jobs on one node
+    (one shared lock folder) both get their GPU at once, and a second job on the same GPU does not."""
+    first = try_claim_slot(["GPU-1111"], tmp_path)
+    second = try_claim_slot(["GPU-2222"], tmp_path)
+    assert first is not None and second is not None and first[0] == second[0] == 0
+    assert try_claim_slot(["GPU-1111"], tmp_path) is None
+    os.close(first[1])
+    os.close(second[1])
+
+
+def test_cuda_asked_of_a_machine_without_a_gpu_stops_with_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from featint.errors import ConfigError
+    from featint.runtime import check_device, resolve_device
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="model.device is 'cuda' but this machine has no usable CUDA GPU"):
+        resolve_device("cuda")
+    check_device("auto")  # auto and cpu never stop
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_the_simulated_gpu_is_taken_and_asks_for_deterministic_kernels() -> None:
+    from simulated_cuda import simulated_cuda
+
+    from featint.runtime import resolve_device
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        with simulated_cuda():
+            assert resolve_device("auto") == torch.device("cuda")
+            assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def test_cpu_share_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,7 +94,8 @@ def test_cpu_share_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert cpu_share_from_environment() == 1.0
     monkeypatch.setenv(CPU_SHARE_VARIABLE, "0.25")
     assert cpu_share_from_environment() == 0.25
-    args = build_parser().parse_args(["evaluate", "--weights", "w", "--activations", "a", "--run", "r", "--out", "o"])
+    args = build_parser().parse_args(["evaluate", "--config-json", "{}", "--weights", "w", "--activations", "a",
+                                      "--run", "r", "--out", "o"])
     assert args.cpu_share == 0.25
     for bad in ("abc", "0", "1.5"):
         monkeypatch.setenv(CPU_SHARE_VARIABLE, bad)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from simulated_cuda import simulated_cuda
 
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import Settings
@@ -85,27 +87,35 @@ def kill_after(step: int):  # type: ignore[no-untyped-def]
     return hook
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("kind", ["joint", "standard"])
-def test_resume_equals_uninterrupted(kind: str, toy_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_resume_equals_uninterrupted(kind: str, device: str, toy_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A killed run resumes to the uninterrupted run's weights and log, on the CPU and on a (simulated) GPU,
+    whose checkpoint holds its RNG states on the CPU (``torch.set_rng_state`` refuses them elsewhere)."""
     store, normaliser, x = toy_store
     s = settings()
-    validation = normaliser.apply(x[:512])
 
     def fresh():  # type: ignore[no-untyped-def]
         torch.manual_seed(11)
-        return build_model(kind, D, s.sae, s.nfm), ShuffledBatches(store, normaliser, 256, 1, seed=11)
+        return (build_model(kind, D, s.sae, s.nfm).to(device),
+                ShuffledBatches(store, normaliser, 256, 1, seed=11, device=device))
 
-    model_a, data_a = fresh()
-    log_a = train(model_a, data_a, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "a.pt", name=kind).log
-    model_b, data_b = fresh()
-    with pytest.raises(Killed):
-        train(model_b, data_b, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind,
-              on_checkpoint=kill_after(20))
-    torch.manual_seed(999)  # a resumed process starts with other RNG state; the checkpoint restores it
-    model_c, data_c = fresh()
-    log_c = train(model_c, data_c, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind).log
-    for (name, a), (_, c) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
-        assert torch.equal(a, c), name
+    with simulated_cuda() if device == "cuda" else contextlib.nullcontext():
+        validation = normaliser.apply(x[:512]).to(device)
+        model_a, data_a = fresh()
+        log_a = train(model_a, data_a, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "a.pt", name=kind).log
+        model_b, data_b = fresh()
+        with pytest.raises(Killed):
+            train(model_b, data_b, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind,
+                  on_checkpoint=kill_after(20))
+        saved = torch.load(tmp_path / "b.pt", map_location="cpu", weights_only=True)["rng"]
+        assert ("cuda" in saved) == (device == "cuda")
+        torch.manual_seed(999)  # a resumed process starts with other RNG state; the checkpoint restores it
+        model_c, data_c = fresh()
+        log_c = train(model_c, data_c, validation, s.training, s.sae.auxk, 3e-3, tmp_path / "b.pt", name=kind).log
+        assert model_c.sae.W_enc.device.type == device
+        for (name, a), (_, c) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
+            assert torch.equal(a.cpu(), c.cpu()), name
     assert log_a.equals(log_c)
 
 

@@ -329,8 +329,9 @@ def test_bring_your_own_sae(tiny_run: TinyRun) -> None:
         ("run: bad\nextraction:\n  context_lenght: 64\n", "unknown config key 'extraction.context_lenght'"),
         ("run: bad\nhook: {layer: fifteen}\n", "config key 'hook.layer'"),
         ("run: bad\nmodel: {source: local, path: /no/such/model}\n", "model directory /no/such/model does not exist"),
+        ("run: bad\nmodel: {device: cuda}\n", "model.device is 'cuda' but this machine has no usable CUDA GPU"),
     ],
-    ids=["unknown-key", "wrong-type", "missing-local-model"],
+    ids=["unknown-key", "wrong-type", "missing-local-model", "cuda-without-gpu"],
 )
 def test_bad_input_stops_at_dag_start(tmp_path: Path, config_text: str, message: str) -> None:
     workdir = workflow_copy(tmp_path)

@@ -248,8 +248,9 @@ def model_conditions(model: FeatureModel, normaliser: Normaliser, clean: torch.T
         yield SplicedCondition(component, "reconstruction", component, -1, spliced, error_norm)
         norms = error_norm[positions][:, None]
         for draw in range(draws):
+            # drawn on the CPU generator, then moved: a GPU run draws the same directions as a CPU run
             direction = torch.randn(int(positions.sum()), clean.shape[-1],
-                                    generator=_generator(*seed_keys, component, draw))
+                                    generator=_generator(*seed_keys, component, draw)).to(clean.device)
             direction = direction / direction.norm(dim=-1, keepdim=True)
             noisy = spliced_residual(clean, lambda x, u=direction, n=norms: x + n * u, None, positions)
             yield SplicedCondition(EPSILON_PREFIX + component, "epsilon_random", component, draw, noisy,
@@ -262,7 +263,7 @@ def reference_conditions(normaliser: Normaliser, clean: torch.Tensor,
     yield SplicedCondition("clean", "reference", "clean", -1, clean, _error_norm(clean, clean, positions))
     zero = spliced_residual(clean, torch.zeros_like, None, positions)
     yield SplicedCondition("zero_ablation", "reference", "zero_ablation", -1, zero, _error_norm(zero, clean, positions))
-    mean = spliced_residual(clean, lambda x: normaliser.raw_mean.to(x.dtype).expand_as(x), None, positions)
+    mean = spliced_residual(clean, lambda x: normaliser.raw_mean.to(x).expand_as(x), None, positions)
     yield SplicedCondition("mean_ablation", "reference", "mean_ablation", -1, mean, _error_norm(mean, clean, positions))
 
 
@@ -282,12 +283,14 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
     worst = 0.0
     with tqdm(total=len(batches) * n_conditions, desc=description, unit="condition", mininterval=5) as bar:
         for batch_index, window_slice in enumerate(batches):
-            tokens = windows.tokens[window_slice]
-            positions = windows.spliced[window_slice]
-            targets = windows.targets[window_slice].reshape(-1)
+            device = continuation.device  # the windows live on the CPU; each batch moves to the LM's device
+            tokens = windows.tokens[window_slice].to(device)
+            positions = windows.spliced[window_slice].to(device)
+            targets = windows.targets[window_slice].reshape(-1).to(device)
             clean = continuation.residual(tokens)
-            worst = max(worst, check_residual_matches_store(clean, windows.stored[window_slice], store_directory,
-                                                            continuation.hook, settings.residual_tolerance))
+            worst = max(worst, check_residual_matches_store(clean, windows.stored[window_slice].to(device),
+                                                            store_directory, continuation.hook,
+                                                            settings.residual_tolerance))
             clean_logits = continuation.logits(clean)
             vocab = clean_logits.shape[-1]
             clean_distribution = CleanDistribution.from_logits(clean_logits.reshape(-1, vocab))
@@ -311,8 +314,8 @@ def evaluate_conditions(continuation: ModelContinuation, windows: EvaluationWind
                         "condition": condition.condition, "condition_kind": condition.kind,
                         "component": condition.component, "draw": np.int16(condition.draw),
                         "doc_id": doc_grid, "window": window_grid, "position": position_grid,
-                        "spliced": positions.reshape(-1).numpy(), "kl": kl.numpy(), "ce": ce.numpy(),
-                        "error_norm": condition.error_norm.reshape(-1).double().numpy(),
+                        "spliced": positions.reshape(-1).cpu().numpy(), "kl": kl.cpu().numpy(),
+                        "ce": ce.cpu().numpy(), "error_norm": condition.error_norm.reshape(-1).double().cpu().numpy(),
                     }))
                     bar.update(1)
     log.info("residual at %s matches the stored activations (largest relative difference %.2e)",
@@ -382,7 +385,7 @@ def run_behaviour(settings: Settings, lm_dir: str | Path, weights_path: str | Pa
     from featint.evaluation import check_model_matches_store, components_of
 
     continuation, windows, store, normaliser = _setup(settings, lm_dir, activations_dir, device)
-    model, extra = load_model(weights_path)
+    model, extra = load_model(weights_path, continuation.device)
     check_model_matches_store(model, extra, store, weights_path)
     model.eval()
     components = components_of(model)

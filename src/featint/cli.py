@@ -232,7 +232,7 @@ def cache_codes(args: argparse.Namespace, settings: Settings) -> None:
     from featint.codes import write_code_cache
 
     write_code_cache(args.weights, args.activations, args.out, settings.training.batch_size,
-                     device=resolve_device(settings.model.device))
+                     device=resolve_device(settings.model.device), bf16_autocast=settings.training.bf16_autocast)
 
 
 @stage("export-saelens", "write a trained SAE in SAELens's format (normaliser folded in)", ("model", "extraction"),
@@ -268,13 +268,14 @@ def import_saelens(args: argparse.Namespace, settings: Settings) -> None:
 # reconstruction
 
 
-@stage("evaluate", "reconstruction metrics of one model on the test split", None,
+@stage("evaluate", "reconstruction metrics of one model on the test split", ("model",),
        WEIGHTS, arg("--activations", required=True), RUN, OUT,
        arg("--out-documents", help="per-document sums of squares (for document-bootstrap intervals)"))
 def evaluate(args: argparse.Namespace, settings: Settings) -> None:
     from featint.evaluation import run_evaluate
 
-    run_evaluate(args.weights, args.activations, args.out, run=args.run, out_documents=args.out_documents)
+    run_evaluate(args.weights, args.activations, args.out, run=args.run, out_documents=args.out_documents,
+                 device=resolve_device(settings.model.device))
 
 
 @stage("gather-metrics", "one tidy table and figure over models and seeds", ("seed", "evaluation"),
@@ -311,7 +312,7 @@ def convergence(args: argparse.Namespace, settings: Settings) -> None:
 # geometry
 
 
-@stage("geometry", "decoder geometry, norm clustering, contributions, PCA of one model", ("geometry",),
+@stage("geometry", "decoder geometry, norm clustering, contributions, PCA of one model", ("model", "geometry"),
        arg("--weights", required=True, help="trained weights.safetensors"),
        arg("--init", required=True, help="step-0 weights the decoder is compared with (init.safetensors)"),
        arg("--activations", required=True), RUN, OUT)
@@ -319,7 +320,7 @@ def geometry(args: argparse.Namespace, settings: Settings) -> None:
     from featint.geometry import run_geometry
 
     summary = run_geometry(args.weights, args.init, args.activations, args.out, run=args.run,
-                           settings=settings.geometry)
+                           settings=settings.geometry, device=resolve_device(settings.model.device))
     verdict = summary[summary["metric"].str.startswith("verdict")]
     log.info("geometry verdicts:\n%s", verdict.to_string(index=False))
 

@@ -32,6 +32,7 @@ from featint.errors import ShardError
 from featint.io import ShardChecks, atomic_directory, read_parquet_metadata, sha256_file, write_parquet
 from featint.models import SparseCode, load_model
 from featint.normaliser import Normaliser
+from featint.runtime import step_autocast
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,14 @@ class CodeCacheMeta:
     batch_size: int  #: rows per encoder call (the training batch size: same kernel path as a training step)
     hook_name: str  #: the activations' hook
     n_rows: int  #: selected train rows covered
+    bf16_autocast: bool = False  #: encoded under the training step's bf16 autocast (as training re-encodes)
 
 
 def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_dir: str | Path,
-                     batch_size: int, device: torch.device | str = "cpu") -> CodeCacheMeta:
+                     batch_size: int, device: torch.device | str = "cpu", bf16_autocast: bool = False) -> CodeCacheMeta:
     """Stage entry point: encode every selected train token with the SAE of ``weights_path`` (normalised as in
-    training) and write the cache to ``out_dir`` (built under a temporary name, renamed when complete)."""
+    training, under the training step's autocast) and write the cache to ``out_dir`` (built under a temporary
+    name, renamed when complete)."""
     model, _ = load_model(weights_path, device)
     activations_dir = Path(activations_dir)
     normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
@@ -61,7 +64,7 @@ def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_
     mask = store.selected_mask()
     sae = model.sae
     rows, n_rows = [], 0
-    with atomic_directory(out_dir) as partial, torch.no_grad():
+    with atomic_directory(out_dir) as partial, torch.no_grad(), step_autocast(device, bf16_autocast):
         for index in tqdm(range(len(store.manifest)), desc="cache codes", unit="shard", mininterval=10):
             _, vectors = store.read_shard_rows(index, mask)
             x = normaliser.apply(vectors).to(device)
@@ -81,7 +84,7 @@ def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_
                          "bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)})
             n_rows += int(x.shape[0])
         meta = CodeCacheMeta(sha256_file(weights_path), sae.k, sae.n_features, batch_size,
-                             normaliser.hook_name, n_rows)
+                             normaliser.hook_name, n_rows, bf16_autocast)
         write_parquet(pd.DataFrame(rows), partial / MANIFEST, metadata=meta.__dict__)
     log.info("cached the codes of %d train tokens (k = %d) of %s in %s", n_rows, sae.k, weights_path, out_dir)
     return meta
@@ -101,15 +104,19 @@ class CodeCache:
         self.meta = CodeCacheMeta(**read_parquet_metadata(manifest))
         self._checks = ShardChecks()
 
-    def check(self, weights_path: str | Path, store: ActivationStore, k: int) -> None:
+    def check(self, weights_path: str | Path, store: ActivationStore, k: int, bf16_autocast: bool = False) -> None:
         """Stop with a clear message unless the cache was computed by ``weights_path`` on ``store`` with at
-        least ``k`` codes per token."""
+        least ``k`` codes per token, under the autocast the training step uses."""
         fix = f"delete {self.directory} and rerun the workflow (the cache_codes rule writes it again)."
         if sha256_file(weights_path) != self.meta.weights_sha256:
             raise ShardError(f"the code cache {self.directory} was computed by another SAE than {weights_path}; {fix}")
         if self.meta.hook_name != store.meta.hook_name or self.meta.n_rows != int(store.selected_mask().sum()):
             raise ShardError(f"the code cache {self.directory} does not cover the train tokens of {store.directory}; "
                              f"{fix}")
+        if bool(self.meta.bf16_autocast) != bf16_autocast:
+            raise ShardError(f"the code cache {self.directory} was encoded with bf16 autocast "
+                             f"{'on' if self.meta.bf16_autocast else 'off'}, but training.bf16_autocast is "
+                             f"{bf16_autocast}; {fix}")
         if self.meta.k < k:
             raise ShardError(f"the code cache {self.directory} holds {self.meta.k} codes per token, fewer than the "
                              f"{k} this model needs; {fix}")
@@ -117,7 +124,8 @@ class CodeCache:
     def read_shard(self, index: int) -> SparseCode:
         """The codes of shard ``index``'s selected rows, in row order (empty if none are selected)."""
         if index not in self.manifest.index:
-            return SparseCode(torch.empty(0, self.meta.k, dtype=torch.long), torch.empty(0, self.meta.k))
+            return SparseCode(torch.empty(0, self.meta.k, dtype=torch.long),
+                              torch.empty(0, self.meta.k, dtype=torch.bfloat16 if self.meta.bf16_autocast else None))
         entry = self.manifest.loc[index]
         path = self.directory / entry["file"]
         fix = f"the cache is corrupt: delete {self.directory} and rerun the workflow to write it again."
@@ -126,5 +134,8 @@ class CodeCache:
             tensors = load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise ShardError(f"code cache shard {path} cannot be read ({exc}); {fix}") from exc
-        return SparseCode(tensors["indices"].long(), tensors["values"])
+        values = tensors["values"]
+        if self.meta.bf16_autocast:  # the encoder gave bfloat16 values under autocast (stored exactly in float32)
+            values = values.to(torch.bfloat16)
+        return SparseCode(tensors["indices"].long(), values)
 

@@ -126,6 +126,12 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
         raise ConfigError(f"{source}: sae.k={sae['k']} exceeds sae.n_features={sae['n_features']}.")
     if completed["nfm"]["truncated_k"] > sae["k"]:
         raise ConfigError(f"{source}: nfm.truncated_k must not exceed sae.k={sae['k']}.")
+    auxk, budget = sae["auxk"], completed["training"]["tokens"]
+    # (only when both sections were given: a stage reading one of them gets the other's defaults)
+    if "sae" in config and "training" in config and auxk["enabled"] and auxk["dead_after_tokens"] >= budget:
+        raise ConfigError(f"{source}: sae.auxk.dead_after_tokens ({auxk['dead_after_tokens']:,}) is not below "
+                          f"training.tokens ({budget:,}), so no latent could count as dead and AuxK would never "
+                          "act; lower dead_after_tokens (e.g. a tenth of the budget) or set sae.auxk.enabled: false.")
     repeated = sorted(set(completed["models"]) & set(completed["single_seed_models"]))
     if repeated:
         raise ConfigError(f"{source}: single_seed_models repeats {repeated} of models; list each kind once.")
@@ -277,6 +283,7 @@ class TrainingSettings:
     validation_tokens: int
     cache_codes: bool
     bf16_autocast: bool
+    kernels: str = "auto"  #: sparse or dense SAE products, or the device's default (featint.models.KERNELS_BY_DEVICE)
 
     @property
     def steps(self) -> int:

@@ -181,12 +181,13 @@ def reconstruction_metrics_by_set(model: FeatureModel, normaliser: Normaliser, s
     doc_ids, doc_of_row = np.unique(token_table["doc_id"].to_numpy(), return_inverse=True)
     per_document = {name: _DocumentSums(doc_ids.size, store.meta.d_model) for name in token_sets}
     components = components_of(model)
+    device = model.sae.W_enc.device  # the model runs where it lives; the float64 sums stay on the CPU
     for row_ids, raw_rows in store.iter_shards(union):
         for start in range(0, raw_rows.shape[0], chunk):
             x_raw = raw_rows[start : start + chunk]
             rows = row_ids[start : start + chunk]
             x = normaliser.apply(x_raw)
-            rec = model(x)
+            rec = model(x.to(device)).cpu()
             hats = {c: rec.component(c) for c in components}
             hats_raw = {c: normaliser.invert(x_hat) for c, x_hat in hats.items()}
             for name in token_sets:
@@ -237,13 +238,13 @@ def reconstruction_metrics(model: FeatureModel, normaliser: Normaliser, store: A
 
 
 def reconstruction_table(weights_path: str | Path, activations_dir: str | Path, run: str,
-                         split: str = "test") -> tuple[pd.DataFrame, pd.DataFrame]:
+                         split: str = "test", device: torch.device | str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tidy reconstruction table of one trained model on a split (test by default), and its per-document
-    sums of squares (one row per token set, component and document)."""
+    sums of squares (one row per token set, component and document); the model runs on ``device``."""
     activations_dir = Path(activations_dir)
     normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
     store = ActivationStore(activations_dir / split)
-    model, extra = load_model(weights_path)
+    model, extra = load_model(weights_path, device)
     check_model_matches_store(model, extra, store, weights_path)
     rows = []
     base = {"run": run, "model": model.kind, "seed": int(extra["seed"]), "split": split}
@@ -265,10 +266,11 @@ def reconstruction_table(weights_path: str | Path, activations_dir: str | Path, 
 
 
 def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path: str | Path,
-                 run: str, split: str = "test", out_documents: str | Path | None = None) -> pd.DataFrame:
+                 run: str, split: str = "test", out_documents: str | Path | None = None,
+                 device: torch.device | str = "cpu") -> pd.DataFrame:
     """Stage entry point: :func:`reconstruction_table` written to ``out_path`` (and the per-document sums to
     ``out_documents``)."""
-    frame, documents = reconstruction_table(weights_path, activations_dir, run, split)
+    frame, documents = reconstruction_table(weights_path, activations_dir, run, split, device)
     write_parquet(frame, out_path)
     if out_documents is not None:
         write_parquet(documents, out_documents)

@@ -53,7 +53,7 @@ def gram_offdiagonal_statistics(rows: torch.Tensor, block_rows: int = 2048) -> d
         block = slice(start, min(n, start + block_rows))
         for name, matrix in (("dot", rows), ("cosine", unit)):
             gram = matrix[block] @ matrix.T
-            diagonal = torch.arange(block.start, block.stop)
+            diagonal = torch.arange(block.start, block.stop, device=rows.device)
             gram[diagonal - start, diagonal] = 0.0
             acc = sums[name]
             acc[0] += float(gram.sum())
@@ -71,12 +71,12 @@ def gram_offdiagonal_statistics(rows: torch.Tensor, block_rows: int = 2048) -> d
 
 def feature_row_norms(model: FeatureModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per feature: ||d_i|| (decoder row), ||W_lin_i|| (NFM linear row), ||v_i|| (embedding row); zeros where the
-    model has no such part. float64."""
-    decoder = model.sae.W_dec.detach().norm(dim=1).double()
+    model has no such part. float64, on the CPU."""
+    decoder = model.sae.W_dec.detach().norm(dim=1).double().cpu()
     zeros = torch.zeros_like(decoder)
     nfm = model.nfm
-    linear = nfm.W_lin.detach().norm(dim=1).double() if nfm is not None and nfm.use_linear else zeros
-    embedding = nfm.V.detach().norm(dim=1).double() if nfm is not None and nfm.use_interaction else zeros
+    linear = nfm.W_lin.detach().norm(dim=1).double().cpu() if nfm is not None and nfm.use_linear else zeros
+    embedding = nfm.V.detach().norm(dim=1).double().cpu() if nfm is not None and nfm.use_interaction else zeros
     return decoder, linear, embedding
 
 
@@ -114,9 +114,11 @@ def activation_statistics(model: FeatureModel, x: torch.Tensor, interaction_toke
     scanned = 0
     nfm = model.nfm
     with_interaction = nfm is not None and nfm.use_interaction
+    device = model.sae.W_enc.device  # the model runs on its device; the float64 counts stay on the CPU
     for start in range(0, x.shape[0], chunk):
         batch = x[start : start + chunk]
-        code, _ = model.sae.encode(batch, model.infer_k)
+        device_code, _ = model.sae.encode(batch.to(device), model.infer_k)
+        code = device_code.to("cpu")
         active = code.values > 0
         ones = torch.ones(int(active.sum()), dtype=torch.float64)
         count.index_add_(0, code.indices[active], ones)
@@ -126,7 +128,7 @@ def activation_statistics(model: FeatureModel, x: torch.Tensor, interaction_toke
             scan_count.index_add_(0, code.indices[active], ones)
             scan_total.index_add_(0, code.indices[active], code.values[active].double())
             if with_interaction:
-                delta = interaction_removal_effect(model, code)
+                delta = interaction_removal_effect(model, device_code).cpu()
                 interaction_sum.index_add_(0, code.indices[active], delta[active].double())
     n = x.shape[0]
     decoder_norm, linear_norm, _ = feature_row_norms(model)
@@ -203,8 +205,8 @@ def _bimodality(values: np.ndarray) -> dict[str, float]:
 
 def feature_table(model: FeatureModel, init: FeatureModel, x: torch.Tensor,
                   settings: GeometrySettings) -> pd.DataFrame:
-    decoder = model.sae.W_dec.detach().double()
-    init_decoder = init.sae.W_dec.detach().double()
+    decoder = model.sae.W_dec.detach().double().cpu()
+    init_decoder = init.sae.W_dec.detach().double().cpu()
     frame = pd.DataFrame({
         "feature": np.arange(model.sae.n_features),
         "squared_norm": decoder.pow(2).sum(1).numpy(),
@@ -268,7 +270,7 @@ def summary_rows(model: FeatureModel, features: pd.DataFrame, settings: Geometry
 
 
 def pca_curves(model: FeatureModel, settings: GeometrySettings) -> tuple[pd.DataFrame, list[dict]]:
-    decoder = model.sae.W_dec.detach().double().numpy()
+    decoder = model.sae.W_dec.detach().double().cpu().numpy()
     unit = decoder / np.maximum(np.linalg.norm(decoder, axis=1, keepdims=True), 1e-12)
     curves, rows = [], []
     for rows_name, matrix in (("raw", decoder), ("unit", unit)):
@@ -290,13 +292,15 @@ def pca_curves(model: FeatureModel, settings: GeometrySettings) -> tuple[pd.Data
 
 
 def run_geometry(weights_path: str | Path, init_path: str | Path, activations_dir: str | Path,
-                 out_dir: str | Path, run: str, settings: GeometrySettings) -> pd.DataFrame:
+                 out_dir: str | Path, run: str, settings: GeometrySettings,
+                 device: torch.device | str = "cpu") -> pd.DataFrame:
     """Stage entry point: ``features.parquet``, ``summary.parquet`` and ``pca.parquet`` of one model and seed.
 
     ``init_path`` holds the step-0 weights the decoder is compared with: the model's own ``init.safetensors``,
-    or, for models started from the trained standard SAE, that SAE's initialisation."""
+    or, for models started from the trained standard SAE, that SAE's initialisation. The model runs on
+    ``device`` (its codes and the Gram blocks); the tables are computed on the CPU."""
     activations_dir, out_dir = Path(activations_dir), Path(out_dir)
-    model, extra = load_model(weights_path)
+    model, extra = load_model(weights_path, device)
     if model.kind in KINDS and not KINDS[model.kind].nfm_geometry:
         raise ValueError(f"{weights_path} is a {model.kind} model: geometry reads SAE-only and NFM models "
                          "(featint.kinds.ModelKind.nfm_geometry)")

@@ -3,8 +3,9 @@ models of the paper and its controls.
 
 Everything works in the normaliser's space. Codes are sparse by construction: :class:`SparseCode` holds the
 (indices, values) of the k active features, and the decoder and every head gather those k rows
-(``embedding_bag`` / indexing), never a dense product over all F features. The dense formulations
-(``*_dense``) exist for tests and benchmarks only.
+(``embedding_bag`` / indexing), never a dense product over all F features. The SAE's encoder backward and
+decoder can also run as dense products (``TopKSAE.kernels``, set from ``training.kernels``: a device may prefer
+them); the other dense formulations (``*_dense``) exist for tests and benchmarks only.
 
 What each kind is, trains and starts from is the one table :data:`featint.kinds.KINDS`; :func:`build_model`
 builds any entry of it. All kinds are trained with one loss ``MSE(x, sae + linear + interaction)``.
@@ -80,7 +81,7 @@ class TopKEncoderFunction(torch.autograd.Function):
     two dense O(N F d) products autograd would do through ``topk``."""
 
     @staticmethod
-    def forward(ctx, x_in, W, b, k, aux_mask, k_aux):  # type: ignore[no-untyped-def, override]
+    def forward(ctx, x_in, W, b, k, aux_mask, k_aux, dense_backward=False):  # type: ignore[no-untyped-def, override]
         pre = torch.addmm(b, x_in, W.t())
         values, indices = pre.topk(k, dim=-1, sorted=False)
         aux_values = aux_indices = None
@@ -91,6 +92,7 @@ class TopKEncoderFunction(torch.autograd.Function):
             aux_indices = dead[position]
             ctx.mark_non_differentiable(aux_indices)
         ctx.mark_non_differentiable(indices)
+        ctx.dense_backward = dense_backward
         ctx.save_for_backward(x_in, W, indices, aux_indices if aux_indices is not None else indices[:, :0])
         return values, indices, aux_values, aux_indices
 
@@ -107,17 +109,45 @@ class TopKEncoderFunction(torch.autograd.Function):
         x_in = x_in.to(W.dtype)
         n, width = idx.shape
         grad_x = grad_W = grad_b = None
+        if ctx.dense_backward:  # the [N, F] gradient as a dense matrix: three dense products (GPUs may prefer them)
+            # (scatter_add_: a latent both in the top k and AuxK's selection gets both gradients, as in the CSR)
+            dense = torch.zeros(n, W.shape[0], dtype=grad.dtype, device=grad.device).scatter_add_(1, idx, grad)
+            if ctx.needs_input_grad[0]:
+                grad_x = dense @ W
+            if ctx.needs_input_grad[1]:
+                grad_W = dense.t() @ x_in
+            if ctx.needs_input_grad[2]:
+                grad_b = dense.sum(0)
+            return grad_x, grad_W, grad_b, None, None, None, None
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(idx, W, per_sample_weights=grad, mode="sum")
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # dL/dW = G^T x and dL/db = G^T 1 for the sparse [N, F] gradient G, as one sparse product with a
+            # column of ones beside x: no scatter-add (index_add_ accumulates in a nondeterministic order on CUDA)
             crow = torch.arange(0, n * width + 1, width, device=idx.device)
             sparse_grad = torch.sparse_csr_tensor(crow, idx.reshape(-1), grad.reshape(-1), (n, W.shape[0]),
                                                   check_invariants=False)
-            grad_W = sparse_grad.t() @ x_in
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W.shape[0], dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, idx.reshape(-1), grad.reshape(-1))
-        return grad_x, grad_W, grad_b, None, None, None
+            rhs = torch.cat([x_in, x_in.new_ones(n, 1)], dim=1) if ctx.needs_input_grad[2] else x_in
+            product = sparse_grad.t() @ rhs
+            if ctx.needs_input_grad[1]:
+                grad_W = product[:, : x_in.shape[1]]
+            if ctx.needs_input_grad[2]:
+                grad_b = product[:, -1]
+        return grad_x, grad_W, grad_b, None, None, None, None
+
+
+#: The kernels each device takes for ``kernels: auto``: ``sparse`` (the encoder's backward through the k selected
+#: pre-activations only, the decoder gathering k rows) or ``dense`` (both as products over all F latents). CPU:
+#: sparse, measured faster at every shape of bench_training (its "kernels" ratio); CUDA: sparse until
+#: benchmarks/gpu_check.py, which times both on a GPU, measures otherwise (not yet run on one).
+KERNELS_BY_DEVICE = {"cpu": "sparse", "cuda": "sparse"}
+KERNEL_CHOICES = ("auto", "sparse", "dense")
+
+
+def resolve_kernels(choice: str, device: torch.device) -> str:
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, not {choice!r}")
+    return KERNELS_BY_DEVICE.get(device.type, "sparse") if choice == "auto" else choice
 
 
 class TopKSAE(nn.Module):
@@ -147,6 +177,7 @@ class TopKSAE(nn.Module):
             nn.init.kaiming_uniform_(self.W_enc, a=5**0.5)
         self.b_enc = nn.Parameter(torch.zeros(n_features))
         self.b_dec = nn.Parameter(torch.zeros(d_model))
+        self.kernels = "auto"  #: sparse or dense products (:data:`KERNELS_BY_DEVICE`); a compute choice, not saved
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         x_in = x - self.b_dec if self.pre_encoder_bias else x
@@ -159,8 +190,9 @@ class TopKSAE(nn.Module):
         The encoder product is dense (every pre-activation is needed to pick the top k); its backward is
         sparse (:class:`TopKEncoderFunction`)."""
         x_in = x - self.b_dec if self.pre_encoder_bias else x
+        dense = resolve_kernels(self.kernels, self.W_enc.device) == "dense"
         values, indices, aux_values, aux_indices = TopKEncoderFunction.apply(
-            x_in, self.W_enc, self.b_enc, k or self.k, aux_mask, k_aux)
+            x_in, self.W_enc, self.b_enc, k or self.k, aux_mask, k_aux, dense)
         code = SparseCode(indices, F.relu(values))
         aux = SparseCode(aux_indices, F.relu(aux_values)) if aux_indices is not None else None
         return code, aux
@@ -171,10 +203,12 @@ class TopKSAE(nn.Module):
         return SparseCode(indices, F.relu(values))
 
     def decode(self, code: SparseCode) -> torch.Tensor:
+        if resolve_kernels(self.kernels, self.W_dec.device) == "dense":
+            return self.decode_dense(code.dense(self.n_features))
         return gather_sum(self.W_dec, code) + self.b_dec
 
     def decode_dense(self, f: torch.Tensor) -> torch.Tensor:
-        """Dense reference of :meth:`decode` (tests and benchmarks only)."""
+        """:meth:`decode` as a product over all F latents (``kernels="dense"``; the tests' reference)."""
         return f @ self.W_dec + self.b_dec
 
     @torch.no_grad()
@@ -457,6 +491,14 @@ class Reconstruction:
     embedding: torch.Tensor | None
     aux_code: SparseCode | None = None  # AuxK selection among dead latents (training only)
 
+    def cpu(self) -> Reconstruction:
+        """Every part on the CPU (the same tensors when they are there already)."""
+        def host(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.cpu()
+
+        return Reconstruction(self.code.to("cpu"), self.sae.cpu(), host(self.linear), host(self.interaction),
+                              host(self.embedding), None if self.aux_code is None else self.aux_code.to("cpu"))
+
     @property
     def total(self) -> torch.Tensor:
         out = self.sae
@@ -587,16 +629,17 @@ def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
         if standard is None:
             raise ValueError(f"{kind} starts from a trained standard SAE")
         base = standard.sae
+        device = base.W_enc.device  # the copy lives where the standard SAE does (its state is copied in place)
         if entry.trains == "decoder":
             # Fold the pre-encoder bias into b_enc (b_enc - W_enc b_dec) so that training b_dec refits the
             # decoder without moving the frozen encoder's input: the codes stay exactly the standard SAE's.
-            copy = TopKSAE(d_model, base.n_features, base.k, "free", pre_encoder_bias=False)
+            copy = TopKSAE(d_model, base.n_features, base.k, "free", pre_encoder_bias=False).to(device)
             copy.load_state_dict(base.state_dict())
             if base.pre_encoder_bias:
                 with torch.no_grad():
                     copy.b_enc -= base.W_enc @ base.b_dec
             return FeatureModel(kind, copy)
-        copy = TopKSAE(d_model, base.n_features, base.k, base.decoder_norm, base.pre_encoder_bias)
+        copy = TopKSAE(d_model, base.n_features, base.k, base.decoder_norm, base.pre_encoder_bias).to(device)
         copy.load_state_dict(base.state_dict())
         for parameter in copy.parameters():
             parameter.requires_grad_(False)
@@ -650,11 +693,12 @@ def save_model(model: FeatureModel, path: str | Path, extra: dict[str, Any] | No
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[FeatureModel, dict[str, Any]]:
-    """(model in eval mode, the ``extra`` metadata saved with it)."""
+    """(model in eval mode on ``device``, the ``extra`` metadata saved with it). The file is read on the CPU and
+    the model moved once (reading straight onto a GPU would need safetensors' device support there)."""
     path = Path(path)
     if not path.is_file():
         raise ShardError(f"model weights {path} do not exist; run the train rule for this model first.")
-    with safe_open(str(path), framework="pt", device=str(device)) as handle:
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
         raw = handle.metadata() or {}
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     meta = json.loads(raw["featint_model"])

@@ -2,7 +2,10 @@
 
 Every figure is computed from the config and the model's shape (its prepared ``config.json`` when it exists,
 else ``model.shape``): activation shards per split, the standard SAE's code cache, the SAE / NFM / Adam state of
-each trained kind, a per-job peak estimate for training, and the behaviour stage's forward passes. The extract
+each trained kind, a training job's peak on its device term by term (state, the second decoder gradient,
+autocast's encoder copy, the step's pre-activations, the embedding backward's partial sums, the validation set
+and chunk, the batch vectors) and its host memory (the batch group and the one prefetched), and the behaviour
+stage's forward passes and peak (the LM, the stacked logits and their log-softmax, the clean distribution). The extract
 stage calls :func:`check_disk` before writing a split, so a results disk that cannot hold the shards stops the
 run with one message instead of a full disk half-way.
 """
@@ -104,13 +107,33 @@ def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
         state = (4 * trained + (total - trained)) * FLOAT32
         add("train", f"{kind}: weights + grads + Adam", state, "bytes",
             f"{total:,} parameters, {trained:,} trained (x 4: weights, grads, Adam) x float32")
-    # the step's transient tensors: the dense pre-activations [batch, F] (and their top-k workspace), the
-    # validation chunk's pre-activations [4096, F], batch-sized d-vectors; bf16 autocast halves the first two
+    # the peak of one training job on its device, term by term (the joint model: the largest trained state)
     act_bytes = 2 if training.bf16_autocast else 4
-    transient = (2 * batch * F + 4096 * F) * act_bytes + 16 * batch * d * FLOAT32
-    add("train", "peak per job (joint, estimate)", 4 * joint * FLOAT32 + transient, "bytes",
-        f"state + pre-activations of batch {batch} and a 4,096-token validation chunk "
-        f"({'bf16' if training.bf16_autocast else 'fp32'})")
+    validation_tokens = training.validation_tokens
+    terms = {
+        "state": (4 * joint * FLOAT32, "weights, grads and Adam's two moments, float32"),
+        "second W_dec gradient": (F * d * FLOAT32, "the decoder's and AuxK's W_dec gradients, both [F, d], summed"),
+        "bf16 copy of W_enc": (F * d * 2 if training.bf16_autocast else 0,
+                               "autocast's copy of the encoder for its product" if training.bf16_autocast
+                               else "no autocast"),
+        "step pre-activations": (2 * batch * F * act_bytes,
+                                 f"[batch {batch}, F] and top-k's workspace ({'bf16' if training.bf16_autocast else 'fp32'})"),
+        # CUDA's sorted embedding backward sums the batch x k gathered gradient rows in segments of at most 10
+        # rows (NROWS_PER_THREAD), one float32 d-vector of partial sums per segment
+        "embedding_bag backward": (-(-batch * k // 10) * d * FLOAT32,
+                                   f"partial sums of the batch x k = {batch * k:,} gathered rows, 10 rows a segment"),
+        "validation set": (validation_tokens * d * FLOAT32, f"{validation_tokens:,} tokens on the device"),
+        "validation chunk": (4096 * F * FLOAT32, "pre-activations of a 4,096-token chunk, float32 (no autocast)"),
+        "batch vectors": (16 * batch * d * FLOAT32, "x, x_hat, the error and their gradients"),
+    }
+    for term, (value, note) in terms.items():
+        add("train", f"peak term: {term}", value, "bytes", note)
+    add("train", "peak per job (joint, estimate)", sum(v for v, _ in terms.values()), "bytes",
+        "the sum of the peak terms above")
+    shard_rows = min(extraction.shard_rows, train_tokens)
+    add("train", "host memory: batch groups", 2 * training.shuffle_shards * shard_rows * d * FLOAT32, "bytes",
+        f"the group training reads and the one prefetched ({training.shuffle_shards} shards of {shard_rows:,} rows "
+        "each, float32, pinned on a GPU)")
     behaviour = settings.behaviour
     positions = behaviour.positions or extraction.context_length
     instances = len(settings.model_instances())
@@ -119,6 +142,14 @@ def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
         f"(1 + {behaviour.epsilon_draws} epsilon draws), each from the hook to the logits")
     add("behaviour", "logits of one window batch", behaviour.batch_tokens * shape.vocab_size * FLOAT32, "bytes",
         f"{behaviour.batch_tokens:,} tokens x vocab {shape.vocab_size:,} x float32")
+    # the peak: the LM, the stacked call's logits and its float32 copy (log-softmax), the clean distribution (log p
+    # and p of a window batch), and the blocks' activations of the call
+    logits = behaviour.batch_tokens * shape.vocab_size * FLOAT32
+    lm_bytes = shape.n_parameters * DTYPE_BYTES[settings.model.dtype]
+    per_token = (12 * shape.d_model + 2 * positions * 16) * FLOAT32  # residual, MLP and attention scores
+    add("behaviour", "peak per job (estimate)", lm_bytes + 2 * logits + 2 * logits + behaviour.batch_tokens * per_token,
+        "bytes", "LM weights + stacked logits and their float32 log-softmax + the clean log p and p + the "
+        "blocks' activations of one call")
     add("behaviour", "models spliced", instances, "models", "every trained (kind, seed)")
     disk = sum(r["value"] for r in rows if r["item"].startswith("shards"))  # type: ignore[union-attr]
     disk += len(training.seeds) * cache

@@ -7,12 +7,13 @@ import logging
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from featint.errors import ConfigError
 
 #: Environment variable through which the workflow hands every job its share of the CPUs (see ``common.smk``).
 CPU_SHARE_VARIABLE = "FEATINT_CPU_SHARE"
@@ -49,12 +50,30 @@ def set_threads(requested: int) -> int:
     return threads
 
 
+def gpu_available() -> bool:
+    """Whether this machine has a usable CUDA GPU (what ``model.device: auto`` resolves to)."""
+    return torch.cuda.is_available()
+
+
+def check_device(choice: str) -> None:
+    """Stop with one message when ``model.device: cuda`` is asked of a machine without a usable GPU (called at DAG
+    start for local runs, and by every stage before it builds anything)."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "model.device is 'cuda' but this machine has no usable CUDA GPU (torch.cuda.is_available() is False; "
+            f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}). Set model.device: auto or cpu, "
+            "install a CUDA build of torch, or send the jobs to GPU nodes (--profile profiles/slurm).")
+
+
 def resolve_device(choice: str) -> torch.device:
     """CPU, or the CUDA device this job may use: with several GPUs visible (a multi-GPU node run with
     ``snakemake --resources gpu=G``), the first one no other featint job holds (:func:`claim_gpu`); under SLURM the
-    job sees only the GPUs it was given, so that is device 0."""
+    job sees only the GPUs it was given, so that is device 0. On CUDA, deterministic kernels are asked for
+    (:func:`deterministic_cuda`)."""
+    check_device(choice)
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        deterministic_cuda()
+        count = torch.cuda.device_count()
         if count <= 1:
             return torch.device("cuda")
         index = claim_gpu(count)
@@ -63,42 +82,65 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
+def deterministic_cuda() -> None:
+    """Deterministic kernels wherever torch has them (``warn_only``: an op without one warns instead of
+    stopping), and cuBLAS's fixed-workspace mode, which its determinism needs (read when cuBLAS starts, so this
+    runs before the first GPU product)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 #: (GPU index, lock fd) this process holds; the lock is released when the process exits.
 _GPU_CLAIM: tuple[int, int] | None = None
 
 
 def gpu_lock_dir() -> Path:
-    """Where GPU slot locks live: ``FEATINT_GPU_LOCK_DIR``, else a per-user folder in the temporary directory
-    (node-local, as the GPUs are)."""
-    default = Path(tempfile.gettempdir()) / f"featint-gpu-locks-{os.getuid()}"
-    return Path(os.environ.get("FEATINT_GPU_LOCK_DIR", default))
+    """Where GPU locks live: ``FEATINT_GPU_LOCK_DIR``, else a per-user folder in ``/tmp``, which every job on a
+    node shares (``TMPDIR`` is per job under SLURM, so locks there would not see each other)."""
+    return Path(os.environ.get("FEATINT_GPU_LOCK_DIR", f"/tmp/featint-gpu-locks-{os.getuid()}"))
 
 
-def try_claim_slot(n_slots: int, lock_dir: Path) -> tuple[int, int] | None:
-    """(slot, open lock fd) of the first of ``n_slots`` slots no other open lock holds, or None if all are held.
+def gpu_keys(n_devices: int) -> list[str]:
+    """A name per visible GPU for its lock: its UUID, the same whichever index ``CUDA_VISIBLE_DEVICES`` gives it
+    in each job (two jobs of a node that each see "GPU 0" hold different GPUs); the index where no UUID is
+    known."""
+    keys = []
+    for index in range(n_devices):
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None) if torch.cuda.is_available() else None
+        keys.append(str(uuid) if uuid else f"index-{index}")
+    return keys
+
+
+def try_claim_slot(keys: list[str], lock_dir: Path) -> tuple[int, int] | None:
+    """(index, open lock fd) of the first GPU of ``keys`` no other open lock holds, or None if all are held.
     ``flock`` locks vanish with their process, so a killed job frees its GPU."""
     lock_dir.mkdir(parents=True, exist_ok=True)
-    for slot in range(n_slots):
-        fd = os.open(lock_dir / f"gpu-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    for index, key in enumerate(keys):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+        fd = os.open(lock_dir / f"gpu-{safe}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             continue
-        return slot, fd
+        return index, fd
     return None
 
 
-def claim_gpu(n_devices: int, lock_dir: Path | None = None, poll_seconds: float = 5.0) -> int:
-    """The index of a GPU for this process, held until it exits. Waits (logging once) while every GPU is held,
-    which happens only when more GPU jobs run than ``--resources gpu=G`` allows for."""
+def claim_gpu(n_devices: int, lock_dir: Path | None = None, poll_seconds: float = 5.0,
+              keys: list[str] | None = None) -> int:
+    """The index of a GPU for this process, held until it exits (locks named by :func:`gpu_keys` unless
+    ``keys`` are given). Waits (logging once) while every GPU is held, which happens only when more GPU jobs run
+    than ``--resources gpu=G`` allows for."""
     global _GPU_CLAIM
     if _GPU_CLAIM is not None:  # one GPU per process, however often the device is resolved
         return _GPU_CLAIM[0]
     lock_dir = lock_dir or gpu_lock_dir()
+    keys = keys if keys is not None else gpu_keys(n_devices)
     waited = False
     while True:
-        claimed = try_claim_slot(n_devices, lock_dir)
+        claimed = try_claim_slot(keys, lock_dir)
         if claimed is not None:
             _GPU_CLAIM = claimed
             return claimed[0]
@@ -108,6 +150,12 @@ def claim_gpu(n_devices: int, lock_dir: Path | None = None, poll_seconds: float 
                 n_devices, n_devices)
             waited = True
         time.sleep(poll_seconds)
+
+
+def step_autocast(device: torch.device | str, bf16: bool) -> torch.autocast:
+    """The autocast a training step runs under (``training.bf16_autocast``); everything that must reproduce a
+    step's codes (the code cache) enters the same one."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def seed_everything(seed: int) -> None:

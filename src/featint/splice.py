@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
+#: How far the direct continuation's logits may differ from the bridge's, relative to the largest logit, by the
+#: LM's dtype: the two run the same blocks through different call paths, so they differ by rounding, which
+#: grows with the dtype's precision (float16 and bfloat16 miss float32's bound by one to two orders).
+CONTINUATION_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+def continuation_tolerance(dtype: torch.dtype) -> float:
+    return CONTINUATION_TOLERANCE.get(dtype, 1e-4)
+
 
 def default_positions(batch: int, length: int, replace_position_zero: bool = False,
                       device: torch.device | str = "cpu") -> torch.Tensor:
@@ -90,7 +99,7 @@ class ModelContinuation:
         self._modules = self._direct_modules()  # resolved once: (base model, final norm, head) or None
         self.direct = self._modules is not None
         if self.direct:
-            probe = check_tokens if check_tokens is not None else torch.arange(1, 17, device=self._device())[None]
+            probe = check_tokens if check_tokens is not None else torch.arange(1, 17, device=self.device)[None]
             with torch.no_grad():
                 residual = self.residual(probe)
                 expected = bridge(residual, start_at_layer=hook.stop_at_layer)
@@ -99,14 +108,16 @@ class ModelContinuation:
                 except (TypeError, ValueError, RuntimeError) as exc:  # an architecture with other signatures
                     log.info("direct continuation unavailable (%s)", exc)
                     difference = float("inf")
-            if not difference <= 1e-4 * float(expected.abs().max().clamp_min(1.0)):
+            if not difference <= continuation_tolerance(expected.dtype) * float(expected.abs().max().clamp_min(1.0)):
                 log.warning("direct continuation after %s differs from the bridge's; using start_at_layer "
                             "(runs every block)", hook.name)
                 self.direct = False
         log.info("continuation after %s: %s", hook.name,
                  "blocks after the hook only" if self.direct else "bridge start_at_layer (all blocks)")
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """Where the LM's weights are: every residual and token batch goes there."""
         return next(self.bridge.original_model.parameters()).device
 
     def _direct_modules(self) -> tuple[Any, Any, Any] | None:
@@ -138,8 +149,9 @@ class ModelContinuation:
         return head(norm(hidden))
 
     def residual(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Clean residual [B, T, d] at the hook (blocks before it only)."""
-        return self.bridge(tokens, stop_at_layer=self.hook.stop_at_layer)
+        """Clean residual [B, T, d] at the hook (blocks before it only); ``tokens`` go to the LM's device first
+        (the bridge does not move its inputs)."""
+        return self.bridge(tokens.to(self.device), stop_at_layer=self.hook.stop_at_layer)
 
     def logits(self, residual: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab] of the model continued from ``residual`` at the hook."""

@@ -14,10 +14,10 @@ A killed run resumes from its last checkpoint and ends with the same weights as 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,9 +33,9 @@ from featint.codes import CodeCache
 from featint.config import AuxKSettings, Settings, TrainingSettings
 from featint.errors import FeatintError
 from featint.io import atomic_path, write_parquet
-from featint.models import FeatureModel, SparseCode, gather_sum
+from featint.models import FeatureModel, SparseCode, TopKSAE, gather_sum
 from featint.normaliser import Normaliser
-from featint.runtime import seed_everything
+from featint.runtime import seed_everything, step_autocast
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +115,48 @@ class ShuffledBatches:
             code = SparseCode(torch.cat([c.indices for c in parts])[perm], torch.cat([c.values for c in parts])[perm])
         return self.normaliser.apply(data[perm]), code
 
-    def iterate(self, start_step: int = 0) -> Iterator[Batch]:
-        """Endless batches (x [batch_size, d], and its cached code when the stream has a code cache), beginning
-        with global batch ``start_step``."""
+    def _plan(self, start_step: int) -> Iterator[tuple[list[int], int, int, int, int]]:
+        """(shards, epoch, group, first batch, batches) of every group holding a batch from ``start_step`` on."""
         step, epoch = 0, 0
         while True:
             for group, (shards, n_batches) in enumerate(self.epoch_groups(epoch)):
-                if step + n_batches <= start_step:
-                    step += n_batches
-                    continue
-                data, code = self._load_group(shards, epoch, group)
-                for b in range(n_batches):
-                    if step >= start_step:
-                        rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                        yield Batch(data[rows].to(self.device),
-                                    None if code is None else SparseCode(code.indices[rows], code.values[rows]).to(
-                                        self.device))
-                    step += 1
+                if step + n_batches > start_step:
+                    yield shards, epoch, group, max(0, start_step - step), n_batches
+                step += n_batches
             epoch += 1
+
+    def _prepared_group(self, shards: list[int], epoch: int, group: int) -> tuple[torch.Tensor, SparseCode | None]:
+        """:meth:`_load_group`, pinned when batches go to a GPU (so each batch copies asynchronously)."""
+        data, code = self._load_group(shards, epoch, group)
+        if self.device.type == "cuda":
+            data = data.pin_memory()
+            code = None if code is None else SparseCode(code.indices.pin_memory(), code.values.pin_memory())
+        return data, code
+
+    def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+        """Endless batches (x [batch_size, d], and its cached code when the stream has a code cache), beginning
+        with global batch ``start_step``. The next group of shards is read, shuffled and normalised by a
+        background thread while this one's batches train (CPU tensors only: it never touches the device);
+        batches move to the device here, from pinned memory without blocking on a GPU."""
+        plan = self._plan(start_step)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featint-batches")
+        blocking = self.device.type != "cuda"
+        try:
+            upcoming = next(plan)
+            pending = pool.submit(self._prepared_group, *upcoming[:3])
+            while True:
+                _, _, _, first, n_batches = upcoming
+                data, code = pending.result()
+                upcoming = next(plan)
+                pending = pool.submit(self._prepared_group, *upcoming[:3])
+                for b in range(first, n_batches):
+                    rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                    yield Batch(data[rows].to(self.device, non_blocking=not blocking),
+                                None if code is None else SparseCode(
+                                    code.indices[rows].to(self.device, non_blocking=not blocking),
+                                    code.values[rows].to(self.device, non_blocking=not blocking)))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def load_selected(store: ActivationStore, normaliser: Normaliser, max_tokens: int | None = None,
@@ -183,20 +207,31 @@ class TrainResult:
     lr: float
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG a training run draws from: the CPU's (the batch order, dropout on the CPU), NumPy's, Python's
+    and, on a GPU, that device's own (dropout there). CPU tensors, so a checkpoint loads on any machine."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                              "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).cpu()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore :func:`_rng_state`; a GPU's state goes to the device this job uses, whichever index it has (a job
+    resumed on another GPU of the node continues the same dropout stream)."""
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(("MT19937", state["numpy"].cpu().numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _raise_if_not_finite(first_bad: int, name: str, lr: float) -> None:
+    if first_bad >= 0:
+        raise TrainingError(
+            f"{name}: non-finite loss or gradient norm at step {first_bad} (lr {lr:g}); lower the learning rate "
+            "(training.lr / training.lr_grid) or check the activations for NaN/Inf.")
 
 
 def evaluate_mse(model: FeatureModel, x: torch.Tensor, chunk: int = 4096,
@@ -238,14 +273,16 @@ class Checkpoint:
         with atomic_path(self.path) as tmp:
             torch.save({"identity": self.identity, "step": step, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "since_fired": since_fired, "log": rows, "rng": _rng_state()}, tmp)
+                        "since_fired": since_fired, "log": rows, "rng": _rng_state(since_fired.device)}, tmp)
 
     def restore(self, model: FeatureModel, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, name: str
                 ) -> tuple[int, torch.Tensor, list[dict[str, float]]] | None:
         """Load this run's checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNGs; returns (step,
-        dead-feature counters, log rows), or None when there is none (or only another run's)."""
-        state = torch.load(self.path, map_location=device, weights_only=True) if self.path.is_file() else None
+        dead-feature counters, log rows), or None when there is none (or only another run's). The file is read
+        onto the CPU (the RNG states must stay there); weights and optimizer state are copied to where the
+        model's parameters live."""
+        state = torch.load(self.path, map_location="cpu", weights_only=True) if self.path.is_file() else None
         if state is None:
             return None
         if state.get("identity") != self.identity:
@@ -255,7 +292,7 @@ class Checkpoint:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], torch.device(device))
         log.info("%s: resumed from %s at step %d", name, self.path, int(state["step"]))
         return int(state["step"]), state["since_fired"].to(device), list(state["log"])
 
@@ -297,15 +334,22 @@ def train(
         start_step, since_fired, rows = resumed
 
     autocast = training.bf16_autocast  # opt-in; master weights, loss and metrics stay float32
+    for module in model.modules():  # sparse or dense SAE products (training.kernels)
+        if isinstance(module, TopKSAE):
+            module.kernels = training.kernels
     # a frozen encoder's validation codes never change: encode the validation tokens once
     validation_codes = encode_chunks(model, validation) if model.encoder_frozen else None
     model.train()
     batches = data.iterate(start_step)
     progress = tqdm(range(start_step, total_steps), desc=f"train {name}", unit="step", mininterval=10,
                     initial=start_step, total=total_steps)
+    # Host reads are kept out of the per-step path (each would wait for the GPU): a non-finite loss or gradient
+    # is remembered on the device and raised at the next log step; AuxK's "is any latent dead?" is the one
+    # read per step (it decides the step's graph).
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
     for step in progress:
         x, code = next(batches)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with step_autocast(device, autocast):
             dead = since_fired > auxk.dead_after_tokens
             with_aux = use_auxk and bool(dead.any())
             rec = model(x, aux_mask=dead if with_aux else None, k_aux=auxk.k_aux if with_aux else 0, code=code)
@@ -314,32 +358,31 @@ def train(
             aux = auxk_loss(model, x, x_hat, rec.aux_code, auxk) if rec.aux_code is not None \
                 else torch.zeros((), device=device)
             loss = mse + aux
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"{name}: non-finite loss ({loss.item()}) at step {step} (lr {lr:g}); lower the learning rate "
-                f"(training.lr / training.lr_grid) or check the activations for NaN/Inf."
-            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.sae.project_decoder_grad()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, training.grad_clip))
-        if not math.isfinite(grad_norm):
-            raise TrainingError(f"{name}: non-finite gradient norm at step {step} (lr {lr:g}); lower the learning "
-                                "rate or check the activations.")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, training.grad_clip)
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         optimizer.step()
         scheduler.step()
         model.sae.normalise_decoder()
         with torch.no_grad():
             since_fired += x.shape[0]
-            fired = rec.code.indices[rec.code.values > 0]
-            since_fired[fired] = 0
+            # latents with a positive code anywhere in the batch; amax is order-independent (deterministic)
+            fired = torch.zeros_like(since_fired).scatter_reduce_(
+                0, rec.code.indices.reshape(-1), (rec.code.values > 0).reshape(-1).long(), reduce="amax")
+            since_fired.masked_fill_(fired.bool(), 0)
         done = step + 1
+        if done == total_steps or any(done % every == 0 for every in
+                                      (training.log_every, training.validate_every, training.checkpoint_every)):
+            _raise_if_not_finite(int(first_bad), name, lr)  # before anything is logged, validated or saved
         if done % training.log_every == 0 or done == total_steps:
             rows.append({"step": done, "tokens": done * x.shape[0], "split": "train", "loss": loss.item(),
                          "mse": mse.item(), "auxk": aux.item(), "fvu": fraction_of_variance_unexplained(x, x_hat),
                          "l0": float(rec.code.l0.float().mean()),
                          "dead_fraction": float((since_fired > auxk.dead_after_tokens).float().mean()),
-                         "lr": float(scheduler.get_last_lr()[0]), "grad_norm": grad_norm})
+                         "lr": float(scheduler.get_last_lr()[0]), "grad_norm": float(grad_norm)})
         if done % training.validate_every == 0 or done == total_steps:
             val_mse, val_fvu = evaluate_mse(model, validation, codes=validation_codes)
             rows.append({"step": done, "tokens": done * x.shape[0], "split": "validation", "loss": val_mse,
@@ -411,7 +454,8 @@ def _standard_start(kind: str, settings: Settings, data: TrainingData, standard_
         return standard, None
     cache = CodeCache(codes_dir)
     cache.check(standard_weights, data.train,
-                settings.nfm.truncated_k if kinds.kind(kind).infer_k == "truncated" else settings.sae.k)
+                settings.nfm.truncated_k if kinds.kind(kind).infer_k == "truncated" else settings.sae.k,
+                settings.training.bf16_autocast)
     return standard, cache
 
 

@@ -17,7 +17,7 @@ rule ablation:
         FEATINT_ENV
     threads: 8
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
     params:

@@ -17,7 +17,7 @@ rule behaviour_reference:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=30,
     params:
@@ -47,7 +47,7 @@ rule behaviour:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     params:

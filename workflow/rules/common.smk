@@ -31,6 +31,18 @@ LOGS = f"logs/{RUN}"
 BENCH = f"benchmarks/results/{RUN}"
 LM_DIR = str(featint.lm.model_dir(SETTINGS.model))
 
+# `model.device: cuda` needs a GPU where the jobs run: checked now for local runs (a cluster's jobs run on its
+# nodes, which the submitting host cannot see).
+if workflow.local_exec:
+    featint.runtime.check_device(SETTINGS.model.device)
+
+#: The `gpu` resource of every rule that runs the LM or a model: 1 where its jobs take a GPU, so the default
+#: profile's `resources: gpu=1` (or `--resources gpu=G` on a multi-GPU node) runs one such job per GPU; 0 where
+#: they run on the CPU, so CPU jobs still run side by side. A cluster profile sets its own (`set-resources`).
+GPU_PER_JOB = int(
+    SETTINGS.model.device == "cuda" or (SETTINGS.model.device == "auto" and featint.runtime.gpu_available())
+)
+
 # A local model directory must exist now, not halfway through the DAG; a prepared one is checked by its rule.
 if not featint.lm.needs_preparation(SETTINGS.model):
     featint.lm.check_model_dir(LM_DIR)

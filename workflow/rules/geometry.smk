@@ -20,7 +20,7 @@ rule geometry:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=6000,
         runtime=30,
     params:

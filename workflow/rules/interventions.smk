@@ -28,7 +28,7 @@ rule secondary_sae:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     params:
@@ -60,7 +60,7 @@ rule interventions:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     params:

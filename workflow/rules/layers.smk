@@ -22,7 +22,7 @@ rule layer_extract:
         FEATINT_ENV
     threads: 8
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=6000,
         runtime=120,
     params:
@@ -76,7 +76,7 @@ rule layer_models:
         FEATINT_ENV
     threads: 8
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=480,
     params:

@@ -19,7 +19,7 @@ rule cache_codes:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=60,
     params:
@@ -73,7 +73,7 @@ rule select_lr:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
     params:
@@ -138,7 +138,7 @@ rule train:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=8000,
         runtime=240,
     params:
@@ -202,14 +202,16 @@ rule evaluate_reconstruction:
         FEATINT_ENV
     threads: 4
     resources:
-        gpu=1,  # one GPU each: `--resources gpu=G` runs G at once, each on its own device
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
         mem_mb=4000,
         runtime=30,
     params:
         acts=activations_dir,
         run=RUN,
+        config=stage_config("evaluate"),
     shell:
-        "python -m featint evaluate --threads {threads} --weights {input.weights} --activations {params.acts}"
+        "python -m featint evaluate --config-json {params.config:q} --threads {threads} --weights {input.weights}"
+        " --activations {params.acts}"
         " --run {params.run} --out {output.table} --out-documents {output.documents} > {log} 2>&1"
 
 

@@ -54,7 +54,8 @@ def clamped_reconstruction(pipeline: Pipeline, clamp: Clamp | None) -> Callable[
         if clamp.space == "secondary":
             old = _feature_value(pipeline.secondary_code(embedding), clamp.feature)
             new = old * clamp.value if clamp.mode == "multiply" else torch.full_like(old, clamp.value)
-            row = pipeline.secondary.sae.W_dec[clamp.feature] / pipeline.secondary_normaliser.scale
+            row = pipeline.secondary.sae.W_dec[clamp.feature]
+            row = row / pipeline.secondary_normaliser.scale.to(row)
             embedding = embedding + (new - old)[:, None] * row
         elif clamp.space == "linear":
             assert linear is not None
@@ -74,6 +75,7 @@ def prompt_logits(continuation: ModelContinuation, batch: TokenBatch, pipeline: 
                   clamp: Clamp | None, token_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits [P, W] of ``token_ids`` at each prompt's last real position: clean model when
     ``pipeline`` is None, else the splice of the (clamped) pipeline at every real position but BOS."""
+    batch = batch.to(continuation.device)
     residual = continuation.residual(batch.tokens)
     if pipeline is not None:
         positions = batch.real.clone()
@@ -81,10 +83,10 @@ def prompt_logits(continuation: ModelContinuation, batch: TokenBatch, pipeline: 
         residual = spliced_residual(residual, clamped_reconstruction(pipeline, clamp), pipeline.normaliser,
                                     positions)
     logits = continuation.logits(residual)
-    last = logits[torch.arange(logits.shape[0]), batch.last]
+    last = logits[torch.arange(logits.shape[0], device=logits.device), batch.last]
     if not torch.isfinite(last).all():
         raise InterventionError(f"non-finite logits under clamp {clamp}; check the model and secondary SAE.")
-    return last[:, token_ids]
+    return last[:, token_ids.to(last.device)]
 
 
 def clamp_specs(settings: Settings, primary: pd.DataFrame, secondary: pd.DataFrame,
@@ -142,13 +144,17 @@ def clamp_read_out(continuation: ModelContinuation, prompts: TokenBatch, pipelin
             raise InterventionError(f"multiplier 1 on {spec.space} feature {spec.feature} changed the logits "
                                     f"(max {float((logits - unclamped).abs().max()):.3g}); the clamp is not a no-op.")
         frames.append(base.assign(role=spec.role, space=spec.space, feature=np.int32(spec.feature),
-                                  mode=spec.mode, value=spec.value, logit=logits.reshape(-1).double().numpy(),
-                                  delta_vs_pipeline=(logits - unclamped).reshape(-1).double().numpy(),
-                                  delta_vs_clean=(logits - clean).reshape(-1).double().numpy()))
+                                  mode=spec.mode, value=spec.value, logit=_host(logits),
+                                  delta_vs_pipeline=_host(logits - unclamped), delta_vs_clean=_host(logits - clean)))
     frames.append(base.assign(role="unclamped_pipeline", space="none", feature=np.int32(-1), mode="none",
-                              value=np.nan, logit=unclamped.reshape(-1).double().numpy(),
-                              delta_vs_pipeline=0.0, delta_vs_clean=(unclamped - clean).reshape(-1).double().numpy()))
+                              value=np.nan, logit=_host(unclamped), delta_vs_pipeline=0.0,
+                              delta_vs_clean=_host(unclamped - clean)))
     return pd.concat(frames, ignore_index=True)
+
+
+def _host(logits: torch.Tensor) -> np.ndarray:
+    """[P, W] logits (on any device) as the flat float64 column of the read-out table."""
+    return logits.reshape(-1).double().cpu().numpy()
 
 
 def clamp_statistics(read_out: pd.DataFrame) -> pd.DataFrame:
@@ -215,7 +221,7 @@ def greedy_generations(continuation: ModelContinuation, tokenizer: Any, bos_id: 
     rows = []
     for prompt_id, prompt in enumerate(prompts):
         start = [bos_id] + list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        tokens = torch.tensor([start] * len(conditions), dtype=torch.long)
+        tokens = torch.tensor([start] * len(conditions), dtype=torch.long, device=continuation.device)
         for _ in range(n_tokens):
             residual = continuation.residual(tokens)
             positions = torch.ones_like(tokens, dtype=torch.bool)

@@ -27,7 +27,7 @@ def pool_per_sequence(values: torch.Tensor, real: torch.Tensor, keep: torch.Tens
     use = real.clone()
     if exclude_first:
         first = real.float().argmax(dim=1)
-        use[torch.arange(real.shape[0]), first] = False
+        use[torch.arange(real.shape[0], device=real.device), first] = False
     if keep is not None:
         use &= keep
     counts = use.sum(dim=1)
@@ -43,6 +43,9 @@ class TokenBatch:
     @property
     def last(self) -> torch.Tensor:
         return self.real.sum(dim=1) - 1
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(self.tokens.to(device), self.real.to(device))
 
 
 def tokenize_batch(tokenizer: Any, texts: list[str], bos_id: int) -> TokenBatch:
@@ -65,6 +68,10 @@ class Pipeline:
     normaliser: Normaliser
     secondary: FeatureModel
     secondary_normaliser: Normaliser
+
+    def to(self, device: torch.device | str) -> Pipeline:
+        """Both models on ``device`` (the normalisers move with the tensors they are applied to)."""
+        return Pipeline(self.model.to(device), self.normaliser, self.secondary.to(device), self.secondary_normaliser)
 
     def secondary_code(self, embedding: torch.Tensor) -> SparseCode:
         """The secondary SAE's code of interaction embeddings [N, K] (in its own normalised space)."""
@@ -95,7 +102,7 @@ def sentence_features(continuation: ModelContinuation, tokenizer: Any, bos_id: i
     outliers = 0
     F, F2 = pipeline.model.sae.n_features, pipeline.secondary.sae.n_features
     for start in range(0, len(texts), batch_size):
-        batch = tokenize_batch(tokenizer, texts[start : start + batch_size], bos_id)
+        batch = tokenize_batch(tokenizer, texts[start : start + batch_size], bos_id).to(continuation.device)
         residual = continuation.residual(batch.tokens)
         keep = residual.norm(dim=-1) <= outlier_threshold
         outliers += int((batch.real & ~keep)[:, 1:].sum())
@@ -105,12 +112,12 @@ def sentence_features(continuation: ModelContinuation, tokenizer: Any, bos_id: i
         dense_secondary = secondary_code.dense(F2).reshape(B, T, F2)
         pooled, counts = pool_per_sequence(dense, batch.real, keep)
         pooled_secondary, _ = pool_per_sequence(dense_secondary, batch.real, keep)
-        primary.append(pooled.numpy())
-        secondary.append(pooled_secondary.numpy())
-        used.append(counts.numpy())
+        primary.append(pooled.cpu().numpy())
+        secondary.append(pooled_secondary.cpu().numpy())
+        used.append(counts.cpu().numpy())
         mask = batch.real.clone()
         mask[:, 0] = False
-        token_values.append(dense_secondary[mask & keep].numpy())
+        token_values.append(dense_secondary[mask & keep].cpu().numpy())
     tokens_used = np.concatenate(used)
     if (tokens_used == 0).any():
         raise InterventionError(f"{int((tokens_used == 0).sum())} stimulus sentence(s) have no token left after "

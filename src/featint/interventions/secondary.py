@@ -32,13 +32,16 @@ def require_interaction(model: FeatureModel, weights_path: str | Path) -> None:
 def interaction_embeddings(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
                            max_tokens: int | None, chunk: int = 4096) -> torch.Tensor:
     """The NFM's interaction embedding (post-first-Linear, pre-ReLU) of the store's selected tokens, computed
-    by the model's own forward (its SAE k, the run's normaliser, dropout off). [N, K]"""
+    by the model's own forward (its SAE k, the run's normaliser, dropout off) on the model's device. [N, K], on
+    the CPU (they are written to a shard store)."""
     from featint.training import load_selected
 
     model.eval()
+    device = model.sae.W_enc.device
     x = load_selected(store, normaliser, max_tokens)
-    parts = [model(x[start : start + chunk]).embedding for start in range(0, x.shape[0], chunk)]
-    return torch.cat(parts)  # type: ignore[arg-type]
+    parts = [model(x[start : start + chunk].to(device)).embedding.cpu()  # type: ignore[union-attr]
+             for start in range(0, x.shape[0], chunk)]
+    return torch.cat(parts)
 
 
 def run_secondary(settings: Settings, weights_path: str | Path, activations_dir: str | Path, out_dir: str | Path,
@@ -49,7 +52,7 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, extra = load_model(weights_path)
+    model, extra = load_model(weights_path, device)
     require_interaction(model, weights_path)
     seed = int(extra["seed"])
     secondary = settings.interventions.secondary

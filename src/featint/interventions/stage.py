@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def load_pipeline(weights_path: str | Path, secondary_dir: str | Path, activations_dir: str | Path,
-                  ) -> tuple[Pipeline, dict[str, Any], ActivationStore]:
+                  device: torch.device | str = "cpu") -> tuple[Pipeline, dict[str, Any], ActivationStore]:
     from featint.evaluation import check_model_matches_store
 
     model, extra = load_model(weights_path)
@@ -50,7 +50,7 @@ def load_pipeline(weights_path: str | Path, secondary_dir: str | Path, activatio
                                 f"{weights_path} has an interaction embedding of {model.nfm.V.shape[1]}; "  # type: ignore[union-attr]
                                 "retrain the secondary SAE for this model.")
     normaliser = Normaliser.load(Path(activations_dir) / "normaliser.safetensors")
-    return Pipeline(model, normaliser, secondary, secondary_normaliser), extra, store
+    return Pipeline(model, normaliser, secondary, secondary_normaliser).to(device), extra, store
 
 
 def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str | Path, secondary_dir: str | Path,
@@ -62,7 +62,7 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
     out_dir = Path(out_dir)
     stimuli: Stimuli = load_stimuli(config.stimuli, config.min_sentences_per_cell, config.min_prompts,
                                     config.min_words_per_set)
-    pipeline, extra, store = load_pipeline(weights_path, secondary_dir, activations_dir)
+    pipeline, extra, store = load_pipeline(weights_path, secondary_dir, activations_dir, device)
     seed = int(extra["seed"])
     bridge = load_bridge(lm_dir, settings.model.dtype, device)
     tokenizer, bos_id = bridge.tokenizer, int(bridge.tokenizer.bos_token_id)
