@@ -18,6 +18,7 @@ Not a test: nothing gates on time.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import statistics
 import tempfile
@@ -154,7 +155,11 @@ def main() -> None:
     torch.manual_seed(0)
     matched = build_model("param_matched", d, settings.sae, settings.nfm)
     W, b = standard.sae.W_enc.detach().clone(), standard.sae.b_enc.detach().clone()
+    dense_kernels = {name: copy.deepcopy(model) for name, model in (("standard", standard), ("joint", joint))}
+    for model in dense_kernels.values():
+        model.sae.kernels = "dense"  # training.kernels: dense: the encoder backward and decoder over all F
     seconds = interleaved_seconds({
+        **{f"{name} dense kernels": training_step(model, x) for name, model in dense_kernels.items()},
         "standard": training_step(standard, x), "joint": training_step(joint, x),
         "autograd": training_step(standard, x, dense_reference=True), "param_matched": training_step(matched, x),
         "floor": lambda: torch.addmm(b, x, W.t()).topk(k, dim=-1, sorted=False),
@@ -165,6 +170,10 @@ def main() -> None:
     bench.add("standard SAE training throughput", batch_size / standard_s, "tokens/s", shapes=shapes)
     bench.add("standard step, plain autograd / sparse backward", seconds["autograd"] / standard_s, "x",
               shapes=shapes)
+    for name, sparse_s in (("standard", standard_s), ("joint", joint_s)):
+        bench.add(f"{name} step, dense kernels / sparse kernels", seconds[f"{name} dense kernels"] / sparse_s, "x",
+                  shapes=shapes, note="training.kernels; above 1: sparse is faster on this device "
+                  "(featint.models.KERNELS_BY_DEVICE['cpu'] = 'sparse')")
     joint_share = op_shares(training_step(joint, x), {"tables": TABLE_OPS})["tables"]
     standard_share = op_shares(training_step(standard, x), {"tables": TABLE_OPS})["tables"]
     bench.add("joint step / standard step", joint_s / standard_s, "x", "<= 1.25", shapes,

@@ -79,13 +79,15 @@ def _target_device(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     for i, value in enumerate(args[1:], start=1):
         if isinstance(value, (str, torch.device)) or (isinstance(value, int) and not isinstance(value, bool)):
             target = _is_cuda_device(value)
-            new_args[i] = "cpu"
+            if target:  # another device (cpu, meta) is taken as it is
+                new_args[i] = "cpu"
         elif isinstance(value, torch.Tensor):  # .to(other): other's device and dtype
             target = is_tagged(value)
     new_kwargs = dict(kwargs)
     if "device" in kwargs and kwargs["device"] is not None:
         target = _is_cuda_device(kwargs["device"])
-        new_kwargs["device"] = "cpu"
+        if target:
+            new_kwargs["device"] = "cpu"
     return target, tuple(new_args), new_kwargs
 
 
