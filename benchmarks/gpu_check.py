@@ -92,7 +92,7 @@ def settings_for(shapes: tuple[int, int, int, int, int], steps: int, checkpoint_
                  kernels: str = "auto", dropout: float = 0.15) -> Any:
     from featint.config import Settings
 
-    d, n_features, k, embed, batch = shapes
+    _, n_features, k, embed, batch = shapes
     return Settings.from_dict({
         "sae": {"n_features": n_features, "k": k, "auxk": {"k_aux": min(2 * k, n_features // 2),
                                                            "dead_after_tokens": batch * max(1, steps // 2)}},
@@ -163,7 +163,7 @@ def loop_check(device: torch.device, shapes: tuple[int, int, int, int, int], ste
     from featint.plan import ModelShape, plan
     from featint.training import ShuffledBatches, train
 
-    d, n_features, k, embed, batch = shapes
+    d, batch = shapes[0], shapes[-1]
     checkpoint_every = max(1, steps // 2)
     settings = settings_for(shapes, steps, checkpoint_every)
     rows: list[Row] = []

@@ -12,7 +12,7 @@ import pytest
 from simulated_cuda import simulated_cuda
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu_check  # noqa: E402
+import gpu_check
 
 CHECKS = {"step: sparse vs dense gradients", "step: sparse kernels", "step: dense kernels",
           "step: dense / sparse time", "loop: two identical runs", "loop: killed and resumed",
