@@ -36,7 +36,7 @@ LM_DIR = str(featint.lm.model_dir(SETTINGS.model))
 if workflow.local_exec:
     featint.runtime.check_device(SETTINGS.model.device)
 
-#: The `gpu` resource of every rule that runs the LM or a model: 1 where its jobs take a GPU, so the default
+#: The `gpu` resource of every job that runs the LM or a model; 1 where its jobs take a GPU, so the default
 #: profile's `resources: gpu=1` (or `--resources gpu=G` on a multi-GPU node) runs one such job per GPU; 0 where
 #: they run on the CPU, so CPU jobs still run side by side. A cluster profile sets its own (`set-resources`).
 GPU_PER_JOB = int(
