@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from importlib import resources
@@ -20,6 +21,8 @@ import yaml
 
 from featint import kinds
 from featint.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
@@ -129,9 +132,9 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
     auxk, budget = sae["auxk"], completed["training"]["tokens"]
     # (only when both sections were given: a stage reading one of them gets the other's defaults)
     if "sae" in config and "training" in config and auxk["enabled"] and auxk["dead_after_tokens"] >= budget:
-        raise ConfigError(f"{source}: sae.auxk.dead_after_tokens ({auxk['dead_after_tokens']:,}) is not below "
-                          f"training.tokens ({budget:,}), so no latent could count as dead and AuxK would never "
-                          "act; lower dead_after_tokens (e.g. a tenth of the budget) or set sae.auxk.enabled: false.")
+        log.warning("%s: sae.auxk.dead_after_tokens (%s) is not below training.tokens (%s), so no latent can count "
+                    "as dead and AuxK will never act; lower dead_after_tokens (e.g. a tenth of the budget) or set "
+                    "sae.auxk.enabled: false.", source, f"{auxk['dead_after_tokens']:,}", f"{budget:,}")
     repeated = sorted(set(completed["models"]) & set(completed["single_seed_models"]))
     if repeated:
         raise ConfigError(f"{source}: single_seed_models repeats {repeated} of models; list each kind once.")

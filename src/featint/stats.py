@@ -415,3 +415,54 @@ def paper_interaction_test(differences_a: np.ndarray, differences_b: np.ndarray)
     pairing rows by list order), df (1, n_a + n_b - 2). Reproduced for comparison, not a valid 2x2 test."""
     result = scipy_stats.f_oneway(np.asarray(differences_a, float), np.asarray(differences_b, float))
     return float(result.statistic), float(result.pvalue)
+
+
+@dataclass(frozen=True)
+class CoefficientTest:
+    """One coefficient of an OLS fit with a cluster-robust standard error."""
+
+    estimate: float  #: the coefficient
+    se: float  #: its cluster-robust (CR1) standard error
+    df: int  #: degrees of freedom of its t reference: clusters - 1
+    explained_ss: float  #: the drop in residual sum of squares the column brings (estimate^2 x its partialled SS)
+
+    @property
+    def t(self) -> float:
+        return self.estimate / self.se if self.se > 0 else float("nan")
+
+    def p_greater(self) -> float:
+        """One-sided p of estimate > 0 against t with ``df`` degrees of freedom."""
+        return float(scipy_stats.t.sf(self.t, self.df)) if self.df > 0 and np.isfinite(self.t) else float("nan")
+
+    def interval(self, level: float) -> tuple[float, float]:
+        half = float(scipy_stats.t.ppf(0.5 + level / 2, self.df)) * self.se if self.df > 0 else float("nan")
+        return self.estimate - half, self.estimate + half
+
+
+def ols_cluster_robust(design: np.ndarray, response: np.ndarray, clusters: np.ndarray,
+                       column: int) -> CoefficientTest | None:
+    """OLS of ``response`` [n] on ``design`` [n, p] and the test of coefficient ``column`` with the CR1
+    cluster-robust sandwich (Liang-Zeger with the small-sample factor G/(G-1) (n-1)/(n-p), as Stata and
+    statsmodels' ``cov_type="cluster"``), referred to t with G - 1 degrees of freedom: rows of one cluster (tokens of
+    one document) may be dependent in any way. None when the design is rank-deficient or has fewer than two
+    clusters."""
+    x = np.asarray(design, dtype=np.float64)
+    y = np.asarray(response, dtype=np.float64)
+    n, p = x.shape
+    groups, cluster_of = np.unique(clusters, return_inverse=True)
+    if groups.size < 2 or n <= p:
+        return None
+    gram = x.T @ x
+    if np.linalg.matrix_rank(gram) < p:
+        return None
+    bread = np.linalg.inv(gram)
+    beta = bread @ (x.T @ y)
+    residual = y - x @ beta
+    scores = np.zeros((groups.size, p))
+    np.add.at(scores, cluster_of, x * residual[:, None])
+    factor = groups.size / (groups.size - 1) * (n - 1) / (n - p)
+    covariance = factor * bread @ (scores.T @ scores) @ bread
+    others = np.delete(x, column, axis=1)
+    partial = x[:, column] - others @ np.linalg.lstsq(others, x[:, column], rcond=None)[0]
+    return CoefficientTest(float(beta[column]), float(np.sqrt(max(covariance[column, column], 0.0))),
+                           int(groups.size - 1), float(beta[column] ** 2 * (partial @ partial)))
