@@ -1,0 +1,110 @@
+"""The pair product test (featint.integration) and its cluster-robust OLS (featint.stats)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from featint import integration, stats
+from featint.config import load_settings
+from featint.models import SparseCode
+
+
+def test_cluster_robust_ols_equals_statsmodels() -> None:
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(0)
+    n, groups = 400, rng.integers(0, 20, 400)
+    x = np.column_stack([np.ones(n), rng.normal(size=(n, 3))])
+    y = x @ [1.0, 0.5, 0.0, -0.3] + rng.normal(size=n) + rng.normal(size=20)[groups]
+    ours = stats.ols_cluster_robust(x, y[:, None], groups, 2)
+    assert ours is not None
+    fitted = sm.OLS(y, x).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    assert ours[0].estimate == pytest.approx(fitted.params[2], rel=1e-10)
+    assert ours[0].se == pytest.approx(fitted.bse[2], rel=1e-8)
+    assert ours[0].df == 19
+
+
+def _split(codes: np.ndarray, y: np.ndarray, doc_tokens: int) -> integration.SplitCodes:
+    """A split whose code is the true sparse magnitudes (no encoder between them and y)."""
+    k = int((codes > 0).sum(1).max())
+    values, indices = torch.from_numpy(codes).float().topk(k, dim=1)
+    x = torch.from_numpy(y).float()
+    return integration.SplitCodes(x, x.clone(), SparseCode(indices, values), np.arange(len(y)) // doc_tokens,
+                                  np.arange(len(y)))
+
+
+def _planted(n: int, strength: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features, d = 12, 8
+    directions = 0.2 * rng.normal(size=(features, d))  # small beside the planted term: the test has power here
+    active = rng.random((n, features)) < 0.3
+    codes = np.where(active, np.exp(0.5 * rng.normal(size=(n, features))), 0.0)
+    y = codes @ directions + 0.3 * rng.normal(size=(n, d))
+    y[:, 0] += strength * codes[:, 0] * codes[:, 1]  # the one planted pair (0, 1)
+    return codes, y
+
+
+def test_without_a_pairwise_term_the_t_reference_holds_its_level() -> None:
+    """Known answer: y linear in the codes plus noise, the codes fixed regressors: over repeated draws a pair is
+    flagged (BH 5% over its 66 pairs) in at most the nominal share of draws, and its p values are uniform."""
+    settings = dataclasses.replace(load_settings("config/config.yaml").integration, min_tokens=20, min_documents=5,
+                                   max_pairs=100)
+    any_flagged, p_values = 0, []
+    for draw in range(20):
+        fit_codes, fit_y = _planted(3000, 0.0, 2 * draw)
+        test_codes, test_y = _planted(1500, 0.0, 2 * draw + 1)
+        fit, test = _split(fit_codes, fit_y, 50), _split(test_codes, test_y, 50)
+        pairs = integration.candidate_pairs(fit, test, 12, settings)
+        table = integration.test_pairs(pairs, fit, test, 12, settings, targets=("activation",))
+        q = stats.benjamini_hochberg(table["p"].to_numpy())
+        any_flagged += int((q <= 0.05).any())
+        p_values.append(table["p"].to_numpy())
+    p = np.concatenate(p_values)
+    assert any_flagged <= 2  # 20 draws at FDR 5% under the complete null: 1 expected
+    assert 0.03 <= (p < 0.05).mean() <= 0.08
+
+
+def test_a_planted_product_is_flagged_and_scored_against_the_truth() -> None:
+    settings = dataclasses.replace(load_settings("config/config.yaml").integration, min_tokens=20, min_documents=5)
+    fit_codes, fit_y = _planted(3000, 2.0, 100)
+    test_codes, test_y = _planted(1500, 2.0, 101)
+    fit, test = _split(fit_codes, fit_y, 50), _split(test_codes, test_y, 50)
+    pairs = integration.candidate_pairs(fit, test, 12, settings)
+    table = integration.test_pairs(pairs, fit, test, 12, settings, targets=("activation",))
+    table["flagged"] = stats.benjamini_hochberg(table["p"].to_numpy()) <= 0.05
+    planted = table[(table["latent_a"] == 0) & (table["latent_b"] == 1)]
+    assert len(planted) == 1 and bool(planted["flagged"].iloc[0])
+    assert planted["ci_low"].iloc[0] < 2.0 < planted["ci_high"].iloc[0]  # the planted coefficient, along e_0
+    assert table["flagged"].sum() <= 2
+    truth = integration.score_against_truth(table, np.arange(12), np.ones(12), np.array([[0, 1], [2, 3]]), 1, 0.9)
+    rows = integration.calibration_rows(table, truth)[0]
+    assert rows["planted_flagged"] == 1 and rows["planted_flagged_share"] == 1.0
+
+
+def test_calibrate_refers_t_to_the_surrogates() -> None:
+    """A data table whose t sit where the surrogates' do is flagged nowhere; one shifted by 10 sd is flagged."""
+    settings = load_settings("config/config.yaml").integration
+    rng = np.random.default_rng(3)
+    def table(shift: float) -> pd.DataFrame:
+        return pd.DataFrame({"latent_a": np.arange(200), "latent_b": np.arange(200) + 1, "target": "activation",
+                             "test_tokens": rng.integers(30, 300, 200), "t": 3 + rng.normal(size=200) + shift,
+                             "p": 0.5})
+    surrogates = [table(0.0), table(0.0)]
+    assert not integration.calibrate(table(0.0), surrogates, settings)["flagged"].any()
+    assert integration.calibrate(table(10.0), surrogates, settings)["flagged"].all()
+
+
+def test_replication_matches_latents_across_seeds() -> None:
+    rng = np.random.default_rng(4)
+    directions = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(6, 5))).float(), dim=1)
+    permuted = directions[[5, 4, 3, 2, 1, 0]]  # seed 1's latent i is seed 0's latent 5 - i
+    seed0 = pd.DataFrame({"latent_a": [0, 2], "latent_b": [1, 3], "target": "activation", "flagged": [True, False]})
+    seed1 = pd.DataFrame({"latent_a": [4, 2], "latent_b": [5, 3], "target": "activation", "flagged": [True, False]})
+    rows = integration.replication({0: seed0, 1: seed1}, {0: directions, 1: permuted}, 0.9)
+    first = rows[rows["seed"] == 0].iloc[0]
+    assert first["matched"] == 1 and first["tested_there"] == 1 and first["replicated"] == 1
+    assert first["base_rate"] == 0.5
