@@ -333,5 +333,11 @@ INTEGRATION_INSTANCES = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind 
 def integration_targets():
     if not INTEGRATION_INSTANCES:
         return []
-    names = ("summary.parquet", "replication.parquet", "contexts.parquet", "figures/pair_z.png", "figures/top_pairs.png")
+    names = (
+        "summary.parquet",
+        "replication.parquet",
+        "contexts.parquet",
+        "figures/pair_z.png",
+        "figures/top_pairs.png",
+    )
     return [f"{RESULTS}/integration/{name}" for name in names]

@@ -34,12 +34,14 @@ rule synthetic_models:
     output:
         fvu=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/fvu.parquet",
         pairs=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/pairs.parquet",
-        weights=[
-            f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/{kind}/weights.safetensors"
-            for kind in SYNTHETIC.kinds
-        ]
-        if SYNTHETIC
-        else [],
+        weights=(
+            [
+                f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/{kind}/weights.safetensors"
+                for kind in SYNTHETIC.kinds
+            ]
+            if SYNTHETIC
+            else []
+        ),
     log:
         f"{LOGS}/synthetic/models_{{variant}}~c{{strength}}_seed~{{seed}}.log",
     benchmark:
@@ -142,7 +144,11 @@ rule synthetic_integration:
 rule gather_synthetic_integration:
     input:
         calibration=(
-            [f"{SYN}/integration/{v}~c{c}/seed~{s}/calibration.parquet" for v, c in synthetic_settings() for s in SEEDS]
+            [
+                f"{SYN}/integration/{v}~c{c}/seed~{s}/calibration.parquet"
+                for v, c in synthetic_settings()
+                for s in SEEDS
+            ]
             if SYNTHETIC
             else []
         ),
