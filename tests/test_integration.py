@@ -80,9 +80,21 @@ def test_a_planted_product_is_flagged_and_scored_against_the_truth() -> None:
     assert len(planted) == 1 and bool(planted["flagged"].iloc[0])
     assert planted["ci_low"].iloc[0] < 2.0 < planted["ci_high"].iloc[0]  # the planted coefficient, along e_0
     assert table["flagged"].sum() <= 2
-    truth = integration.score_against_truth(table, np.arange(12), np.ones(12), np.array([[0, 1], [2, 3]]), 1, 0.9)
+    member = integration.pair_membership(torch.eye(12), torch.eye(12), np.array([[0, 1], [2, 3]]), torch.zeros(0, 12),
+                                         0.9)
+    truth = integration.score_against_truth(table, member, 1)
     rows = integration.calibration_rows(table, truth)[0]
     assert rows["planted_flagged"] == 1 and rows["planted_flagged_share"] == 1.0
+    assert rows["decoy_flagged"] == 0
+
+
+def test_pair_membership_counts_split_and_conjunction_latents() -> None:
+    """Latent 2 splits feature 0 (cosine 0.8), latent 3 carries the planted direction u; latent 4 matches nothing."""
+    features, u = torch.eye(5)[:4], torch.eye(5)[4:]  # true features e0..e3 (pairs 0-1 planted, 2-3 decoy), u = e4
+    directions = torch.nn.functional.normalize(torch.tensor(
+        [[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0.8, 0.6, 0, 0, 0], [0.1, 0, 0, 0, 1.0], [0.5, 0.5, 0.5, 0.5, 0]]), dim=1)
+    member = integration.pair_membership(directions, features, np.array([[0, 1], [2, 3]]), u, 0.7)
+    assert member.tolist() == [[True, False], [True, False], [True, False], [True, False], [False, False]]
 
 
 def test_calibrate_refers_t_to_the_surrogates() -> None:

@@ -214,7 +214,7 @@ def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
                       & (behaviour["reference"] == "epsilon_own_norm")
                       & behaviour["seed"].isna()]["estimate"].item()
     assert claims.loc["sae_pathology_ratio", "ours_corrected"] == pytest.approx(ratio)
-    unreported = ["budget_convergence", "nonlinear_vs_linear_control"]  # claims the paper did not make
+    unreported = ["budget_convergence", "nonlinear_vs_linear_control", "dual_encoding"]  # no number in the paper
     assert claims.drop(index=unreported)["paper_value"].notna().all() and len(claims) >= 20
     comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
     pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
@@ -226,6 +226,11 @@ def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
     convergence = pd.read_parquet(results / "convergence" / "summary.parquet")
     largest = convergence.loc[convergence["quantity"] == "test_fvu", "change"].abs().max()
     assert claims.loc["budget_convergence", "ours_corrected"] == pytest.approx(largest)
+    summary = pd.read_parquet(results / "integration" / "summary.parquet")
+    flagged = summary[(summary["model"] == "standard") & (summary["data"] == "data")
+                      & (summary["target"] == "residual")]["flagged_share"]
+    assert claims.loc["dual_encoding", "ours_corrected"] == pytest.approx(flagged.mean())
+    assert claims.loc["dual_encoding", "seeds"] == len(flagged) and "surrogates" in claims.loc["dual_encoding", "note"]
     assert claims.loc["joint_improvement", "rests_on"].startswith(f"{tiny_run.test_documents} test documents")
     assert "| Joint training improves reconstruction |" in (results / "report" / "claims.md").read_text()
     assert "snakemake" in (results / "report" / "versions.tsv").read_text()

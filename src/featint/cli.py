@@ -452,12 +452,16 @@ def gather_interventions(args: argparse.Namespace, settings: Settings) -> None:
        arg("--results", required=True, help="results/<run>"), RUN, arg("--out-table", required=True),
        arg("--out-markdown", required=True),
        arg("--out-kinds", help="every kind's test FVU (and spliced KL) against its parameter count"),
-       arg("--out-figure", help="the figure of that table"))
+       arg("--out-figure", help="the figure of that table"),
+       arg("--integration", help="integration/summary.parquet (the claims row dual_encoding)"),
+       arg("--replication", help="integration/replication.parquet"),
+       arg("--planted-power", help="a planted-control run's integration_power.parquet"))
 def claims(args: argparse.Namespace, settings: Settings) -> None:
     from featint.claims import run_claims
 
     table = run_claims(args.paper_claims, args.results, args.out_table, args.out_markdown, run=args.run,
-                       out_kinds=args.out_kinds, out_figure=args.out_figure)
+                       out_kinds=args.out_kinds, out_figure=args.out_figure, integration=args.integration,
+                       replication=args.replication, planted_power=args.planted_power)
     log.info("claims:\n%s", table[["claim_id", "paper_value", "ours_paper_definition", "ours_corrected"]]
              .to_string(index=False))
 
@@ -572,13 +576,16 @@ def synthetic_models(args: argparse.Namespace, settings: Settings) -> None:
 
 
 @stage("synthetic-integration", "the pair product test on one planted setting and seed, read against the truth",
-       ("integration",), arg("--variant", required=True), arg("--strength", required=True, type=float),
-       WEIGHTS, arg("--setting", required=True, help="the setting directory written by synthetic-data"), OUT)
+       ("integration", "synthetic"), arg("--variant", required=True),
+       arg("--strength", required=True, type=float), WEIGHTS,
+       arg("--setting", required=True, help="the setting directory written by synthetic-data"), OUT)
 def synthetic_integration(args: argparse.Namespace, settings: Settings) -> None:
     from featint.integration import run_synthetic_integration
+    from featint.synthetic import find_variant
 
+    direction = find_variant(_synthetic(settings), args.variant).direction
     calibration = run_synthetic_integration(args.weights, args.setting, args.out, settings.integration, args.variant,
-                                            args.strength)
+                                            args.strength, direction)
     log.info("calibration:\n%s", calibration.to_string(index=False))
 
 

@@ -334,6 +334,7 @@ class IntegrationSettings:
     contexts_per_pair: int  #: strongest co-activating test tokens kept per flagged pair
     context_tokens: int  #: tokens shown either side of a context's token
     top_pairs: int  #: flagged pairs shown with their contexts in the gather's table and figure
+    planted_power: str | None  #: a planted-control run's integration_power.parquet, for the claims row
 
 
 @dataclass(frozen=True)

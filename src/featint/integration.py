@@ -364,26 +364,36 @@ def best_match(directions: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndar
     return index.numpy(), best.numpy()
 
 
-def score_against_truth(table: pd.DataFrame, match: np.ndarray, cosine: np.ndarray, truth_pairs: np.ndarray,
-                        n_planted: int, threshold: float) -> pd.DataFrame:
-    """Per true pair (planted, then decoy) and target: was a latent pair matched to it tested, and flagged?
-    A latent matches the true feature of largest decoder cosine when that cosine is at least ``threshold``."""
-    matched = np.where(cosine >= threshold, match, -1)
-    lookup = {}
+def pair_membership(directions: torch.Tensor, features: torch.Tensor, truth_pairs: np.ndarray,
+                    planted_directions: torch.Tensor, threshold: float) -> np.ndarray:
+    """[F, n_true_pairs] booleans: latent ``l`` belongs to true pair ``n`` when its best-matched true feature
+    (decoder cosine >= ``threshold``) is one of the pair's two, or (planted pairs) when its decoder has cosine
+    >= ``threshold`` with the pair's interaction direction ``u``. A wide SAE splits a feature into latents and
+    gives a planted term latents of its own (a conjunction latent); this counts every latent in the pair's span."""
+    match, cosine = best_match(directions, features)
+    member = np.zeros((directions.shape[0], len(truth_pairs)), dtype=bool)
+    owner = np.full(features.shape[0], -1, dtype=np.int64)
     for number, (i, j) in enumerate(truth_pairs.tolist()):
-        lookup[(min(i, j), max(i, j))] = number
-    true_a, true_b = matched[table["latent_a"].to_numpy()], matched[table["latent_b"].to_numpy()]
-    keys = [(min(a, b), max(a, b)) if a >= 0 and b >= 0 else None for a, b in zip(true_a, true_b)]
-    which = np.array([lookup.get(key, -1) if key is not None else -1 for key in keys], dtype=np.int64)
-    scored = table.assign(true_pair=which)
+        owner[i] = owner[j] = number
+    owned = (cosine >= threshold) & (owner[match] >= 0)
+    member[np.nonzero(owned)[0], owner[match[owned]]] = True
+    if len(planted_directions):
+        u_cosine = (directions @ torch.nn.functional.normalize(planted_directions.float(), dim=1).T).numpy()
+        member[:, : len(planted_directions)] |= u_cosine >= threshold
+    return member
+
+
+def score_against_truth(table: pd.DataFrame, member: np.ndarray, n_planted: int) -> pd.DataFrame:
+    """Per true pair (planted, then decoy) and target: was a latent pair of that pair (both latents members,
+    :func:`pair_membership`) tested, and was one flagged?"""
     rows = []
-    for target in scored["target"].unique():
-        part = scored[scored["target"] == target]
-        for number in range(len(truth_pairs)):
-            mine = part[part["true_pair"] == number]
+    for target, part in table.groupby("target", sort=False):
+        both = member[part["latent_a"].to_numpy()] & member[part["latent_b"].to_numpy()]  # [rows, true pairs]
+        flagged = both & part["flagged"].to_numpy()[:, None]
+        for number in range(member.shape[1]):
             rows.append({"target": target, "true_pair": number, "planted": number < n_planted,
-                         "tested": bool(len(mine)), "flagged": bool(mine["flagged"].any()),
-                         "latent_pairs": len(mine)})
+                         "tested": bool(both[:, number].any()), "flagged": bool(flagged[:, number].any()),
+                         "latent_pairs": int(both[:, number].sum())})
     return pd.DataFrame(rows)
 
 
@@ -440,12 +450,15 @@ def replication(tables: dict[int, pd.DataFrame], directions: dict[int, torch.Ten
 
 
 def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path, out_dir: str | Path,
-                              settings: IntegrationSettings, variant: str, strength: float) -> pd.DataFrame:
+                              settings: IntegrationSettings, variant: str, strength: float,
+                              direction: str) -> pd.DataFrame:
     """Stage entry point on one planted setting and seed: the test exactly as on the LM (:func:`run_test`), then,
-    and only then, its flags read against the truth: each latent matched to the true feature of largest decoder
-    cosine (at least ``match_cosine``). Writes ``pairs.parquet`` and ``calibration.parquet`` (per data / draw and
+    and only then, its flags read against the truth: each latent given to the true pairs whose span it matches
+    (:func:`pair_membership` at ``match_cosine``; ``direction`` is the variant's, 'new' or 'span'). Writes ``pairs.parquet`` and ``calibration.parquet`` (per data / draw and
     target: :func:`calibration_rows`); returns the calibration."""
     from safetensors.torch import load_file
+
+    from featint.synthetic import GroundTruth
 
     setting_dir = Path(setting_dir)
     model, extra = load_model(weights_path)
@@ -453,11 +466,13 @@ def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path,
     seed = int(extra.get("seed", 0))
     result = run_test(model, normaliser, setting_dir / "activations", settings, seed)
     truth = load_file(str(setting_dir / "truth.safetensors"))
-    match, cosine = best_match(decoder_directions(model, normaliser), truth["features"])
     n_planted = int(truth["pairs"].shape[0] // 2)
+    planted = GroundTruth(truth["features"], truth["firing"], truth["pairs"], truth["directions"]).directions(direction)
+    member = pair_membership(decoder_directions(model, normaliser), truth["features"], truth["pairs"].numpy(),
+                             planted, settings.match_cosine)
     rows = []
     for (data, draw), table in result.pairs.groupby(["data", "draw"], sort=False):
-        scored = score_against_truth(table, match, cosine, truth["pairs"].numpy(), n_planted, settings.match_cosine)
+        scored = score_against_truth(table, member, n_planted)
         rows += [{"data": data, "draw": int(draw), **row} for row in calibration_rows(table, scored)]
     keys = {"variant": variant, "strength": strength, "model": model.kind, "seed": seed}
     calibration = pd.DataFrame(rows)
@@ -531,7 +546,7 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
            out_dir: str | Path) -> pd.DataFrame:
     """Stage entry point on the LM: ``summary.parquet`` (:func:`lm_summary`), ``pairs.parquet`` (every test),
     ``replication.parquet`` (:func:`replication`, per model), ``contexts.parquet`` (the ``top_pairs`` flagged
-    pairs of largest z per model and seed with their text) and two figures; returns the summary."""
+    pairs of largest z per model and seed, on either target, with their text) and two figures; returns the summary."""
     from transformers import AutoTokenizer
 
     from featint import plots
@@ -549,10 +564,11 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
                                 settings.match_cosine).assign(model=model)
                     for model, part in data.groupby("model", sort=True) if model in directions]
     replicated = pd.concat(replications, ignore_index=True) if replications else pd.DataFrame()
-    top = (data[data["flagged"] & (data["target"] == "activation")]
-           .sort_values("z", ascending=False).groupby(["model", "seed"], sort=True).head(settings.top_pairs))
-    shown = contexts.merge(top[["model", "seed", "latent_a", "latent_b", "z", "estimate", "explained_share"]],
-                           on=["model", "seed", "latent_a", "latent_b"])
+    top = (data[data["flagged"]].sort_values("z", ascending=False)
+           .drop_duplicates(["model", "seed", "latent_a", "latent_b"])  # a pair's strongest target
+           .groupby(["model", "seed"], sort=True).head(settings.top_pairs))
+    shown = contexts.merge(top[["model", "seed", "latent_a", "latent_b", "target", "z", "estimate", "ci_low",
+                                "ci_high", "explained_share"]], on=["model", "seed", "latent_a", "latent_b"])
     tokenizer = AutoTokenizer.from_pretrained(str(lm_dir), local_files_only=True)
     shown = context_text(shown, ActivationStore(activations_dir / "test"), tokenizer, settings.context_tokens)
     summary = lm_summary(pairs)

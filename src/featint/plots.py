@@ -483,13 +483,13 @@ def integration_contexts(contexts: pd.DataFrame, path: str | Path, max_rows: int
     fig, ax = plt.subplots(figsize=(11, 0.45 * (max_rows + 2)))
     ax.axis("off")
     if contexts.empty:
-        ax.text(0.5, 0.5, "no pair flagged on the data (activation target)", ha="center", va="center")
+        ax.text(0.5, 0.5, "no pair flagged on the data", ha="center", va="center")
     else:
         first = contexts[contexts["rank"] == 0].sort_values("z", ascending=False).head(max_rows)
-        cells = [[f"{r.model} s{r.seed}", f"{r.latent_a}, {r.latent_b}", f"{r.z:.1f}",
+        cells = [[f"{r.model} s{r.seed}", f"{r.latent_a}, {r.latent_b}", r.target, f"{r.z:.1f}",
                   (r.before[-60:] + " [" + r.token + "]").replace("\n", " ")] for r in first.itertuples()]
-        table = ax.table(cellText=cells, colLabels=["model", "latents", "z", "strongest context"],
-                         colWidths=[0.12, 0.12, 0.06, 0.7], loc="center", cellLoc="left")
+        table = ax.table(cellText=cells, colLabels=["model", "latents", "target", "z", "strongest context"],
+                         colWidths=[0.12, 0.1, 0.09, 0.05, 0.64], loc="center", cellLoc="left")
         table.auto_set_font_size(False)
         table.set_fontsize(8)
     ax.set_title("Flagged pairs and their strongest co-activating test token")
