@@ -106,8 +106,23 @@ def test_calibrate_refers_t_to_the_surrogates() -> None:
                              "test_tokens": rng.integers(30, 300, 200), "t": 3 + rng.normal(size=200) + shift,
                              "p": 0.5})
     surrogates = [table(0.0), table(0.0)]
-    assert not integration.calibrate(table(0.0), surrogates, settings)["flagged"].any()
-    assert integration.calibrate(table(10.0), surrogates, settings)["flagged"].all()
+    spread = integration.within_pair_spread(surrogates)
+    assert spread["activation"] == pytest.approx(1.0, abs=0.15)  # the draws' t move by N(0, 1) around 3
+    assert not integration.calibrate(table(0.0), surrogates, spread, settings)["flagged"].any()
+    assert integration.calibrate(table(10.0), surrogates, spread, settings)["flagged"].all()
+
+
+def test_calibrate_judges_a_pair_against_its_own_artefact() -> None:
+    """A pair whose t is large on every draw (an encoder artefact of its own) is not flagged for it."""
+    settings = load_settings("config/config.yaml").integration
+    rng = np.random.default_rng(5)
+    artefact = np.where(np.arange(200) < 20, 8.0, 0.0)  # 20 pairs with t near 8 everywhere
+    def table() -> pd.DataFrame:
+        return pd.DataFrame({"latent_a": np.arange(200), "latent_b": np.arange(200) + 1, "target": "residual",
+                             "test_tokens": 100, "t": artefact + rng.normal(size=200), "p": 0.5})
+    surrogates = [table(), table(), table()]
+    calibrated = integration.calibrate(table(), surrogates, integration.within_pair_spread(surrogates), settings)
+    assert not calibrated["flagged"].any()
 
 
 def test_replication_matches_latents_across_seeds() -> None:
@@ -120,3 +135,30 @@ def test_replication_matches_latents_across_seeds() -> None:
     first = rows[rows["seed"] == 0].iloc[0]
     assert first["matched"] == 1 and first["tested_there"] == 1 and first["replicated"] == 1
     assert first["base_rate"] == 0.5
+
+
+def test_the_context_table_shows_the_strongest_co_activating_tokens_as_text(tmp_path, embedded_lm_dir) -> None:
+    """Known answer: latents 0 and 1 co-fire on rows 3, 9 and 14, most strongly on 14; the table gives those
+    rows in that order, with the text of the tokens before each (never across its window's start)."""
+    from transformers import AutoTokenizer
+
+    from featint.activations import TOKENS, ActivationStore, write_store_from_tensor
+    from featint.io import write_parquet
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_lm_dir))
+    ids = tokenizer("The cat sat on the warm mat while the dog slept by the door all day")["input_ids"][:16]
+    store_dir = tmp_path / "test"
+    write_store_from_tensor(store_dir, torch.zeros(16, 4), "test", "hook", window_length=8, doc_length=8)
+    tokens = pd.read_parquet(store_dir / TOKENS).assign(token_id=np.asarray(ids, dtype=np.int32))
+    write_parquet(tokens, store_dir / TOKENS, metadata={"split": "test"})
+    codes = np.zeros((16, 4))
+    for row, (a, b) in {3: (1.0, 1.0), 9: (2.0, 1.5), 14: (3.0, 2.0), 5: (4.0, 0.0)}.items():
+        codes[row, :2] = a, b
+    split = _split(codes, np.zeros((16, 4)), 8)
+    table = pd.DataFrame({"latent_a": [0, 2], "latent_b": [1, 3], "flagged": [True, False]})
+    contexts = integration.top_contexts(table, split, 4, per_pair=2)
+    assert contexts["row"].tolist() == [14, 9] and contexts["product"].tolist() == [6.0, 3.0]
+    assert contexts["doc_id"].tolist() == [1, 1]
+    shown = integration.context_text(contexts, ActivationStore(store_dir), tokenizer, before=3)
+    assert shown["token"].tolist() == [tokenizer.decode(ids[14:15]), tokenizer.decode(ids[9:10])]
+    assert shown["before"].tolist() == [tokenizer.decode(ids[11:14]), tokenizer.decode(ids[8:9])]  # row 8 opens

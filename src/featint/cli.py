@@ -576,16 +576,13 @@ def synthetic_models(args: argparse.Namespace, settings: Settings) -> None:
 
 
 @stage("synthetic-integration", "the pair product test on one planted setting and seed, read against the truth",
-       ("integration", "synthetic"), arg("--variant", required=True),
-       arg("--strength", required=True, type=float), WEIGHTS,
-       arg("--setting", required=True, help="the setting directory written by synthetic-data"), OUT)
+       ("integration",), arg("--variant", required=True), arg("--strength", required=True, type=float),
+       WEIGHTS, arg("--setting", required=True, help="the setting directory written by synthetic-data"), OUT)
 def synthetic_integration(args: argparse.Namespace, settings: Settings) -> None:
     from featint.integration import run_synthetic_integration
-    from featint.synthetic import find_variant
 
-    direction = find_variant(_synthetic(settings), args.variant).direction
     calibration = run_synthetic_integration(args.weights, args.setting, args.out, settings.integration, args.variant,
-                                            args.strength, direction)
+                                            args.strength)
     log.info("calibration:\n%s", calibration.to_string(index=False))
 
 

@@ -17,8 +17,9 @@ pair, whose decoder then adds to x along the pair's direction) or the SAE's resi
    columns; the product's coefficient ``estimate``, its cluster-robust standard error by document
    (:func:`featint.stats.ols_cluster_robust`), ``t``, and the drop in residual sum of squares it brings
    (``explained_ss``);
-3. ``t`` referred to the surrogates' (below) ``t`` of the same pairs (:func:`calibrate`): ``z``, its upper normal
-   tail ``p``, Benjamini-Hochberg across pairs (:func:`featint.stats.benjamini_hochberg`), ``flagged`` at q <= fdr.
+3. ``t`` referred to the same pair's ``t`` on the surrogates (below; :func:`calibrate`): ``z`` = its distance from
+   their mean in units of how much a pair's t moves between surrogate draws, its upper normal tail ``p``,
+   Benjamini-Hochberg across pairs (:func:`featint.stats.benjamini_hochberg`), ``flagged`` at q <= fdr.
 
 The squares absorb a code that is a curved function of its feature (top-k shrinkage); fitting the direction on
 other tokens than the test keeps the test one one-sided statistic on held-out data.
@@ -31,7 +32,12 @@ reasons that have nothing to do with integration. The reference is therefore tak
 token's codes, keeping its run within a document), **re-encoded by the same SAE**: everything linear in the
 codes is kept, and so is the encoder's own nonlinearity, but there is no pairwise term by construction. The same
 pairs are tested on each of ``surrogates`` draws; the data's t are referred to them, and each draw to the other
-draws, so a draw's flags count what the procedure flags with nothing there.
+draws, so a draw's flags count what the procedure flags with nothing there. Pair by pair, because the encoder's
+artefact is the pair's own (on the activation target the same pair's t correlate 0.5-0.65 between draws).
+
+What the surrogate cannot remove: a trained SAE's latents are not the true features, so its residual is itself a
+function of the true codes, which may be non-additive in two latents (a feature split over them) with no
+integration anywhere. The planted control at c = 0 and its decoy pairs measure how often that happens there.
 
 Which pairs (:func:`candidate_pairs`): those co-active on at least ``min_tokens`` fit and test tokens in at least
 ``min_documents`` test documents, the ``max_pairs`` with the largest lift (co-activation over chance); the
@@ -242,33 +248,44 @@ def test_pairs(pairs: pd.DataFrame, fit: SplitCodes, test: SplitCodes, n_feature
     return pd.DataFrame(rows)
 
 
-def calibrate(data: pd.DataFrame, surrogates: list[pd.DataFrame], settings: IntegrationSettings) -> pd.DataFrame:
-    """Refer each pair's t to the surrogates' t of the pairs with a similar number of test tokens (the same
-    quartile of ``test_tokens``): ``z = (t - mean) / sd`` of those surrogate values, ``p_empirical`` its upper
-    normal tail, ``q`` the BH values within each target and ``flagged`` at q <= ``fdr``. ``p_t`` (the t reference)
-    stays beside it. The t reference assumes the codes are fixed regressors; an encoder's codes are noisy,
-    nonlinear functions of x, which makes E[x | f_a, f_b] non-additive for almost every pair (the module docstring),
-    so only the surrogate reference is calibrated."""
+KEY = ["latent_a", "latent_b", "target"]  #: one test: a pair of latents on one target
+
+
+def within_pair_spread(draws: list[pd.DataFrame]) -> dict[str, float]:
+    """Per target, the pooled within-pair standard deviation of t across surrogate draws: how much the same
+    pair's t moves from one no-interaction draw to another (needs two draws at least)."""
+    if len(draws) < 2:
+        raise ValueError(f"the surrogate reference needs at least 2 draws, got {len(draws)}")
+    t = pd.concat([d.set_index(KEY)["t"] for d in draws], axis=1).dropna()
+    variance = t.var(axis=1, ddof=1)
+    return {str(target): float(np.sqrt(v.mean())) for target, v in variance.groupby(level="target")}
+
+
+def calibrate(data: pd.DataFrame, references: list[pd.DataFrame], spread: dict[str, float],
+              settings: IntegrationSettings) -> pd.DataFrame:
+    """Refer each pair's t to the same pair's t on the ``references`` (surrogate draws): ``z = (t - mean of the
+    references) / (s sqrt(1 + 1/m))`` with ``s`` the target's within-pair spread over draws
+    (:func:`within_pair_spread`) and ``m`` the references, so a pair whose encoder artefact gives it a large t
+    everywhere is judged against its own. ``p_empirical`` is the upper normal tail of ``z``, ``q`` the BH values
+    within each target, ``flagged`` at q <= ``fdr``; ``p_t`` (the t reference) stays beside it. The t reference
+    assumes the codes are fixed regressors; an encoder's codes are noisy, nonlinear functions of x, which makes
+    E[x | f_a, f_b] non-additive for almost every pair (the module docstring), so only the surrogate reference is
+    calibrated."""
     frame = data.copy()
     frame["p_t"] = frame["p"]
     frame["z"], frame["p_empirical"], frame["q"] = np.nan, np.nan, np.nan
     if frame.empty:
         return frame.assign(flagged=pd.Series(dtype=bool))
-    reference = pd.concat(surrogates, ignore_index=True) if surrogates else frame.iloc[:0]
-    edges = np.unique(np.quantile(frame["test_tokens"], np.linspace(0, 1, 5)))
+    reference = pd.concat([r.set_index(KEY)["t"] for r in references], axis=1)
+    centre, count = reference.mean(axis=1), reference.notna().sum(axis=1)
+    keys = pd.MultiIndex.from_frame(frame[KEY])
+    centre, count = centre.reindex(keys).to_numpy(), count.reindex(keys).fillna(0).to_numpy()
+    scale = frame["target"].map(spread).to_numpy(dtype=np.float64) * np.sqrt(1 + 1 / np.maximum(count, 1))
+    z = np.where(count > 0, (frame["t"].to_numpy() - centre) / scale, np.nan)
+    frame["z"] = z
+    frame["p_empirical"] = stats.normal_upper_tail(z)
     for target, part in frame.groupby("target", sort=False):
-        null = reference[(reference["target"] == target) & reference["t"].notna()]
-        bin_of = np.clip(np.searchsorted(edges, part["test_tokens"], side="right") - 1, 0, max(len(edges) - 2, 0))
-        null_bin = np.clip(np.searchsorted(edges, null["test_tokens"], side="right") - 1, 0, max(len(edges) - 2, 0))
-        z = np.full(len(part), np.nan)
-        for b in np.unique(bin_of):
-            values = null["t"].to_numpy()[null_bin == b]
-            if values.size >= 10 and values.std(ddof=1) > 0:
-                mine = bin_of == b
-                z[mine] = (part["t"].to_numpy()[mine] - values.mean()) / values.std(ddof=1)
-        frame.loc[part.index, "z"] = z
-        frame.loc[part.index, "p_empirical"] = stats.normal_upper_tail(z)
-        frame.loc[part.index, "q"] = stats.benjamini_hochberg(frame.loc[part.index, "p_empirical"].to_numpy())
+        frame.loc[part.index, "q"] = stats.benjamini_hochberg(part["p_empirical"].to_numpy())
     frame["p"] = frame["p_empirical"]
     frame["flagged"] = frame["q"] <= settings.fdr
     return frame
@@ -317,10 +334,12 @@ def run_test(model: FeatureModel, normaliser: Normaliser, activations_dir: str |
                                               surrogate(test, model, 1000 * seed + 2 * draw + 2), n_features, settings)
         log.info("surrogate draw %d of %d tested", draw + 1, settings.surrogates)
     draws = [name for name in raw if name != "data"]
+    spread = within_pair_spread([raw[name] for name in draws])
+    log.info("within-pair spread of t over surrogate draws: %s", {k: round(v, 3) for k, v in spread.items()})
     tables = []
     for name, table in raw.items():
         others = [raw[other] for other in draws if other != name]
-        calibrated = calibrate(table, others, settings)
+        calibrated = calibrate(table, others, spread, settings)
         log.info("%s: flagged %s", name, calibrated.groupby("target")["flagged"].sum().to_dict() if len(table) else {})
         tables.append(calibrated.assign(data="data" if name == "data" else "surrogate",
                                         draw=-1 if name == "data" else int(name.split("_")[1])))
@@ -450,15 +469,12 @@ def replication(tables: dict[int, pd.DataFrame], directions: dict[int, torch.Ten
 
 
 def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path, out_dir: str | Path,
-                              settings: IntegrationSettings, variant: str, strength: float,
-                              direction: str) -> pd.DataFrame:
+                              settings: IntegrationSettings, variant: str, strength: float) -> pd.DataFrame:
     """Stage entry point on one planted setting and seed: the test exactly as on the LM (:func:`run_test`), then,
     and only then, its flags read against the truth: each latent given to the true pairs whose span it matches
-    (:func:`pair_membership` at ``match_cosine``; ``direction`` is the variant's, 'new' or 'span'). Writes ``pairs.parquet`` and ``calibration.parquet`` (per data / draw and
+    (:func:`pair_membership` at ``match_cosine``, with the setting's planted directions). Writes ``pairs.parquet`` and ``calibration.parquet`` (per data / draw and
     target: :func:`calibration_rows`); returns the calibration."""
     from safetensors.torch import load_file
-
-    from featint.synthetic import GroundTruth
 
     setting_dir = Path(setting_dir)
     model, extra = load_model(weights_path)
@@ -467,9 +483,8 @@ def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path,
     result = run_test(model, normaliser, setting_dir / "activations", settings, seed)
     truth = load_file(str(setting_dir / "truth.safetensors"))
     n_planted = int(truth["pairs"].shape[0] // 2)
-    planted = GroundTruth(truth["features"], truth["firing"], truth["pairs"], truth["directions"]).directions(direction)
     member = pair_membership(decoder_directions(model, normaliser), truth["features"], truth["pairs"].numpy(),
-                             planted, settings.match_cosine)
+                             truth["directions"], settings.match_cosine)  # the setting's u ('new' or 'span')
     rows = []
     for (data, draw), table in result.pairs.groupby(["data", "draw"], sort=False):
         scored = score_against_truth(table, member, n_planted)
