@@ -40,7 +40,7 @@ def test_the_dag_plans_every_stage_and_a_finished_run_plans_nothing(tiny_run: Ti
     for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
                  "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry",
                  "behaviour_reference", "behaviour", "gather_behaviour", "secondary_sae", "interventions",
-                 "gather_interventions", "claims", "run_info"):
+                 "gather_interventions", "integration", "gather_integration", "claims", "run_info"):
         assert rule in tiny_run.planned
     again = snakemake(tiny_run.workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -199,6 +199,31 @@ def test_interventions(tiny_run: TinyRun) -> None:
     generations = pd.read_parquet(results / "interventions" / "generations.parquet")
     assert generations["continuation"].str.len().gt(0).all()
     assert (results / "interventions" / "figures" / "clamp_interaction_lines.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_integration(tiny_run: TinyRun) -> None:
+    """The pair product test on the tiny run's standard and joint SAEs: every tested pair on the data and on each
+    surrogate draw, per target, with its statistic and flags; the summary counts them; contexts carry text."""
+    results = tiny_run.results / "integration"
+    pairs = pd.read_parquet(results / "pairs.parquet")
+    assert set(pairs["model"]) == {"standard", "joint"} and set(pairs["target"]) == {"activation", "residual"}
+    assert set(pairs["data"]) == {"data", "surrogate"} and set(pairs["draw"]) == {-1, 0, 1, 2}
+    tested = pairs[pairs["t"].notna()]
+    assert len(tested) > 0 and (tested["latent_a"] < tested["latent_b"]).all()
+    assert (tested["ci_low"] <= tested["estimate"]).all() and (tested["estimate"] <= tested["ci_high"]).all()
+    assert tested["z"].notna().all() and tested["q"].between(0, 1).all()
+    summary = pd.read_parquet(results / "summary.parquet")
+    data = summary[summary["data"] == "data"].set_index(["model", "target"])
+    counted = tested[tested["data"] == "data"].groupby(["model", "target"])["flagged"].sum()
+    assert (data.loc[counted.index, "pairs_flagged"] == counted).all()
+    contexts = pd.read_parquet(results / "contexts.parquet")
+    assert {"before", "token", "z", "target"} <= set(contexts.columns)
+    flagged = tested[(tested["data"] == "data") & tested["flagged"]]
+    assert contexts.empty == flagged.empty  # the top flagged pairs with their text, or nothing flagged
+    assert contexts["token"].str.len().gt(0).all()
+    assert (results / "figures" / "top_pairs.png").stat().st_size > 5_000
+    assert (results / "replication.parquet").is_file()
 
 
 @pytest.mark.slow

@@ -558,10 +558,12 @@ def _synthetic(section: dict[str, Any] | None, source: str) -> SyntheticSettings
     if 0 not in section["strengths"]:
         raise ConfigError(f"{source}: synthetic.strengths must include 0 (the null every planted strength is "
                           "compared with).")
-    missing = {"joint", "joint_no_interaction", "param_matched"} - set(section["kinds"])
-    if missing:
+    trio = {"joint", "joint_no_interaction", "param_matched"}
+    missing = trio - set(section["kinds"])
+    if missing and (missing != trio or "standard" not in section["kinds"]):
         raise ConfigError(f"{source}: synthetic.kinds must include {sorted(missing)} (the interaction term and "
-                          "its references).")
+                          "its references, for the power curve), or none of them and 'standard' (the pair "
+                          "product test alone).")
     built_on_standard = sorted(set(kinds.FROM_STANDARD) & set(section["kinds"]))
     if built_on_standard and "standard" not in section["kinds"]:
         raise ConfigError(f"{source}: synthetic.kinds {built_on_standard} start from the standard SAE; add "

@@ -314,11 +314,13 @@ def synthetic_settings():
 
 
 def synthetic_targets():
-    targets = [
-        f"{SYN}/summary/power.parquet",
-        f"{SYN}/summary/figures/power.png",
-        f"{SYN}/summary/figures/identification.png",
-    ]
+    targets = []
+    if SYNTHETIC and "joint" in SYNTHETIC.kinds:  # the power curve (the config requires its references too)
+        targets += [
+            f"{SYN}/summary/power.parquet",
+            f"{SYN}/summary/figures/power.png",
+            f"{SYN}/summary/figures/identification.png",
+        ]
     if SYNTHETIC and "standard" in SYNTHETIC.kinds:  # the pair product test reads the standard SAE
         targets += [f"{SYN}/summary/integration_power.parquet", f"{SYN}/summary/figures/integration_power.png"]
     return targets
