@@ -162,3 +162,32 @@ def test_the_context_table_shows_the_strongest_co_activating_tokens_as_text(tmp_
     shown = integration.context_text(contexts, ActivationStore(store_dir), tokenizer, before=3)
     assert shown["token"].tolist() == [tokenizer.decode(ids[14:15]), tokenizer.decode(ids[9:10])]
     assert shown["before"].tolist() == [tokenizer.decode(ids[11:14]), tokenizer.decode(ids[8:9])]  # row 8 opens
+
+
+def test_the_dual_encoding_claim_reads_the_tables_it_is_given() -> None:
+    """The claims row: the mean share of pairs flagged on the data over seeds (range as interval), with the
+    surrogates' share, replication and the planted control's power and c = 0 flags in its note."""
+    from featint import claims
+
+    summary = pd.DataFrame({"model": "standard", "seed": [0, 1, 0, 1], "data": ["data", "data", "surrogate",
+                            "surrogate"], "target": "residual", "pairs_tested": 400.0,
+                            "flagged_share": [0.5, 0.3, 0.01, 0.0], "flagged_explained_share": [1e-3, 2e-3, 0, 0]})
+    replication = pd.DataFrame({"model": "standard", "target": "residual", "seed": [0, 1], "other_seed": [1, 0],
+                                "flagged": [200, 120], "matched": [10, 6], "tested_there": [4, 2],
+                                "replicated": [3, 1], "base_rate": [0.3, 0.5]})
+    power = pd.DataFrame({"variant": "base", "strength": [0.0, 1.0], "data": "data", "target": "residual",
+                          "power": [0.0, 0.25], "decoy_flagged_share": [0.0, 0.04], "pairs_flagged": [2.0, 19.0],
+                          "pairs_tested": 400.0, "any_flagged": [0.5, 1.0]})
+    empty = {name: pd.DataFrame() for name in ("reconstruction", "parameters", "geometry", "behaviour",
+                                                "interventions", "clamps", "reconstruction_summary", "convergence",
+                                                "comparisons")}
+    reader = claims.Reader(claims.Artefacts(**empty, integration=summary, replication=replication,
+                                            planted_power=power))
+    ours = claims.EXTRACTORS["dual_encoding"](reader)
+    assert ours.corrected == pytest.approx(0.4) and (ours.low, ours.high) == (0.3, 0.5) and ours.seeds == 2
+    assert "surrogates (no pairwise term) flag 0.005" in ours.note
+    assert "16 of 320 flagged pairs" in ours.note and "4 flagged again" in ours.note
+    assert "base c=1: 0.25" in ours.note and "2.0 of 400 pairs" in ours.note and "0.50 of runs" in ours.note
+    unstated = claims.EXTRACTORS["dual_encoding"](claims.Reader(claims.Artefacts(**empty, integration=summary)))
+    assert "power not stated" in unstated.note
+    assert np.isnan(claims.EXTRACTORS["dual_encoding"](claims.Reader(claims.Artefacts(**empty))).corrected)
