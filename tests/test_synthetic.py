@@ -171,6 +171,7 @@ def test_synthetic_dag_reports_power_and_identification(tmp_path: Path) -> None:
                                 "document_tokens": 64, "tokens": {"train": 8192, "validation": 1024, "test": 2048},
                                 "strengths": [0.0, 3.0],
                                 "variants": [{"name": "small", "width": 64, "k": 6, "embed": 4, "direction": "new"}]})
+    config["integration"].update({"min_tokens": 10, "min_documents": 3})
     (work / "config" / "synthetic_tiny.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
@@ -191,4 +192,9 @@ def test_synthetic_dag_reports_power_and_identification(tmp_path: Path) -> None:
     assert set(ident["model"]) == with_interaction and len(ident) == 2 * 2 * len(with_interaction)
     assert ident["auc"].between(0, 1).all()
     assert (summary / "figures" / "power.png").stat().st_size > 10_000
+    tested = pd.read_parquet(summary / "integration_power.parquet")  # the pair product test on the standard SAE
+    assert set(tested["strength"]) == {0.0, 3.0} and set(tested["target"]) == {"activation", "residual"}
+    assert set(tested["data"]) == {"data", "surrogate"} and (tested["pairs_tested"] > 0).all()
+    assert tested["power"].between(0, 1).all() and tested["decoy_flagged_share"].between(0, 1).all()
+    assert (summary / "figures" / "integration_power.png").stat().st_size > 10_000
     assert not (work / "results" / "synthetic_tiny" / "activations").exists()  # no LM extraction

@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -40,7 +41,7 @@ def test_the_dag_plans_every_stage_and_a_finished_run_plans_nothing(tiny_run: Ti
     for rule in ("prepare_lm", "corpus", "extract", "fit_normaliser", "summarise_activations", "select_lr",
                  "train", "evaluate_reconstruction", "gather_reconstruction", "geometry", "gather_geometry",
                  "behaviour_reference", "behaviour", "gather_behaviour", "secondary_sae", "interventions",
-                 "gather_interventions", "claims", "run_info"):
+                 "gather_interventions", "integration", "gather_integration", "claims", "run_info"):
         assert rule in tiny_run.planned
     again = snakemake(tiny_run.workdir, "--configfile", "config/tiny.yaml", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -202,6 +203,37 @@ def test_interventions(tiny_run: TinyRun) -> None:
 
 
 @pytest.mark.slow
+def test_integration(tiny_run: TinyRun) -> None:
+    """The pair product test on the tiny run's standard and joint SAEs: every tested pair on the data and on each
+    surrogate draw, per target, with its statistic and flags; the summary counts them; contexts carry text."""
+    results = tiny_run.results / "integration"
+    pairs = pd.read_parquet(results / "pairs.parquet")
+    assert set(pairs["model"]) == {"standard", "joint"} and set(pairs["target"]) == {"activation", "residual"}
+    assert set(pairs["data"]) == {"data", "surrogate"} and set(pairs["draw"]) == {-1, 0, 1, 2}
+    tested = pairs[pairs["t"].notna()]
+    assert len(tested) > 0 and (tested["latent_a"] < tested["latent_b"]).all()
+    assert (tested["ci_low"] <= tested["estimate"]).all() and (tested["estimate"] <= tested["ci_high"]).all()
+    # z is defined exactly where a reference exists: a finite t of the same pair on another surrogate draw (the
+    # data is referred to every draw, a draw to the others; re-encoding can leave a pair too rare to test there)
+    key = ["model", "target", "latent_a", "latent_b"]
+    finite_draws = tested[tested["draw"] >= 0].groupby(key)["draw"].apply(set)
+    references = [len(finite_draws.get(tuple(row[key]), set()) - {row["draw"]}) for _, row in tested.iterrows()]
+    assert (tested["z"].notna().to_numpy() == (np.asarray(references) > 0)).all()
+    assert tested["z"].notna().mean() > 0.5 and tested["q"].dropna().between(0, 1).all()
+    summary = pd.read_parquet(results / "summary.parquet")
+    data = summary[summary["data"] == "data"].set_index(["model", "target"])
+    counted = tested[tested["data"] == "data"].groupby(["model", "target"])["flagged"].sum()
+    assert (data.loc[counted.index, "pairs_flagged"] == counted).all()
+    contexts = pd.read_parquet(results / "contexts.parquet")
+    assert {"before", "token", "z", "target"} <= set(contexts.columns)
+    flagged = tested[(tested["data"] == "data") & tested["flagged"]]
+    assert contexts.empty == flagged.empty  # the top flagged pairs with their text, or nothing flagged
+    assert contexts["token"].str.len().gt(0).all()
+    assert (results / "figures" / "top_pairs.png").stat().st_size > 5_000
+    assert (results / "replication.parquet").is_file()
+
+
+@pytest.mark.slow
 def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
     results, metrics = tiny_run.results, tiny_run.metrics
     claims = pd.read_parquet(results / "report" / "claims.parquet").set_index("claim_id")
@@ -214,7 +246,7 @@ def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
                       & (behaviour["reference"] == "epsilon_own_norm")
                       & behaviour["seed"].isna()]["estimate"].item()
     assert claims.loc["sae_pathology_ratio", "ours_corrected"] == pytest.approx(ratio)
-    unreported = ["budget_convergence", "nonlinear_vs_linear_control"]  # claims the paper did not make
+    unreported = ["budget_convergence", "nonlinear_vs_linear_control", "dual_encoding"]  # no number in the paper
     assert claims.drop(index=unreported)["paper_value"].notna().all() and len(claims) >= 20
     comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
     pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
@@ -226,6 +258,11 @@ def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
     convergence = pd.read_parquet(results / "convergence" / "summary.parquet")
     largest = convergence.loc[convergence["quantity"] == "test_fvu", "change"].abs().max()
     assert claims.loc["budget_convergence", "ours_corrected"] == pytest.approx(largest)
+    summary = pd.read_parquet(results / "integration" / "summary.parquet")
+    flagged = summary[(summary["model"] == "standard") & (summary["data"] == "data")
+                      & (summary["target"] == "residual")]["flagged_share"]
+    assert claims.loc["dual_encoding", "ours_corrected"] == pytest.approx(flagged.mean())
+    assert claims.loc["dual_encoding", "seeds"] == len(flagged) and "surrogates" in claims.loc["dual_encoding", "note"]
     assert claims.loc["joint_improvement", "rests_on"].startswith(f"{tiny_run.test_documents} test documents")
     assert "| Joint training improves reconstruction |" in (results / "report" / "claims.md").read_text()
     assert "snakemake" in (results / "report" / "versions.tsv").read_text()

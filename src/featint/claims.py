@@ -10,7 +10,7 @@ others (``interval`` says which).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,15 @@ class Artefacts:
     reconstruction_summary: pd.DataFrame  # metrics/reconstruction_summary.parquet (documents, tokens)
     convergence: pd.DataFrame  # convergence/summary.parquet (empty when convergence.models is empty)
     comparisons: pd.DataFrame  # metrics/comparisons.parquet (each term against its control)
+    integration: pd.DataFrame = field(default_factory=pd.DataFrame)  # integration/summary.parquet (when run)
+    replication: pd.DataFrame = field(default_factory=pd.DataFrame)  # integration/replication.parquet
+    planted_power: pd.DataFrame = field(default_factory=pd.DataFrame)  # a planted control's integration_power
 
     @classmethod
-    def load(cls, results: str | Path) -> Artefacts:
+    def load(cls, results: str | Path, integration: str | Path | None = None,
+             replication: str | Path | None = None, planted_power: str | Path | None = None) -> Artefacts:
+        """The run's artefacts under ``results``; the pair product test's tables only from the paths given (the
+        rule hands them over when the run has them)."""
         results = Path(results)
         paths = {"reconstruction": "metrics/reconstruction.parquet", "parameters": "metrics/parameters.parquet",
                  "geometry": "geometry/summary.parquet", "behaviour": "behaviour/summary.parquet",
@@ -54,6 +60,13 @@ class Artefacts:
         # the convergence rule runs when convergence.models is set (the workflow then requires its output)
         convergence = results / "convergence" / "summary.parquet"
         frames["convergence"] = pd.read_parquet(convergence) if convergence.is_file() else pd.DataFrame()
+        for name, path in (("integration", integration), ("replication", replication),
+                           ("planted_power", planted_power)):
+            if path is not None:
+                if not Path(path).is_file():
+                    raise ClaimsError(f"{path} does not exist; run the rule that writes it (for planted_power: "
+                                      "snakemake --configfile config/synthetic.yaml), or leave it out.")
+                frames[name] = pd.read_parquet(path)
         return cls(**frames)
 
 
@@ -265,7 +278,53 @@ def _nonlinear_vs_linear(r: Reader) -> Ours:
                 f"every code-based head vs the linear control: {others}")
 
 
+def _planted_power_note(power: pd.DataFrame, target: str) -> str:
+    """The planted control's power and calibration on ``target``, as a sentence (or why there is none)."""
+    if power.empty:
+        return ("planted-control power not stated: set integration.planted_power to a planted run's "
+                "integration_power.parquet (config/synthetic.yaml)")
+    data = power[(power["data"] == "data") & (power["target"] == target)]
+    planted = data[data["strength"] > 0]
+    parts = [f"{row.variant} c={row.strength:g}: {row.power:.2f}" for row in planted.itertuples()]
+    null = data[data["strength"] == 0]
+    return (f"planted-control power on the {target} (share of planted pairs flagged): " + ", ".join(parts)
+            + f"; decoy pairs flagged at most {data['decoy_flagged_share'].max():.2f}; at c=0 (nothing planted, "
+            f"every flag false) {null['pairs_flagged'].mean():.1f} of {null['pairs_tested'].mean():.0f} pairs "
+            f"flagged on average and {null['any_flagged'].mean():.2f} of runs flag any (nominal at most the FDR)")
+
+
+def _dual_encoding(r: Reader, target: str = "residual") -> Ours:
+    """The pair product test on the standard SAE: share of tested co-active latent pairs flagged on the data,
+    beside what the no-interaction surrogates flag, replication across seeds and the planted control's power."""
+    summary = r.a.integration
+    if summary.empty:
+        return Ours(float("nan"), float("nan"), float("nan"), float("nan"), "not run", 0, "",
+                    "the run does not run the pair product test (integration.models is empty)")
+    model = "standard" if "standard" in set(summary["model"]) else str(summary["model"].iloc[0])
+    mine = summary[(summary["model"] == model) & (summary["target"] == target)]
+    data, null = mine[mine["data"] == "data"].sort_values("seed"), mine[mine["data"] == "surrogate"]
+    shares = data["flagged_share"].to_numpy(dtype=np.float64)
+    low, high = _range(shares)
+    note = (f"surrogates (no pairwise term) flag {null['flagged_share'].mean():.3f} of the same pairs; "
+            f"flagged terms explain at most {data['flagged_explained_share'].mean():.2e} of the {target}'s test "
+            f"sum of squares")
+    replication = r.a.replication
+    if not replication.empty:
+        rep = replication[(replication["model"] == model) & (replication["target"] == target)]
+        tested, replicated = int(rep["tested_there"].sum()), int(rep["replicated"].sum())
+        note += (f"; replication: {int(rep['matched'].sum())} of {int(rep['flagged'].sum())} flagged pairs have "
+                 f"both latents matched in another seed, {tested} of those were tested there and {replicated} "
+                 f"flagged again (base rate {rep['base_rate'].mean():.2f})")
+    note += "; " + _planted_power_note(r.a.planted_power, target)
+    pairs = int(data["pairs_tested"].mean()) if len(data) else 0
+    return Ours(float("nan"), float(shares.mean()), low, high, "range over seeds", len(shares),
+                f"share of the {pairs} co-active latent pairs of the {model} SAE flagged (BH q <= FDR) by the "
+                f"held-out pair product test on the {target}, referred to surrogate activations with no "
+                f"pairwise term", note)
+
+
 EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
+    "dual_encoding": _dual_encoding,
     "nonlinear_vs_linear_control": _nonlinear_vs_linear,
     "budget_convergence": _convergence,
     "sae_variance_explained": lambda r: _seeds(
@@ -379,7 +438,8 @@ def read_paper_claims(path: str | Path) -> pd.DataFrame:
 def _rests_on(claim_id: str, r: Reader) -> str:
     """The held-out data a claim's numbers rest on, by the artefact they come from."""
     if claim_id in {"sae_variance_explained", "sequential_error_reduction", "sequential_linear_share",
-                    "joint_improvement", "joint_linear_share", "budget_convergence", "nonlinear_vs_linear_control"}:
+                    "joint_improvement", "joint_linear_share", "budget_convergence", "nonlinear_vs_linear_control",
+                    "dual_encoding"}:
         return r.recon_basis()
     if claim_id in {"sae_pathology_ratio", "sequential_pathology_ratio", "sequential_kl_reduction",
                     "joint_kl_reduction", "joint_nonlinear_kl_reduction", "joint_ce_reduction",
@@ -457,12 +517,14 @@ def kinds_by_parameters(artefacts: Artefacts) -> pd.DataFrame:
 
 
 def run_claims(paper_claims: str | Path, results: str | Path, out_table: str | Path, out_markdown: str | Path,
-               run: str, out_kinds: str | Path | None = None, out_figure: str | Path | None = None) -> pd.DataFrame:
+               run: str, out_kinds: str | Path | None = None, out_figure: str | Path | None = None,
+               integration: str | Path | None = None, replication: str | Path | None = None,
+               planted_power: str | Path | None = None) -> pd.DataFrame:
     """Stage entry point: claims.parquet and claims.md; every kind against its parameter count (table
-    ``out_kinds`` and figure ``out_figure``) when asked."""
+    ``out_kinds`` and figure ``out_figure``) when asked; the pair product test's tables when given."""
     from featint import plots
 
-    artefacts = Artefacts.load(results)
+    artefacts = Artefacts.load(results, integration, replication, planted_power)
     table = claims_table(read_paper_claims(paper_claims), artefacts)
     write_parquet(table, out_table)
     with atomic_path(out_markdown) as tmp:

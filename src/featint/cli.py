@@ -338,6 +338,31 @@ def gather_geometry(args: argparse.Namespace, settings: Settings) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# integration (the pair product test)
+
+
+@stage("integration", "the held-out pair product test on one model's SAE latents (data and surrogates)",
+       ("model", "integration"), WEIGHTS, ACTIVATIONS, RUN, OUT)
+def integration(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.integration import run_integration
+
+    pairs = run_integration(args.weights, args.activations, args.out, run=args.run, settings=settings.integration,
+                            device=resolve_device(settings.model.device))
+    log.info("pairs flagged:\n%s", pairs.groupby(["data", "target"])["flagged"].sum().to_string())
+
+
+@stage("gather-integration", "pair test summary, replication across seeds, contexts and figures",
+       ("integration",), arg("--pairs", nargs="+", required=True), arg("--contexts", nargs="+", required=True),
+       arg("--weights", nargs="+", required=True), ACTIVATIONS, LM, OUT)
+def gather_integration(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.integration import gather
+
+    summary = gather(args.pairs, args.contexts, args.weights, args.activations, args.lm, settings.integration,
+                     args.out)
+    log.info("pair product test:\n%s", summary.to_string(index=False))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # behaviour
 
 
@@ -427,12 +452,16 @@ def gather_interventions(args: argparse.Namespace, settings: Settings) -> None:
        arg("--results", required=True, help="results/<run>"), RUN, arg("--out-table", required=True),
        arg("--out-markdown", required=True),
        arg("--out-kinds", help="every kind's test FVU (and spliced KL) against its parameter count"),
-       arg("--out-figure", help="the figure of that table"))
+       arg("--out-figure", help="the figure of that table"),
+       arg("--integration", help="integration/summary.parquet (the claims row dual_encoding)"),
+       arg("--replication", help="integration/replication.parquet"),
+       arg("--planted-power", help="a planted-control run's integration_power.parquet"))
 def claims(args: argparse.Namespace, settings: Settings) -> None:
     from featint.claims import run_claims
 
     table = run_claims(args.paper_claims, args.results, args.out_table, args.out_markdown, run=args.run,
-                       out_kinds=args.out_kinds, out_figure=args.out_figure)
+                       out_kinds=args.out_kinds, out_figure=args.out_figure, integration=args.integration,
+                       replication=args.replication, planted_power=args.planted_power)
     log.info("claims:\n%s", table[["claim_id", "paper_value", "ours_paper_definition", "ours_corrected"]]
              .to_string(index=False))
 
@@ -544,6 +573,26 @@ def synthetic_models(args: argparse.Namespace, settings: Settings) -> None:
     _synthetic(settings)
     frame = run_setting_models(settings, args.variant, args.strength, args.setting, args.seed, args.out, args.run)
     log.info("test FVU:\n%s", frame.to_string(index=False))
+
+
+@stage("synthetic-integration", "the pair product test on one planted setting and seed, read against the truth",
+       ("integration",), arg("--variant", required=True), arg("--strength", required=True, type=float),
+       WEIGHTS, arg("--setting", required=True, help="the setting directory written by synthetic-data"), OUT)
+def synthetic_integration(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.integration import run_synthetic_integration
+
+    calibration = run_synthetic_integration(args.weights, args.setting, args.out, settings.integration, args.variant,
+                                            args.strength)
+    log.info("calibration:\n%s", calibration.to_string(index=False))
+
+
+@stage("gather-synthetic-integration", "the pair product test's calibration and power on the planted control",
+       ("integration",), arg("--calibration", nargs="+", required=True), OUT)
+def gather_synthetic_integration(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.integration import gather_synthetic
+
+    summary = gather_synthetic(args.calibration, args.out)
+    log.info("power and calibration:\n%s", summary.to_string(index=False))
 
 
 @stage("gather-synthetic", "power curve, detection thresholds and pair identification", ("synthetic",),

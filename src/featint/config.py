@@ -318,6 +318,26 @@ class GeometrySettings:
 
 
 @dataclass(frozen=True)
+class IntegrationSettings:
+    """The held-out pair product test (:mod:`featint.integration`); each field's meaning is in the schema."""
+
+    models: list[str]  #: kinds whose SAE latents are tested
+    min_tokens: int  #: a pair is tested when co-active on at least this many fit and test tokens
+    min_documents: int  #: ... and its test tokens come from at least this many documents (the clusters)
+    max_pairs: int  #: the most co-active pairs tested per model and seed
+    fit_tokens: int  #: train tokens read for the fits (evenly spaced over the split)
+    max_fit_tokens: int  #: co-active fit tokens used per pair (evenly spaced)
+    surrogates: int  #: no-interaction surrogate draws the data's statistics are referred to
+    fdr: float  #: Benjamini-Hochberg level of ``flagged``
+    ci_level: float  #: level of the effect intervals
+    match_cosine: float  #: decoder cosine for a latent to match a true feature or another seed's latent
+    contexts_per_pair: int  #: strongest co-activating test tokens kept per flagged pair
+    context_tokens: int  #: tokens shown either side of a context's token
+    top_pairs: int  #: flagged pairs shown with their contexts in the gather's table and figure
+    planted_power: str | None  #: a planted-control run's integration_power.parquet, for the claims row
+
+
+@dataclass(frozen=True)
 class BehaviourSettings:
     windows: int
     positions: int | None
@@ -450,6 +470,7 @@ class Settings:
     evaluation: EvaluationSettings
     convergence: ConvergenceSettings
     geometry: GeometrySettings
+    integration: IntegrationSettings
     behaviour: BehaviourSettings
     interventions: InterventionSettings
     ablations: AblationSettings
@@ -512,6 +533,7 @@ class Settings:
             evaluation=EvaluationSettings(**c["evaluation"]),
             convergence=ConvergenceSettings(**{**c["convergence"], "models": list(c["convergence"]["models"])}),
             geometry=GeometrySettings(**c["geometry"]),
+            integration=IntegrationSettings(**{**c["integration"], "models": list(c["integration"]["models"])}),
             behaviour=BehaviourSettings(**c["behaviour"]),
             interventions=InterventionSettings(**{**c["interventions"],
                                                   "secondary": SecondarySAESettings(**c["interventions"]["secondary"])}),
@@ -536,10 +558,12 @@ def _synthetic(section: dict[str, Any] | None, source: str) -> SyntheticSettings
     if 0 not in section["strengths"]:
         raise ConfigError(f"{source}: synthetic.strengths must include 0 (the null every planted strength is "
                           "compared with).")
-    missing = {"joint", "joint_no_interaction", "param_matched"} - set(section["kinds"])
-    if missing:
+    trio = {"joint", "joint_no_interaction", "param_matched"}
+    missing = trio - set(section["kinds"])
+    if missing and (missing != trio or "standard" not in section["kinds"]):
         raise ConfigError(f"{source}: synthetic.kinds must include {sorted(missing)} (the interaction term and "
-                          "its references).")
+                          "its references, for the power curve), or none of them and 'standard' (the pair "
+                          "product test alone).")
     built_on_standard = sorted(set(kinds.FROM_STANDARD) & set(section["kinds"]))
     if built_on_standard and "standard" not in section["kinds"]:
         raise ConfigError(f"{source}: synthetic.kinds {built_on_standard} start from the standard SAE; add "

@@ -445,3 +445,52 @@ def layer_sweep(fvu: pd.DataFrame, comparisons: pd.DataFrame, path: str | Path) 
     fig.suptitle("Layer sweep: does the gain of an integration term depend on depth?")
     fig.tight_layout()
     _save(fig, path)
+
+
+def integration_power(summary: pd.DataFrame, path: str | Path) -> None:
+    """The pair product test on the planted control: share of planted and of decoy pairs flagged against the
+    planted strength (one panel per target, one line per variant), on the data."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    rows = summary[summary["data"] == "data"].melt(
+        id_vars=["variant", "strength", "target"], value_vars=["power", "decoy_flagged_share"],
+        var_name="pairs", value_name="share flagged")
+    rows["pairs"] = rows["pairs"].map({"power": "planted", "decoy_flagged_share": "decoy"})
+    grid = sns.relplot(data=rows, x="strength", y="share flagged", hue="variant", style="pairs", col="target",
+                       kind="line", marker="o", height=3.6, aspect=1.2, errorbar=None)
+    grid.set(ylim=(-0.02, 1.02))
+    grid.set_axis_labels("planted interaction strength c", "share of pairs flagged (BH 5%)")
+    grid.figure.suptitle("Pair product test on the planted control: power (planted) and false flags (decoy)",
+                         y=1.04)
+    _save(grid.figure, path)
+
+
+def integration_z(pairs: pd.DataFrame, path: str | Path) -> None:
+    """Distribution of the pair statistic z on the data and on the no-interaction surrogates, one panel per model
+    and target."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    rows = pairs[pairs["z"].notna()]
+    grid = sns.displot(data=rows, x="z", hue="data", col="target", row="model", kind="hist", stat="density",
+                       common_norm=False, element="step", bins=40, height=3.0, aspect=1.4,
+                       facet_kws={"sharey": False})
+    grid.set_axis_labels("z of the product term (surrogate reference)", "density")
+    grid.figure.suptitle("Pair product test on the LM: data against its no-interaction surrogate", y=1.03)
+    _save(grid.figure, path)
+
+
+def integration_contexts(contexts: pd.DataFrame, path: str | Path, max_rows: int = 12) -> None:
+    """The flagged pairs of largest z with their strongest co-activating context (text before the token, the
+    token in brackets), as a table figure."""
+    fig, ax = plt.subplots(figsize=(11, 0.45 * (max_rows + 2)))
+    ax.axis("off")
+    if contexts.empty:
+        ax.text(0.5, 0.5, "no pair flagged on the data", ha="center", va="center")
+    else:
+        first = contexts[contexts["rank"] == 0].sort_values("z", ascending=False).head(max_rows)
+        cells = [[f"{r.model} s{r.seed}", f"{r.latent_a}, {r.latent_b}", r.target, f"{r.z:.1f}",
+                  (r.before[-60:] + " [" + r.token + "]").replace("\n", " ")] for r in first.itertuples()]
+        table = ax.table(cellText=cells, colLabels=["model", "latents", "target", "z", "strongest context"],
+                         colWidths=[0.12, 0.1, 0.09, 0.05, 0.64], loc="center", cellLoc="left")
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+    ax.set_title("Flagged pairs and their strongest co-activating test token")
+    _save(fig, path)

@@ -417,6 +417,11 @@ def paper_interaction_test(differences_a: np.ndarray, differences_b: np.ndarray)
     return float(result.statistic), float(result.pvalue)
 
 
+def normal_upper_tail(z: np.ndarray) -> np.ndarray:
+    """P(Z >= z) for a standard normal Z, elementwise (NaN stays NaN)."""
+    return scipy_stats.norm.sf(np.asarray(z, dtype=np.float64))
+
+
 @dataclass(frozen=True)
 class CoefficientTest:
     """One coefficient of an OLS fit with a cluster-robust standard error."""
@@ -439,30 +444,30 @@ class CoefficientTest:
         return self.estimate - half, self.estimate + half
 
 
-def ols_cluster_robust(design: np.ndarray, response: np.ndarray, clusters: np.ndarray,
-                       column: int) -> CoefficientTest | None:
-    """OLS of ``response`` [n] on ``design`` [n, p] and the test of coefficient ``column`` with the CR1
-    cluster-robust sandwich (Liang-Zeger with the small-sample factor G/(G-1) (n-1)/(n-p), as Stata and
-    statsmodels' ``cov_type="cluster"``), referred to t with G - 1 degrees of freedom: rows of one cluster (tokens of
-    one document) may be dependent in any way. None when the design is rank-deficient or has fewer than two
-    clusters."""
+def ols_cluster_robust(design: np.ndarray, responses: np.ndarray, clusters: np.ndarray,
+                       column: int) -> list[CoefficientTest] | None:
+    """OLS of each column of ``responses`` [n, m] on ``design`` [n, p] and the test of coefficient ``column``
+    with the CR1 cluster-robust sandwich (Liang-Zeger with the small-sample factor G/(G-1) (n-1)/(n-p), as Stata
+    and statsmodels' ``cov_type="cluster"``), referred to t with G - 1 degrees of freedom: rows of one cluster
+    (tokens of one document) may be dependent in any way. One test per response; None when the design is
+    rank-deficient or has fewer than two clusters."""
     x = np.asarray(design, dtype=np.float64)
-    y = np.asarray(response, dtype=np.float64)
+    y = np.asarray(responses, dtype=np.float64).reshape(x.shape[0], -1)
     n, p = x.shape
     groups, cluster_of = np.unique(clusters, return_inverse=True)
     if groups.size < 2 or n <= p:
         return None
     gram = x.T @ x
-    if np.linalg.matrix_rank(gram) < p:
+    if np.linalg.cond(gram) > 1e12:
         return None
     bread = np.linalg.inv(gram)
-    beta = bread @ (x.T @ y)
+    beta = bread @ (x.T @ y)  # [p, m]
     residual = y - x @ beta
-    scores = np.zeros((groups.size, p))
-    np.add.at(scores, cluster_of, x * residual[:, None])
+    weights = bread[column] @ x.T  # [n]: row contributions to the coefficient's score
+    scores = np.zeros((groups.size, y.shape[1]))
+    np.add.at(scores, cluster_of, weights[:, None] * residual)
     factor = groups.size / (groups.size - 1) * (n - 1) / (n - p)
-    covariance = factor * bread @ (scores.T @ scores) @ bread
-    others = np.delete(x, column, axis=1)
-    partial = x[:, column] - others @ np.linalg.lstsq(others, x[:, column], rcond=None)[0]
-    return CoefficientTest(float(beta[column]), float(np.sqrt(max(covariance[column, column], 0.0))),
-                           int(groups.size - 1), float(beta[column] ** 2 * (partial @ partial)))
+    variance = factor * (scores**2).sum(axis=0)
+    partial_ss = 1.0 / bread[column, column]  # SS of the column partialled on the others
+    return [CoefficientTest(float(b), float(np.sqrt(v)), int(groups.size - 1), float(b * b * partial_ss))
+            for b, v in zip(beta[column], variance)]

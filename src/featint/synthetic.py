@@ -279,8 +279,9 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
                      "steps": result.steps})
     frame = pd.DataFrame(rows)
     write_parquet(frame, out_dir / "fvu.parquet")
-    pairs = pd.concat([pair_identification(out_dir / kind / "weights.safetensors", setting_dir).assign(model=kind)
-                       for kind in trained if kind in WITH_INTERACTION], ignore_index=True)
+    identified = [pair_identification(out_dir / kind / "weights.safetensors", setting_dir).assign(model=kind)
+                  for kind in trained if kind in WITH_INTERACTION]
+    pairs = pd.concat(identified, ignore_index=True) if identified else pd.DataFrame()  # standard alone: none
     write_parquet(pairs.assign(variant=variant_name, strength=strength, seed=seed), out_dir / "pairs.parquet")
     return frame
 

@@ -314,8 +314,32 @@ def synthetic_settings():
 
 
 def synthetic_targets():
-    return [
-        f"{SYN}/summary/power.parquet",
-        f"{SYN}/summary/figures/power.png",
-        f"{SYN}/summary/figures/identification.png",
-    ]
+    targets = []
+    if SYNTHETIC and "joint" in SYNTHETIC.kinds:  # the power curve (the config requires its references too)
+        targets += [
+            f"{SYN}/summary/power.parquet",
+            f"{SYN}/summary/figures/power.png",
+            f"{SYN}/summary/figures/identification.png",
+        ]
+    if SYNTHETIC and "standard" in SYNTHETIC.kinds:  # the pair product test reads the standard SAE
+        targets += [f"{SYN}/summary/integration_power.parquet", f"{SYN}/summary/figures/integration_power.png"]
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------------------
+# integration: the pair product test (workflow/rules/integration.smk)
+
+INTEGRATION_INSTANCES = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in config["integration"]["models"]]
+
+
+def integration_targets():
+    if not INTEGRATION_INSTANCES:
+        return []
+    names = (
+        "summary.parquet",
+        "replication.parquet",
+        "contexts.parquet",
+        "figures/pair_z.png",
+        "figures/top_pairs.png",
+    )
+    return [f"{RESULTS}/integration/{name}" for name in names]

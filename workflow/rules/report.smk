@@ -13,6 +13,9 @@ rule claims:
         behaviour=f"{RESULTS}/behaviour/summary.parquet",
         interventions=f"{RESULTS}/interventions/summary.parquet",
         clamps=f"{RESULTS}/interventions/clamp_statistics.parquet",
+        integration=[f"{RESULTS}/integration/summary.parquet"] if INTEGRATION_INSTANCES else [],
+        replication=[f"{RESULTS}/integration/replication.parquet"] if INTEGRATION_INSTANCES else [],
+        planted_power=[config["integration"]["planted_power"]] if config["integration"]["planted_power"] else [],
     output:
         table=f"{RESULTS}/report/claims.parquet",
         markdown=report(f"{RESULTS}/report/claims.md", caption="../report/claims.rst", category="Claims"),
@@ -33,10 +36,15 @@ rule claims:
     params:
         run=RUN,
         results=parent_dir(2, "reconstruction", of="input"),
+        optional=lambda wildcards, input: " ".join(
+            f"--{name.replace('_', '-')} {getattr(input, name)[0]}"
+            for name in ("integration", "replication", "planted_power")
+            if getattr(input, name)
+        ),
     shell:
         "python -m featint claims --paper-claims {input.paper} --results {params.results} --run {params.run}"
         " --out-table {output.table} --out-markdown {output.markdown} --out-kinds {output.kinds}"
-        " --out-figure {output.figure} > {log} 2>&1"
+        " --out-figure {output.figure} {params.optional} > {log} 2>&1"
 
 
 rule run_info:

@@ -34,6 +34,14 @@ rule synthetic_models:
     output:
         fvu=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/fvu.parquet",
         pairs=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/pairs.parquet",
+        weights=(
+            [
+                f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/{kind}/weights.safetensors"
+                for kind in SYNTHETIC.kinds
+            ]
+            if SYNTHETIC
+            else []
+        ),
     log:
         f"{LOGS}/synthetic/models_{{variant}}~c{{strength}}_seed~{{seed}}.log",
     benchmark:
@@ -98,3 +106,68 @@ rule gather_synthetic:
     shell:
         "python -m featint gather-synthetic --config-json {params.config:q} --fvu {input.fvu}"
         " --pairs {input.pairs} --variance {input.variance} --out {params.out} > {log} 2>&1"
+
+
+# The pair product test (featint.integration) on the standard SAE of every setting and seed, exactly as on the LM,
+# its flags read against the planted truth afterwards; then its calibration and power over settings.
+rule synthetic_integration:
+    input:
+        data=rules.synthetic_data.output,
+        weights=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/standard/weights.safetensors",
+    output:
+        pairs=f"{SYN}/integration/{{variant}}~c{{strength}}/seed~{{seed}}/pairs.parquet",
+        calibration=f"{SYN}/integration/{{variant}}~c{{strength}}/seed~{{seed}}/calibration.parquet",
+    log:
+        f"{LOGS}/synthetic/integration_{{variant}}~c{{strength}}_seed~{{seed}}.log",
+    benchmark:
+        f"{BENCH}/synthetic/integration_{{variant}}~c{{strength}}_seed~{{seed}}.tsv"
+    wildcard_constraints:
+        variant=r"[A-Za-z0-9_]+",
+        strength=r"[0-9.e+-]+",
+        seed=r"\d+",
+    conda:
+        FEATINT_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        config=stage_config("synthetic-integration"),
+        setting=lambda wc: f"{SYN}/data/{wc.variant}~c{wc.strength}",
+        out=parent_dir(1, "pairs"),
+    shell:
+        "python -m featint synthetic-integration --config-json {params.config:q} --threads {threads}"
+        " --variant {wildcards.variant} --strength {wildcards.strength} --weights {input.weights}"
+        " --setting {params.setting} --out {params.out} > {log} 2>&1"
+
+
+rule gather_synthetic_integration:
+    input:
+        calibration=(
+            [
+                f"{SYN}/integration/{v}~c{c}/seed~{s}/calibration.parquet"
+                for v, c in synthetic_settings()
+                for s in SEEDS
+            ]
+            if SYNTHETIC
+            else []
+        ),
+    output:
+        power=f"{SYN}/summary/integration_power.parquet",
+        calibration=f"{SYN}/summary/integration_calibration.parquet",
+        figure=report(
+            f"{SYN}/summary/figures/integration_power.png",
+            caption="../report/synthetic_integration.rst",
+            category="Positive control",
+        ),
+    log:
+        f"{LOGS}/synthetic/gather_integration.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    params:
+        config=stage_config("gather-synthetic-integration"),
+        out=parent_dir(1, "power"),
+    shell:
+        "python -m featint gather-synthetic-integration --config-json {params.config:q}"
+        " --calibration {input.calibration} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,69 @@
+# The pair product test (featint.integration): does the LM's representation carry a term in the product of two of
+# the SAE's latents, beyond what each gives alone? Per model and seed on the data and its no-interaction
+# surrogates; then the summary, replication across seeds, the top pairs' contexts and the figures.
+
+
+rule integration:
+    input:
+        **ACTIVATION_FILES,
+        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+    output:
+        pairs=f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/pairs.parquet",
+        contexts=f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/contexts.parquet",
+    log:
+        f"{LOGS}/integration_{{kind}}_seed~{{seed}}.log",
+    benchmark:
+        f"{BENCH}/integration_{{kind}}_seed~{{seed}}.tsv"
+    conda:
+        FEATINT_ENV
+    threads: 4
+    resources:
+        gpu=GPU_PER_JOB,  # 1 where jobs use a GPU: `--resources gpu=G` runs G at once, each on its own device
+        mem_mb=6000,
+        runtime=30,
+    params:
+        acts=activations_dir,
+        run=RUN,
+        config=stage_config("integration"),
+        out=parent_dir(1, "pairs"),
+    shell:
+        "python -m featint integration --config-json {params.config:q} --threads {threads}"
+        " --weights {input.weights} --activations {params.acts} --run {params.run} --out {params.out} > {log} 2>&1"
+
+
+rule gather_integration:
+    input:
+        **ACTIVATION_FILES,
+        lm=LM_DIR,
+        pairs=instance_paths(f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/pairs.parquet", INTEGRATION_INSTANCES),
+        contexts=instance_paths(f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/contexts.parquet", INTEGRATION_INSTANCES),
+        weights=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors", INTEGRATION_INSTANCES),
+    output:
+        summary=f"{RESULTS}/integration/summary.parquet",
+        pairs=f"{RESULTS}/integration/pairs.parquet",
+        replication=f"{RESULTS}/integration/replication.parquet",
+        contexts=f"{RESULTS}/integration/contexts.parquet",
+        figures=[
+            report(
+                f"{RESULTS}/integration/figures/{name}.png",
+                caption="../report/integration.rst",
+                category="Integration",
+            )
+            for name in ("pair_z", "top_pairs")
+        ],
+    log:
+        f"{LOGS}/gather_integration.log",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        acts=activations_dir,
+        config=stage_config("gather-integration"),
+        out=parent_dir(1, "summary"),
+    shell:
+        "python -m featint gather-integration --config-json {params.config:q} --pairs {input.pairs}"
+        " --contexts {input.contexts} --weights {input.weights} --activations {params.acts} --lm {input.lm}"
+        " --out {params.out} > {log} 2>&1"
