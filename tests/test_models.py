@@ -15,6 +15,7 @@ from featint.models import (
     PolyHead,
     TopKSAE,
     build_model,
+    exact_topk,
     joint_parameter_count,
     load_model,
     nfm_interaction_parameter_count,
@@ -51,6 +52,34 @@ def test_topk_selects_the_largest_relu_values() -> None:
     expected = pre.topk(K_TOP, dim=1).values.sort(dim=1).values
     assert torch.allclose(code.values.sort(dim=1).values, expected)
     assert torch.allclose(code.dense(F_).gather(1, code.indices), code.values)
+
+
+@pytest.mark.parametrize("n_features, k", [(4608, 92), (4608, 46), (768, 24), (96, 6), (97, 5), (64, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_topk_selects_what_torch_topk_selects(n_features: int, k: int, dtype: torch.dtype) -> None:
+    """The blocked top-k gives torch.topk's values, and indices that point at them, at the default shapes and at
+    shapes where it falls back (F not divisible, k too large); bfloat16 makes ties common."""
+    torch.manual_seed(n_features + k)
+    pre = torch.randn(300, n_features).to(dtype)
+    values, indices = exact_topk(pre, k)
+    reference = pre.topk(k, dim=-1, sorted=False).values
+    assert indices.shape == (300, k)
+    assert torch.equal(values.sort(-1).values, reference.sort(-1).values)
+    assert torch.equal(pre.gather(1, indices), values)
+    assert all(row.unique().numel() == k for row in indices)  # k distinct latents per row
+
+
+def test_exact_topk_with_ties_at_the_boundary_picks_a_valid_top_k() -> None:
+    """Values tied at the k-th place (whole blocks of equal maxima included): the selection holds every value
+    above the tie and fills the rest from the tied ones, as torch.topk does up to the choice among ties."""
+    torch.manual_seed(3)
+    pre = torch.randint(0, 6, (200, 4608)).float()  # six distinct values: massive ties
+    pre[:10] = 1.0  # rows that are all tied
+    values, indices = exact_topk(pre, 92)
+    reference = pre.topk(92, dim=-1, sorted=False).values
+    assert torch.equal(values.sort(-1).values, reference.sort(-1).values)
+    assert torch.equal(pre.gather(1, indices), values)
+    assert all(row.unique().numel() == 92 for row in indices)
 
 
 def test_sparse_and_dense_give_equal_outputs_and_gradients() -> None:

@@ -14,6 +14,7 @@ builds any entry of it. All kinds are trained with one loss ``MSE(x, sae + linea
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,39 @@ def gather_sum(table: torch.Tensor, code: SparseCode) -> torch.Tensor:
     return F.embedding_bag(code.indices, table, per_sample_weights=code.values.to(table.dtype), mode="sum")
 
 
+def _stride_for(n_features: int, k: int) -> int | None:
+    """The number of candidate groups per latent block that minimises :func:`exact_topk`'s work (about
+    ``F / s + k s`` elements through ``topk``, least at ``s = sqrt(F / k)``), among the divisors of ``F``; None
+    when no blocking pays (the candidates would be more than half the row)."""
+    best = round(math.sqrt(n_features / max(k, 1)))
+    divisors = [s for s in range(2, 2 * best + 2) if n_features % s == 0 and k * s * 2 <= n_features]
+    return min(divisors, key=lambda s: (abs(s - best), s)) if divisors else None
+
+
+def exact_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pre.topk(k, dim=-1, sorted=False)`` over [N, F], exact (the same selected set up to ties), in about half
+    the time on a CPU at the default shapes (F 4,608, k 92).
+
+    The columns fall into ``B = F / s`` strided blocks {j, j + B, ..., j + (s - 1) B}. The k-th largest value t
+    of a row has fewer than k elements above it, so fewer than k blocks hold a value above t, and each of the k
+    blocks with the largest maxima holds a value >= t: every element of the top k lies in those k blocks. One
+    ``topk`` over the B block maxima (an elementwise max of s contiguous slices, cheap) picks them; a second over
+    their ``k s`` members gives the answer. On other devices (a GPU's ``topk`` is already fast) and at shapes
+    where blocking does not pay it is ``torch.topk`` itself."""
+    n, n_features = pre.shape
+    s = _stride_for(n_features, k) if pre.device.type == "cpu" else None
+    if s is None:
+        return pre.topk(k, dim=-1, sorted=False)
+    width = n_features // s
+    pre = pre.contiguous()
+    block_max = pre.view(n, s, width).amax(1)
+    blocks = block_max.topk(k, dim=-1, sorted=False).indices
+    offsets = torch.arange(0, n_features, width, device=pre.device).view(1, s, 1)
+    columns = (blocks.unsqueeze(1) + offsets).reshape(n, s * k)
+    values, position = pre.gather(1, columns).topk(k, dim=-1, sorted=False)
+    return values, columns.gather(1, position)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # TopK SAE
 
@@ -83,7 +117,7 @@ class TopKEncoderFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_in, W, b, k, aux_mask, k_aux, dense_backward=False):  # type: ignore[no-untyped-def, override]
         pre = torch.addmm(b, x_in, W.t())
-        values, indices = pre.topk(k, dim=-1, sorted=False)
+        values, indices = exact_topk(pre, k)
         aux_values = aux_indices = None
         if aux_mask is not None and k_aux > 0:
             # Top k_aux among the dead columns only: cheaper than masking all F columns when few are dead.
