@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_training import _toy_activations, settings
+from test_training import _toy_activations
+from test_training import settings as bf16_settings
 
 from featint.activations import ActivationStore
 from featint.codes import CodeCache, write_code_cache
@@ -15,6 +16,12 @@ from featint.errors import ShardError
 from featint.models import load_model
 from featint.normaliser import Normaliser
 from featint.training import run_train
+
+
+def settings(**training: object):  # type: ignore[no-untyped-def]
+    """The toy settings in float32 unless asked (the default, auto, would be bf16 on a CPU that has it): the
+    fixture's cache is a float32 one, and the bf16 test below asks for bf16 explicitly."""
+    return bf16_settings(**{"bf16_autocast": False, **training})
 
 
 @pytest.fixture(scope="module")

@@ -101,3 +101,26 @@ def test_cpu_share_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv(CPU_SHARE_VARIABLE, bad)
         with pytest.raises(ValueError, match=CPU_SHARE_VARIABLE):
             cpu_share_from_environment()
+
+
+def test_bf16_autocast_resolves_true_false_and_auto_by_the_device(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """true / false are kept; auto follows the CPU's flags (avx512_bf16 or amx_bf16) and says why; anything
+    else stops with the key's name."""
+    from featint import runtime
+    from featint.errors import ConfigError
+
+    assert runtime.resolve_bf16(True, "cpu") is True and runtime.resolve_bf16(False, "cpu") is False
+    with_bf16 = tmp_path / "with"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    without = tmp_path / "without"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    real_path = runtime.Path
+    for cpuinfo, expected in ((with_bf16, True), (without, False), (tmp_path / "missing", False)):
+        monkeypatch.setattr(runtime, "Path", lambda p, _c=cpuinfo: _c if p == "/proc/cpuinfo" else real_path(p))
+        native, why = runtime.native_bf16("cpu")
+        assert native is expected and why
+        assert runtime.resolve_bf16("auto", "cpu") is expected
+    assert "avx512_bf16" in runtime.native_bf16.__doc__
+    with pytest.raises(ConfigError, match="training.bf16_autocast must be true, false or auto"):
+        runtime.resolve_bf16("sometimes", "cpu")

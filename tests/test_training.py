@@ -230,6 +230,27 @@ def test_lr_selection_stops_extending_when_the_best_is_interior(tmp_path: Path) 
     assert frame.loc[frame["chosen"], "lr"].item() == 3e-3 and frame["interior"].all()
 
 
+@pytest.mark.parametrize("kind", ["standard", "joint"])
+def test_bf16_and_float32_training_agree_step_by_step(kind: str, toy_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The default (bf16 autocast of the encoder product where the CPU has it) against float32 from the same
+    seed and batches: every logged training loss within 1% and the final validation FVU within 0.5% (relative),
+    the tolerance the default run's quality check states."""
+    store, normaliser, x = toy_store
+    validation = normaliser.apply(x[:512])
+    logs = {}
+    for bf16 in (False, True):
+        s = settings(dropout=0.0, bf16_autocast=bf16)
+        torch.manual_seed(0)
+        model = build_model(kind, D, s.sae, s.nfm)
+        logs[bf16] = train(model, ShuffledBatches(store, normaliser, 256, 1, seed=0), validation, s.training,
+                           s.sae.auxk, 3e-3, tmp_path / f"{kind}-{bf16}.pt", name=f"{kind}-{bf16}").log
+    train32, train16 = (logs[b].loc[logs[b]["split"] == "train", "mse"].to_numpy() for b in (False, True))
+    assert len(train32) == len(train16) > 3
+    np.testing.assert_allclose(train16, train32, rtol=0.01)
+    fvu32, fvu16 = (float(logs[b].loc[logs[b]["split"] == "validation", "fvu"].iloc[-1]) for b in (False, True))
+    assert fvu16 == pytest.approx(fvu32, rel=0.005)
+
+
 def test_bf16_autocast_trains_with_float32_master_weights(toy_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The GPU configs' bf16 autocast, run on CPU: the sparse backward under autocast matches the dense
     reference within bf16 tolerance, training keeps float32 weights and a finite, falling loss, and evaluation

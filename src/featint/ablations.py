@@ -85,7 +85,7 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
         if local.training.cache_codes:
             codes_dir = out_dir / "standard" / "codes"
             write_code_cache(standard_weights, activations_dir, codes_dir, local.training.batch_size, device,
-                             local.training.bf16_autocast)
+                             local.training.bf16(device))
     seed_everything(seed)
     run_train(local, kind, seed, activations_dir, out_dir / "model",
               chosen_lr(local, kind, tables.get(lr_selection_kind(kind))), device=device,

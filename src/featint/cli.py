@@ -231,8 +231,9 @@ def train(args: argparse.Namespace, settings: Settings) -> None:
 def cache_codes(args: argparse.Namespace, settings: Settings) -> None:
     from featint.codes import write_code_cache
 
+    device = resolve_device(settings.model.device)
     write_code_cache(args.weights, args.activations, args.out, settings.training.batch_size,
-                     device=resolve_device(settings.model.device), bf16_autocast=settings.training.bf16_autocast)
+                     device=device, bf16_autocast=settings.training.bf16(device))
 
 
 @stage("export-saelens", "write a trained SAE in SAELens's format (normaliser folded in)", ("model", "extraction"),

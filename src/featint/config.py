@@ -285,12 +285,19 @@ class TrainingSettings:
     validate_every: int
     validation_tokens: int
     cache_codes: bool
-    bf16_autocast: bool
+    bf16_autocast: bool | str  #: true, false or 'auto' (native bf16 on the job's device); see :meth:`bf16`
     kernels: str = "auto"  #: sparse or dense SAE products, or the device's default (featint.models.KERNELS_BY_DEVICE)
 
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
+
+    def bf16(self, device: Any) -> bool:
+        """Whether a job on ``device`` runs its encoder product under bf16 autocast (``auto`` resolved by
+        :func:`featint.runtime.native_bf16`)."""
+        from featint.runtime import resolve_bf16
+
+        return resolve_bf16(self.bf16_autocast, device)
 
 
 @dataclass(frozen=True)

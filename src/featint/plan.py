@@ -108,16 +108,18 @@ def plan(settings: Settings, shape: ModelShape) -> pd.DataFrame:
         add("train", f"{kind}: weights + grads + Adam", state, "bytes",
             f"{total:,} parameters, {trained:,} trained (x 4: weights, grads, Adam) x float32")
     # the peak of one training job on its device, term by term (the joint model: the largest trained state)
-    act_bytes = 2 if training.bf16_autocast else 4
+    # auto: bf16 on a GPU (they have it), float32 on a CPU plan (the conservative size)
+    bf16 = training.bf16_autocast is True or (training.bf16_autocast == "auto" and settings.model.device != "cpu")
+    act_bytes = 2 if bf16 else 4
     validation_tokens = training.validation_tokens
     terms = {
         "state": (4 * joint * FLOAT32, "weights, grads and Adam's two moments, float32"),
         "second W_dec gradient": (F * d * FLOAT32, "the decoder's and AuxK's W_dec gradients, both [F, d], summed"),
-        "bf16 copy of W_enc": (F * d * 2 if training.bf16_autocast else 0,
-                               "autocast's copy of the encoder for its product" if training.bf16_autocast
+        "bf16 copy of W_enc": (F * d * 2 if bf16 else 0,
+                               "autocast's copy of the encoder for its product" if bf16
                                else "no autocast"),
         "step pre-activations": (2 * batch * F * act_bytes,
-                                 f"[batch {batch}, F] and top-k's workspace ({'bf16' if training.bf16_autocast else 'fp32'})"),
+                                 f"[batch {batch}, F] and top-k's workspace ({'bf16' if bf16 else 'fp32'})"),
         # CUDA's sorted embedding backward sums the batch x k gathered gradient rows in segments of at most 10
         # rows (NROWS_PER_THREAD), one float32 d-vector of partial sums per segment
         "embedding_bag backward": (-(-batch * k // 10) * d * FLOAT32,

@@ -35,7 +35,7 @@ from featint.errors import FeatintError
 from featint.io import atomic_path, write_parquet
 from featint.models import FeatureModel, SparseCode, TopKSAE, gather_sum
 from featint.normaliser import Normaliser
-from featint.runtime import seed_everything, step_autocast
+from featint.runtime import native_bf16, seed_everything, step_autocast
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,10 @@ def train(
     if resumed is not None:
         start_step, since_fired, rows = resumed
 
-    autocast = training.bf16_autocast  # opt-in; master weights, loss and metrics stay float32
+    # the encoder product in bf16 where the device has it natively; master weights, loss and metrics stay float32
+    autocast = training.bf16(device)
+    log.info("%s: bf16 autocast %s (training.bf16_autocast: %s%s)", name, "on" if autocast else "off",
+             training.bf16_autocast, f"; {native_bf16(device)[1]}" if training.bf16_autocast == "auto" else "")
     for module in model.modules():  # sparse or dense SAE products (training.kernels)
         if isinstance(module, TopKSAE):
             module.kernels = training.kernels
@@ -455,7 +458,7 @@ def _standard_start(kind: str, settings: Settings, data: TrainingData, standard_
     cache = CodeCache(codes_dir)
     cache.check(standard_weights, data.train,
                 settings.nfm.truncated_k if kinds.kind(kind).infer_k == "truncated" else settings.sae.k,
-                settings.training.bf16_autocast)
+                settings.training.bf16(device))
     return standard, cache
 
 
