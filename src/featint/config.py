@@ -150,6 +150,8 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
         if "convergence" in config and "standard" in completed["convergence"]["models"]:
             raise ConfigError(f"{source}: sae.source is 'saelens': the imported standard SAE is not retrained, so "
                               "convergence.models must not list 'standard'.")
+    if "budget" in config:
+        _check_budget(completed, source)
     layer_kinds = set(completed["layers"]["kinds"])
     if set(kinds.FROM_STANDARD) & layer_kinds and "standard" not in layer_kinds:
         raise ConfigError(f"{source}: layers.kinds {sorted(set(kinds.FROM_STANDARD) & layer_kinds)} start from the "
@@ -311,6 +313,40 @@ class ConvergenceSettings:
     models: list[str]
     budget_factor: float
     max_relative_fvu_change: float
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """The ``budget`` target: which kinds, at which multiples of ``training.tokens``, on which seeds."""
+
+    models: list[str]  #: kinds trained at every factor
+    factors: list[float]  #: multiples of training.tokens (1 = the default run's models)
+    seeded_factors: list[float]  #: factors trained on every seed (the rest on the first seed)
+    select_lr: bool  #: choose the LR again on validation at every factor above 1
+    alpha_range: list[float]  #: the exponents the scaling fit searches
+
+    def instances(self, seeds: list[int]) -> list[tuple[str, float, int]]:
+        """Every (kind, factor, seed) the target evaluates."""
+        return [(kind, float(factor), seed) for factor in sorted(self.factors) for kind in self.models
+                for seed in (seeds if factor in self.seeded_factors else seeds[:1])]
+
+
+def budget_group(factor: float) -> str:
+    """The results folder of the models trained at ``factor`` x the budget: ``models`` (the default run's) at
+    1, ``budget_x2`` and so on above (``budget_x1.5`` for a fractional factor)."""
+    return "models" if float(factor) == 1.0 else f"budget_x{float(factor):g}"
+
+
+def group_budget_factor(group: str, convergence_factor: float) -> float:
+    """The multiple of ``training.tokens`` a results group was trained for (the inverse of :func:`budget_group`;
+    ``convergence`` is the convergence check's factor)."""
+    if group == "models":
+        return 1.0
+    if group == "convergence":
+        return float(convergence_factor)
+    if group.startswith("budget_x"):
+        return float(group.removeprefix("budget_x"))
+    raise ValueError(f"unknown results group {group!r}")
 
 
 @dataclass(frozen=True)
@@ -476,6 +512,7 @@ class Settings:
     training: TrainingSettings
     evaluation: EvaluationSettings
     convergence: ConvergenceSettings
+    budget: BudgetSettings
     geometry: GeometrySettings
     integration: IntegrationSettings
     behaviour: BehaviourSettings
@@ -539,6 +576,8 @@ class Settings:
             training=TrainingSettings(**c["training"]),
             evaluation=EvaluationSettings(**c["evaluation"]),
             convergence=ConvergenceSettings(**{**c["convergence"], "models": list(c["convergence"]["models"])}),
+            budget=BudgetSettings(**{key: list(value) if isinstance(value, list) else value
+                                     for key, value in c["budget"].items()}),
             geometry=GeometrySettings(**c["geometry"]),
             integration=IntegrationSettings(**{**c["integration"], "models": list(c["integration"]["models"])}),
             behaviour=BehaviourSettings(**c["behaviour"]),
@@ -549,6 +588,28 @@ class Settings:
             synthetic=_synthetic(c.get("synthetic"), source),
             raw=c,
         )
+
+
+def _check_budget(completed: dict[str, Any], source: str) -> None:
+    """The ``budget`` section against the rest (only when a config sets it: a stage given other sections gets
+    its defaults)."""
+    budget = completed["budget"]
+    if 1 not in budget["factors"]:
+        raise ConfigError(f"{source}: budget.factors {budget['factors']} must include 1 (the default run's models, "
+                          "the fit's first point).")
+    stray = sorted(set(budget["seeded_factors"]) - set(budget["factors"]))
+    if stray:
+        raise ConfigError(f"{source}: budget.seeded_factors {stray} are not in budget.factors; list them there too.")
+    if completed["sae"]["source"] != "featint" and "standard" in budget["models"]:
+        raise ConfigError(f"{source}: sae.source is {completed['sae']['source']!r}: the imported standard SAE is not "
+                          "retrained, so budget.models must not list 'standard'.")
+    low, high = budget["alpha_range"]
+    if not low < high:
+        raise ConfigError(f"{source}: budget.alpha_range {budget['alpha_range']} must be [low, high] with low < high.")
+    needs_standard = set(kinds.FROM_STANDARD) & set(budget["models"])
+    if needs_standard and "standard" not in budget["models"]:
+        raise ConfigError(f"{source}: budget.models {sorted(needs_standard)} start from the standard SAE; add "
+                          "'standard'.")
 
 
 def _synthetic(section: dict[str, Any] | None, source: str) -> SyntheticSettings | None:

@@ -326,6 +326,49 @@ def convergence_curves(logs: pd.DataFrame, table: pd.DataFrame, path: str | Path
     _save(fig, path)
 
 
+def budget_curves(table: pd.DataFrame, path: str | Path) -> None:
+    """Test FVU against training tokens (log x) per kind with its bootstrap interval, the fitted power law
+    L_inf + A (T / T0)^-alpha drawn through it and L_inf as a dotted line (left); each comparison's improvement
+    per budget with its interval (right)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    fvu = table[table["quantity"] == "fvu"].sort_values("factor")
+    models = _order(fvu["model"])
+    palette = dict(zip(models, sns.color_palette(n_colors=len(models))))
+    fit = table[table["quantity"].isin(["l_inf", "a", "alpha"])].pivot_table(
+        index="model", columns="quantity", values="estimate")
+    for model in models:
+        rows = fvu[fvu["model"] == model]
+        tokens, base = rows["tokens"].astype(float).to_numpy(), float(rows["tokens"].iloc[0]) / float(rows["factor"].iloc[0])
+        err = np.vstack([rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]])
+        left.errorbar(tokens, rows["estimate"], yerr=np.nan_to_num(err), fmt="o", capsize=3, color=palette[model],
+                      label=model)
+        if model in fit.index:
+            grid = np.geomspace(tokens.min(), tokens.max() * 2, 100)
+            p = fit.loc[model]
+            left.plot(grid, p["l_inf"] + p["a"] * (grid / base) ** -p["alpha"], color=palette[model], lw=1.2)
+            left.axhline(p["l_inf"], color=palette[model], ls=":", lw=1)
+    left.set_xscale("log")
+    left.set(xlabel="training tokens (log)", ylabel="test FVU (normalised space)",
+             title="test FVU by budget; lines: fitted L_inf + A T^-alpha, dotted: L_inf")
+    left.legend(fontsize=8)
+    improvement = table[table["quantity"] == "improvement_mse"].sort_values("factor")
+    pairs = list(dict.fromkeys(zip(improvement["model"], improvement["reference"])))
+    offsets = np.linspace(-0.06, 0.06, max(len(pairs), 1))
+    for offset, (model, reference) in zip(offsets, pairs):
+        rows = improvement[(improvement["model"] == model) & (improvement["reference"] == reference)]
+        err = np.vstack([rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]]) * 100
+        right.errorbar(rows["tokens"].astype(float) * 10 ** offset, rows["estimate"] * 100, yerr=np.nan_to_num(err),
+                       fmt="o-", capsize=3, label=f"{model} vs {reference}")
+    right.axhline(0, color="black", lw=0.8)
+    right.set_xscale("log")
+    right.set(xlabel="training tokens (log)", ylabel="improvement in test MSE (%)",
+              title="each comparison by budget (95% interval)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def synthetic_power(power: pd.DataFrame, path: str | Path) -> None:
     """Power curves of the planted-interaction control: the relative test-FVU gain of each model over its
     reference (one panel per comparison) against the planted strength, one line per variant, t intervals over
