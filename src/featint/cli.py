@@ -189,12 +189,14 @@ def summarise(args: argparse.Namespace, settings: Settings) -> None:
 @stage("select-lr", "choose a model kind's learning rate on the validation split",
        ("model", "sae", "nfm", "training"),
        arg("--kind", required=True), ACTIVATIONS,
-       arg("--standard", help="weights of the standard SAE (kinds that start from it)"), CODES, OUT)
+       arg("--standard", help="weights of the standard SAE (kinds that start from it)"), CODES,
+       arg("--budget-factor", type=float, default=1.0,
+           help="multiple of training.lr_selection_tokens (the budget target's choice at a larger budget)"), OUT)
 def select_lr(args: argparse.Namespace, settings: Settings) -> None:
     from featint.training import run_lr_selection
 
     run_lr_selection(settings, args.kind, args.activations, args.out, device=resolve_device(settings.model.device),
-                     standard_weights=args.standard, codes_dir=args.codes)
+                     standard_weights=args.standard, codes_dir=args.codes, budget_factor=args.budget_factor)
 
 
 @stage("gather-lr-selection", "every kind's LR selection in one table and figure", None,
@@ -307,6 +309,20 @@ def convergence(args: argparse.Namespace, settings: Settings) -> None:
 
     summary = run_convergence(settings.convergence, args.default, args.longer, args.logs, args.out, args.out_figure)
     log.info("convergence:\n%s", summary.to_string(index=False))
+
+
+@stage("budget", "the verdict as the budget grows: a scaling fit per kind, every comparison per budget",
+       ("seed", "evaluation", "budget"),
+       arg("--documents", nargs="+", required=True, help="per-document test tables of every budget's models"),
+       arg("--logs", nargs="+", required=True, help="their train logs, in the same order"),
+       OUT, arg("--out-figure", required=True))
+def budget(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.budget import run_budget
+
+    table = run_budget(args.documents, args.logs, tuple(settings.budget.alpha_range), settings.evaluation.bootstrap,
+                       settings.evaluation.ci_level, settings.seed, args.out, args.out_figure)
+    view = table[table["quantity"].isin(["l_inf", "l_inf_improvement", "improvement_moved"])]
+    log.info("budget:\n%s", view.to_string(index=False))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -536,9 +536,9 @@ def save_training_outputs(model: FeatureModel, result: TrainResult, out_dir: Pat
 
 def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path, out_path: str | Path,
                      device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
-                     codes_dir: str | Path | None = None) -> pd.DataFrame:
+                     codes_dir: str | Path | None = None, budget_factor: float = 1.0) -> pd.DataFrame:
     """Stage entry point: train ``kind`` (first seed) at every LR of ``training.lr_grid`` on
-    ``training.lr_selection_tokens`` and choose the LR with the lowest validation FVU. While the best LR sits
+    ``training.lr_selection_tokens`` (x ``budget_factor``: the budget target's choice at a larger budget) and choose the LR with the lowest validation FVU. While the best LR sits
     at an edge of the LRs tried, the grid is extended past that edge by ``lr_grid_factor`` (at most
     ``lr_grid_extensions`` times, each logged), so the optimum is interior; ``interior`` says whether it is.
     A diverging LR (non-finite loss) counts as infinitely bad."""
@@ -546,7 +546,7 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
     data = TrainingData.open(activations_dir)
     training = settings.training
     seed = training.seeds[0]
-    steps = max(1, training.lr_selection_tokens // training.batch_size)
+    steps = max(1, round(training.lr_selection_tokens * budget_factor) // training.batch_size)
     validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
     standard, codes = _standard_start(kind, settings, data, standard_weights, codes_dir, device)
     results: dict[float, dict[str, Any]] = {}

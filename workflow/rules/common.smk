@@ -165,7 +165,31 @@ def training_targets():
 def lr_table(wildcards):
     if config["training"]["lr"] is not None:
         return []
-    return f"{RESULTS}/lr_selection/{featint_kinds.lr_selection_kind(wildcards.kind)}.parquet"
+    chosen_at = featint_kinds.lr_selection_kind(wildcards.kind)
+    if wildcards.group.startswith("budget_x") and BUDGET.select_lr:
+        return f"{RESULTS}/{wildcards.group}/lr_selection/{chosen_at}.parquet"  # chosen again at that budget
+    return f"{RESULTS}/lr_selection/{chosen_at}.parquet"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the budget target (workflow/rules/budget.smk)
+
+BUDGET = SETTINGS.budget
+#: results groups: the default run's models, the convergence check's, and one per budget factor above 1
+GROUP_PATTERN = "models|convergence|budget_x[0-9.]+"
+
+
+def group_budget_factor(group):
+    return featint.config.group_budget_factor(group, CONVERGENCE["budget_factor"])
+
+
+def budget_instances():
+    """(kind, results group, seed) of every model the budget target evaluates."""
+    return [(kind, featint.config.budget_group(factor), seed) for kind, factor, seed in BUDGET.instances(SEEDS)]
+
+
+def budget_files(name):
+    return [f"{RESULTS}/{group}/{kind}/seed~{seed}/{name}" for kind, group, seed in budget_instances()]
 
 
 def standard_weights(wildcards):

@@ -131,7 +131,7 @@ rule train:
     benchmark:
         f"{BENCH}/train_{{group}}_{{kind}}_seed~{{seed}}.tsv"
     wildcard_constraints:
-        group="models|convergence",
+        group=GROUP_PATTERN,
         kind="|".join(TRAINED_KINDS),
         seed=r"\d+",
     conda:
@@ -147,8 +147,8 @@ rule train:
         lr_table=lambda wc, input: f"--lr-table {input.lr_table}" if input.lr_table else "",
         standard=lambda wc, input: f"--standard {input.standard}" if input.standard else "",
         codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
-        # the convergence check trains the same model at a multiple of the budget
-        budget=lambda wc: CONVERGENCE["budget_factor"] if wc.group == "convergence" else 1,
+        # the convergence check and the budget target train the same model at a multiple of the budget
+        budget=lambda wc: group_budget_factor(wc.group),
         out=lambda wc: model_dir(wc.kind, wc.seed, wc.group),
     shell:
         "python -m featint train --config-json {params.config:q} --threads {threads} --kind {wildcards.kind}"
@@ -197,7 +197,7 @@ rule evaluate_reconstruction:
     benchmark:
         f"{BENCH}/evaluate_{{group}}_{{kind}}_seed~{{seed}}.tsv"
     wildcard_constraints:
-        group="models|convergence",
+        group=GROUP_PATTERN,
     conda:
         FEATINT_ENV
     threads: 4
