@@ -159,3 +159,20 @@ def test_instances_are_read_from_the_evaluations_and_logs(tmp_path: Path) -> Non
         load_instances([paths[1][0], paths[0][0]], [paths[0][1], paths[1][1]])
     with pytest.raises(BudgetError, match="one of each"):
         load_instances([paths[0][0]], [paths[0][1], paths[1][1]])
+
+
+def test_the_claims_row_reads_the_extrapolated_comparison() -> None:
+    """budget_extrapolated: 1 - L_inf(joint) / L_inf(standard) with its interval, the other references in the
+    note; without the budget table it says how to run it."""
+    from featint.claims import Artefacts, Reader, _budget_extrapolated
+
+    empty = {name: pd.DataFrame() for name in ("reconstruction", "parameters", "geometry", "behaviour",
+                                               "interventions", "clamps", "reconstruction_summary", "convergence",
+                                               "comparisons")}
+    assert "snakemake --cores 8 budget" in _budget_extrapolated(Reader(Artefacts(**empty))).note
+    table = budget_table(planted_instances(0.02, 1), (0.02, 3.0), n_boot=200, level=0.95, seed=0)
+    ours = _budget_extrapolated(Reader(Artefacts(**empty, budget=table)))
+    expected = table[(table["quantity"] == "l_inf_improvement") & (table["model"] == "joint")
+                     & (table["reference"] == "standard")].iloc[0]
+    assert (ours.corrected, ours.low, ours.high) == (expected["estimate"], expected["ci_low"], expected["ci_high"])
+    assert ours.low < 0.05 < ours.high and "vs param_matched" in ours.note and "1, 2, 4, 8 x" in ours.corrected_definition

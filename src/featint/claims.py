@@ -40,10 +40,12 @@ class Artefacts:
     integration: pd.DataFrame = field(default_factory=pd.DataFrame)  # integration/summary.parquet (when run)
     replication: pd.DataFrame = field(default_factory=pd.DataFrame)  # integration/replication.parquet
     planted_power: pd.DataFrame = field(default_factory=pd.DataFrame)  # a planted control's integration_power
+    budget: pd.DataFrame = field(default_factory=pd.DataFrame)  # budget/summary.parquet (the budget target)
 
     @classmethod
     def load(cls, results: str | Path, integration: str | Path | None = None,
-             replication: str | Path | None = None, planted_power: str | Path | None = None) -> Artefacts:
+             replication: str | Path | None = None, planted_power: str | Path | None = None,
+             budget: str | Path | None = None) -> Artefacts:
         """The run's artefacts under ``results``; the pair product test's tables only from the paths given (the
         rule hands them over when the run has them)."""
         results = Path(results)
@@ -61,7 +63,7 @@ class Artefacts:
         convergence = results / "convergence" / "summary.parquet"
         frames["convergence"] = pd.read_parquet(convergence) if convergence.is_file() else pd.DataFrame()
         for name, path in (("integration", integration), ("replication", replication),
-                           ("planted_power", planted_power)):
+                           ("planted_power", planted_power), ("budget", budget)):
             if path is not None:
                 if not Path(path).is_file():
                     raise ClaimsError(f"{path} does not exist; run the rule that writes it (for planted_power: "
@@ -245,12 +247,50 @@ def _convergence(r: Reader) -> Ours:
     parts = [f"{row.model} test FVU {row.change:+.2%}" for row in fvu.itertuples()]
     parts += [f"{row.model} {row.quantity} {row.change:+.4f} (seed sd {row.threshold:.4f})"
               for row in table[table["quantity"] != "test_fvu"].itertuples()]
-    verdict = "passes" if bool(table["passes"].all()) else "FAILS"
     factor = int(table["tokens_longer"].iloc[0]) / int(table["tokens_default"].iloc[0])
+    # both halves stated: does the FVU still fall (per doubling), and did the comparison move beyond its seed sd?
+    doublings = float(np.log2(factor))
+    falling = [f"{row.model} test FVU {row.change:+.2%} ({(1 + row.change) ** (1 / doublings) - 1:+.2%} per doubling"
+               f"{', still falling' if not row.passes else ''})" for row in fvu.itertuples()]
+    moved = [f"{row.model} vs {row.reference} improvement moved {row.change * 100:+.2f} points, "
+             f"{'within' if row.passes else 'beyond'} its seed sd ({row.threshold * 100:.2f})"
+             for row in table[table["quantity"] != "test_fvu"].itertuples()]
     return Ours(float("nan"), largest, float("nan"), float("nan"), "point estimate (one seed)", 1,
                 f"largest |relative change| of test FVU when the budget is multiplied by {factor:g} "
                 f"({int(table['tokens_default'].iloc[0]):,} -> {int(table['tokens_longer'].iloc[0]):,} tokens)",
-                f"{verdict}: " + "; ".join(parts))
+                "; ".join(falling + moved) + "; see the budget target for the trend")
+
+
+def _budget_extrapolated(r: Reader) -> Ours:
+    """The comparison at an infinite budget: 1 - L_inf(joint) / L_inf(standard) of the budget target's fits."""
+    table = r.a.budget
+    if table.empty:
+        return Ours(float("nan"), float("nan"), float("nan"), float("nan"), "not run", 0, "",
+                    "the budget target did not run (snakemake --cores 8 budget writes budget/report/claims.*)")
+
+    def row(quantity: str, model: str, reference: str | None = None) -> pd.Series:
+        hit = table[(table["quantity"] == quantity) & (table["model"] == model)
+                    & ((table["reference"] == reference) if reference else table["reference"].isna())]
+        if hit.empty:
+            raise ClaimsError(f"budget/summary.parquet has no {quantity} of {model} vs {reference}; list both "
+                              "in budget.models.")
+        return hit.iloc[0]
+
+    main = row("l_inf_improvement", "joint", "standard")
+    others = [f"vs {ref} {row('l_inf_improvement', 'joint', ref)['estimate']:+.2%} "
+              f"[{row('l_inf_improvement', 'joint', ref)['ci_low']:+.2%}, "
+              f"{row('l_inf_improvement', 'joint', ref)['ci_high']:+.2%}]"
+              for ref in ("param_matched", "joint_no_interaction")
+              if ((table["reference"] == ref) & (table["model"] == "joint")).any()]
+    l_inf = "; ".join(f"L_inf {m} {row('l_inf', m)['estimate']:.4f}" for m in sorted(set(
+        table.loc[table["quantity"] == "l_inf", "model"])))
+    factors = sorted(table["factor"].dropna().unique())
+    edge = " (an exponent at the edge of budget.alpha_range: L_inf is not placed by the data)"         if bool(table["at_edge"].fillna(False).any()) else ""
+    return Ours(float("nan"), float(main["estimate"]), float(main["ci_low"]), float(main["ci_high"]),
+                "95% bootstrap (test documents, seeds where several)", int(main["n_seeds"]),
+                "1 - L_inf(joint) / L_inf(standard) of L(T) = L_inf + A T^-alpha fitted to test FVU at "
+                f"{', '.join(f'{f:g}' for f in factors)} x the default budget",
+                f"joint {', '.join(others)}; {l_inf}{edge}")
 
 
 #: code-based nonlinear models and the linear control they are compared with at equal parameters
@@ -327,6 +367,7 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
     "dual_encoding": _dual_encoding,
     "nonlinear_vs_linear_control": _nonlinear_vs_linear,
     "budget_convergence": _convergence,
+    "budget_extrapolated": _budget_extrapolated,
     "sae_variance_explained": lambda r: _seeds(
         r.recon("standard", "variance_explained_paper", "sae"), 1.0 - r.recon("standard", "fvu", "sae"),
         "1 - FVU (uncentred residual, normalised space), " + HELD_OUT,
@@ -438,7 +479,8 @@ def read_paper_claims(path: str | Path) -> pd.DataFrame:
 def _rests_on(claim_id: str, r: Reader) -> str:
     """The held-out data a claim's numbers rest on, by the artefact they come from."""
     if claim_id in {"sae_variance_explained", "sequential_error_reduction", "sequential_linear_share",
-                    "joint_improvement", "joint_linear_share", "budget_convergence", "nonlinear_vs_linear_control",
+                    "joint_improvement", "joint_linear_share", "budget_convergence", "budget_extrapolated",
+                    "nonlinear_vs_linear_control",
                     "dual_encoding"}:
         return r.recon_basis()
     if claim_id in {"sae_pathology_ratio", "sequential_pathology_ratio", "sequential_kl_reduction",
@@ -519,12 +561,12 @@ def kinds_by_parameters(artefacts: Artefacts) -> pd.DataFrame:
 def run_claims(paper_claims: str | Path, results: str | Path, out_table: str | Path, out_markdown: str | Path,
                run: str, out_kinds: str | Path | None = None, out_figure: str | Path | None = None,
                integration: str | Path | None = None, replication: str | Path | None = None,
-               planted_power: str | Path | None = None) -> pd.DataFrame:
+               planted_power: str | Path | None = None, budget: str | Path | None = None) -> pd.DataFrame:
     """Stage entry point: claims.parquet and claims.md; every kind against its parameter count (table
     ``out_kinds`` and figure ``out_figure``) when asked; the pair product test's tables when given."""
     from featint import plots
 
-    artefacts = Artefacts.load(results, integration, replication, planted_power)
+    artefacts = Artefacts.load(results, integration, replication, planted_power, budget)
     table = claims_table(read_paper_claims(paper_claims), artefacts)
     write_parquet(table, out_table)
     with atomic_path(out_markdown) as tmp:

@@ -472,13 +472,14 @@ def gather_interventions(args: argparse.Namespace, settings: Settings) -> None:
        arg("--out-figure", help="the figure of that table"),
        arg("--integration", help="integration/summary.parquet (the claims row dual_encoding)"),
        arg("--replication", help="integration/replication.parquet"),
-       arg("--planted-power", help="a planted-control run's integration_power.parquet"))
+       arg("--planted-power", help="a planted-control run's integration_power.parquet"),
+       arg("--budget", help="budget/summary.parquet (the claims row budget_extrapolated)"))
 def claims(args: argparse.Namespace, settings: Settings) -> None:
     from featint.claims import run_claims
 
     table = run_claims(args.paper_claims, args.results, args.out_table, args.out_markdown, run=args.run,
                        out_kinds=args.out_kinds, out_figure=args.out_figure, integration=args.integration,
-                       replication=args.replication, planted_power=args.planted_power)
+                       replication=args.replication, planted_power=args.planted_power, budget=args.budget)
     log.info("claims:\n%s", table[["claim_id", "paper_value", "ours_paper_definition", "ours_corrected"]]
              .to_string(index=False))
 

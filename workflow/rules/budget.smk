@@ -61,3 +61,17 @@ rule budget_summary:
 rule budget:
     input:
         rules.budget_summary.output,
+        f"{RESULTS}/budget/report/claims.md",
+
+
+use rule claims as budget_claims with:
+    input:
+        **{name: value for name, value in rules.claims.input.items() if name != "budget"},
+        budget=rules.budget_summary.output.summary,
+    output:
+        table=f"{RESULTS}/budget/report/claims.parquet",
+        markdown=report(f"{RESULTS}/budget/report/claims.md", caption="../report/claims.rst", category="Claims"),
+        kinds=f"{RESULTS}/budget/report/kinds_by_parameters.parquet",
+        figure=f"{RESULTS}/budget/report/figures/kinds_by_parameters.png",
+    log:
+        f"{LOGS}/budget_claims.log",

@@ -16,6 +16,7 @@ rule claims:
         integration=[f"{RESULTS}/integration/summary.parquet"] if INTEGRATION_INSTANCES else [],
         replication=[f"{RESULTS}/integration/replication.parquet"] if INTEGRATION_INSTANCES else [],
         planted_power=[config["integration"]["planted_power"]] if config["integration"]["planted_power"] else [],
+        budget=[],  # the budget target's claims (budget_claims) hand over budget/summary.parquet
     output:
         table=f"{RESULTS}/report/claims.parquet",
         markdown=report(f"{RESULTS}/report/claims.md", caption="../report/claims.rst", category="Claims"),
@@ -38,7 +39,7 @@ rule claims:
         results=parent_dir(2, "reconstruction", of="input"),
         optional=lambda wildcards, input: " ".join(
             f"--{name.replace('_', '-')} {getattr(input, name)[0]}"
-            for name in ("integration", "replication", "planted_power")
+            for name in ("integration", "replication", "planted_power", "budget")
             if getattr(input, name)
         ),
     shell:
