@@ -246,7 +246,8 @@ def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
                       & (behaviour["reference"] == "epsilon_own_norm")
                       & behaviour["seed"].isna()]["estimate"].item()
     assert claims.loc["sae_pathology_ratio", "ours_corrected"] == pytest.approx(ratio)
-    unreported = ["budget_convergence", "nonlinear_vs_linear_control", "dual_encoding"]  # no number in the paper
+    unreported = ["budget_convergence", "budget_extrapolated", "nonlinear_vs_linear_control",
+                  "dual_encoding"]  # no number in the paper
     assert claims.drop(index=unreported)["paper_value"].notna().all() and len(claims) >= 20
     comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
     pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
@@ -311,6 +312,35 @@ def test_ablation_sweep_and_one_instance_alone(tiny_run: TinyRun) -> None:
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert (workdir / target).stat().st_mtime > before
     assert re.search(r"^ablation\s+1$", alone.stdout + alone.stderr, re.MULTILINE)  # that instance only
+
+
+@pytest.mark.slow
+def test_budget_target(tiny_run: TinyRun) -> None:
+    """`snakemake budget` on the tiny run: its 1x models are the run's own (not retrained), the 2x and 4x ones
+    train with an LR chosen again at their budget; one table with the fit and every comparison per budget, a
+    figure, and the claims table with the budget_extrapolated row read from it."""
+    workdir, results = tiny_run.workdir, tiny_run.results
+    before = (results / "models" / "joint" / "seed~0" / "weights.safetensors").stat().st_mtime
+    run = snakemake(workdir, *TINY_THREADS, "budget", "--configfile", "config/tiny.yaml")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (results / "models" / "joint" / "seed~0" / "weights.safetensors").stat().st_mtime == before
+    assert (results / "budget_x4" / "lr_selection" / "param_matched.parquet").is_file()
+    table = pd.read_parquet(results / "budget" / "summary.parquet")
+    fvu = table[table["quantity"] == "fvu"]
+    assert sorted(fvu["factor"].unique()) == [1.0, 2.0, 4.0]
+    assert set(fvu["model"]) == {"standard", "joint", "joint_no_interaction", "param_matched"}
+    one = fvu[(fvu["model"] == "joint") & (fvu["factor"] == 1.0)]["estimate"].item()
+    assert one == pytest.approx(fvu_of(tiny_run.metrics, "joint"))  # the default run's own model
+    tokens = fvu[fvu["model"] == "standard"].sort_values("factor")["tokens"].tolist()
+    assert tokens[1] == 2 * tokens[0] and tokens[2] == 4 * tokens[0]
+    assert {"l_inf", "alpha", "l_inf_improvement", "improvement_moved"} <= set(table["quantity"])
+    assert (results / "budget" / "figures" / "budget.png").stat().st_size > 10_000
+    claims = pd.read_parquet(results / "budget" / "report" / "claims.parquet").set_index("claim_id")
+    limit = table[(table["quantity"] == "l_inf_improvement") & (table["model"] == "joint")
+                  & (table["reference"] == "standard")]["estimate"].item()
+    assert claims.loc["budget_extrapolated", "ours_corrected"] == pytest.approx(limit, nan_ok=True)
+    default_claims = pd.read_parquet(results / "report" / "claims.parquet").set_index("claim_id")
+    assert default_claims.loc["budget_extrapolated", "interval"] == "not run"
 
 
 @pytest.mark.slow

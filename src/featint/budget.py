@@ -247,8 +247,10 @@ def budget_table(instances: list[BudgetInstance], alpha_range: tuple[float, floa
         add("improvement_moved", model, reference, last, moved, seed_sd=spread,
             moved=bool(np.isfinite(spread) and abs(moved[0]) > spread))
         edge = bool(fits[model].at_edge[0] or fits[reference].at_edge[0])
-        add("l_inf_improvement", model, reference, None, 1.0 - fits[model].l_inf / fits[reference].l_inf,
-            at_edge=edge)
+        # relative to the reference's asymptote; undefined (NaN) in replicates where that asymptote is ~0 (< 1e-4)
+        ref_l_inf = fits[reference].l_inf
+        relative = 1.0 - fits[model].l_inf / np.where(ref_l_inf > 1e-4, ref_l_inf, np.nan)
+        add("l_inf_improvement", model, reference, None, relative, at_edge=edge)
         add("l_inf_difference", model, reference, None, fits[reference].l_inf - fits[model].l_inf, at_edge=edge)
     frame = pd.DataFrame(rows)
     frame["n_documents"] = int(rep.doc_ids.size)

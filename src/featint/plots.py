@@ -341,13 +341,17 @@ def budget_curves(table: pd.DataFrame, path: str | Path) -> None:
         rows = fvu[fvu["model"] == model]
         tokens, base = rows["tokens"].astype(float).to_numpy(), float(rows["tokens"].iloc[0]) / float(rows["factor"].iloc[0])
         err = np.vstack([rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]])
+        label = f"{model} (L_inf {fit.loc[model, 'l_inf']:.3f})" if model in fit.index else model
         left.errorbar(tokens, rows["estimate"], yerr=np.nan_to_num(err), fmt="o", capsize=3, color=palette[model],
-                      label=model)
+                      label=label)
         if model in fit.index:
             grid = np.geomspace(tokens.min(), tokens.max() * 2, 100)
             p = fit.loc[model]
             left.plot(grid, p["l_inf"] + p["a"] * (grid / base) ** -p["alpha"], color=palette[model], lw=1.2)
             left.axhline(p["l_inf"], color=palette[model], ls=":", lw=1)
+    low, high = float(fvu["ci_low"].min()), float(fvu["ci_high"].max())
+    pad = 0.15 * max(high - low, 1e-3)
+    left.set_ylim(low - pad, high + pad)  # an asymptote far below the data is named in the legend, not drawn
     left.set_xscale("log")
     left.set(xlabel="training tokens (log)", ylabel="test FVU (normalised space)",
              title="test FVU by budget; lines: fitted L_inf + A T^-alpha, dotted: L_inf")
