@@ -31,8 +31,8 @@ import torch
 from record import Recorder
 
 from featint.config import Settings, load_settings
-from featint.models import NFM, FeatureModel, SparseCode, TopKSAE, build_model
-from featint.runtime import set_threads
+from featint.models import NFM, FeatureModel, SparseCode, TopKSAE, build_model, exact_topk
+from featint.runtime import native_bf16, set_threads
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
@@ -99,16 +99,17 @@ def nfm_sparse_vs_dense(batch: int) -> tuple[float, float, float]:
 
 
 def training_step(model: FeatureModel, x: torch.Tensor | list[torch.Tensor], dense_reference: bool = False,
-                  code: SparseCode | None = None) -> Callable[[], None]:
+                  code: SparseCode | None = None, bf16: bool = False) -> Callable[[], None]:
     """One training step (forward, MSE, backward, fused Adam) per call, on ``x`` or, given a list, on its
-    batches in turn."""
+    batches in turn; ``bf16``: the forward under bf16 autocast, as ``training.bf16_autocast`` runs it."""
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-4, fused=True)  # as featint.training
     batches = itertools.cycle(x if isinstance(x, list) else [x])
 
     def step() -> None:
         batch = next(batches)
-        rec = model.forward_dense(batch) if dense_reference else model(batch, code=code)
-        loss = (rec.total - batch).square().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            rec = model.forward_dense(batch) if dense_reference else model(batch, code=code)
+            loss = (rec.total.float() - batch).square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -155,6 +156,9 @@ def main() -> None:
     torch.manual_seed(0)
     matched = build_model("param_matched", d, settings.sae, settings.nfm)
     W, b = standard.sae.W_enc.detach().clone(), standard.sae.b_enc.detach().clone()
+    W16, b16, x16 = W.bfloat16(), b.bfloat16(), x.bfloat16()
+    pre = torch.addmm(b, x, W.t())
+    bf16, why = native_bf16("cpu")  # what training.bf16_autocast: auto chooses here
     dense_kernels = {name: copy.deepcopy(model) for name, model in (("standard", standard), ("joint", joint))}
     for model in dense_kernels.values():
         model.sae.kernels = "dense"  # training.kernels: dense: the encoder backward and decoder over all F
@@ -162,10 +166,25 @@ def main() -> None:
         **{f"{name} dense kernels": training_step(model, x) for name, model in dense_kernels.items()},
         "standard": training_step(standard, x), "joint": training_step(joint, x),
         "autograd": training_step(standard, x, dense_reference=True), "param_matched": training_step(matched, x),
-        "floor": lambda: torch.addmm(b, x, W.t()).topk(k, dim=-1, sorted=False),
+        "floor fp32": lambda: torch.addmm(b, x, W.t()).topk(k, dim=-1, sorted=False),
+        "floor": lambda: exact_topk(torch.addmm(b16, x16, W16.t()), k),
+        "topk torch": lambda: pre.topk(k, dim=-1, sorted=False), "topk exact": lambda: exact_topk(pre, k),
+        "standard bf16": training_step(standard, x, bf16=True), "joint bf16": training_step(joint, x, bf16=True),
         **{f"{kind} on cache": training_step(model, x, code=cached) for kind, model in frozen.items()},
         **{f"{kind} encoding": training_step(model, x) for kind, model in frozen.items()}})
-    standard_s, joint_s, floor_s = seconds["standard"], seconds["joint"], seconds["floor"]
+    fp32_standard_s = seconds["standard"]
+    bench.add("top-k of the encoder: torch.topk / featint's exact blocked top-k", seconds["topk torch"] /
+              seconds["topk exact"], "x", ">= 3", shapes, "featint.models.exact_topk: the top k among the k strided "
+              "blocks with the largest maxima (exact; two smaller torch.topk calls and a gather remain)")
+    for name in ("standard", "joint"):
+        bench.add(f"{name} step, fp32 / bf16 autocast", seconds[name] / seconds[f"{name} bf16"], "x", shapes=shapes,
+                  note=f"training.bf16_autocast: auto chooses {'bf16' if bf16 else 'fp32'} here ({why})")
+    bench.add("standard step (fp32) throughput / fp32 floor (fp32 product + torch.topk)",
+              seconds["floor fp32"] / fp32_standard_s, "x", shapes=shapes)
+    # the default path from here on: bf16 autocast where the CPU has it, and the floor priced the same way
+    standard_s = seconds["standard bf16"] if bf16 else seconds["standard"]
+    joint_s = seconds["joint bf16"] if bf16 else seconds["joint"]
+    floor_s = seconds["floor"] if bf16 else seconds["floor fp32"]
     bench.add("standard SAE step", standard_s * 1e3, "ms", shapes=shapes)
     bench.add("standard SAE training throughput", batch_size / standard_s, "tokens/s", shapes=shapes)
     bench.add("standard step, plain autograd / sparse backward", seconds["autograd"] / standard_s, "x",
@@ -174,8 +193,8 @@ def main() -> None:
         bench.add(f"{name} step, dense kernels / sparse kernels", seconds[f"{name} dense kernels"] / sparse_s, "x",
                   shapes=shapes, note="training.kernels; above 1: sparse is faster on this device "
                   "(featint.models.KERNELS_BY_DEVICE['cpu'] = 'sparse')")
-    joint_share = op_shares(training_step(joint, x), {"tables": TABLE_OPS})["tables"]
-    standard_share = op_shares(training_step(standard, x), {"tables": TABLE_OPS})["tables"]
+    joint_share = op_shares(training_step(joint, x, bf16=bf16), {"tables": TABLE_OPS})["tables"]
+    standard_share = op_shares(training_step(standard, x, bf16=bf16), {"tables": TABLE_OPS})["tables"]
     bench.add("joint step / standard step", joint_s / standard_s, "x", "<= 1.25", shapes,
               f"the NFM's linear term is a second [F, d] table gathered and scattered like the decoder: table ops "
               f"take {joint_share:.0%} of the joint step vs {standard_share:.0%} of the standard one (profiler)")
@@ -187,9 +206,11 @@ def main() -> None:
                   f"gathers/scatters take {shares['tables']:.0%} of its step and Adam {shares['adam']:.0%}")
 
     matched_s = seconds["param_matched"]
-    floor_note = "floor: the encoder product + top-k alone (forward), the least a step must do"
-    split = op_shares(training_step(standard, x), {"products": ("addmm", "aten::mm"), "topk": ("topk",),
-                                                  "tables": TABLE_OPS, "adam": ("adam",)})
+    floor_note = (f"floor: the encoder product ({'bf16' if bf16 else 'fp32'}) + featint's exact top-k alone "
+                  "(forward), the least a step must do; the step on the default path (bf16 autocast: auto)")
+    split = op_shares(training_step(standard, x, bf16=bf16), {"products": ("addmm", "aten::mm"),
+                                                               "topk": ("topk",), "tables": TABLE_OPS,
+                                                               "adam": ("adam",)})
     bench.add("standard step throughput / floor throughput", floor_s / standard_s, "x", ">= 0.7", shapes,
               f"{floor_note}; the step's time (profiler): the encoder product and its sparse (CSR) weight gradient "
               f"{split['products']:.0%}, top-k {split['topk']:.0%}, decoder table gathers/scatters "
