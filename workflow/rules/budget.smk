@@ -67,7 +67,7 @@ rule budget:
 use rule claims as budget_claims with:
     input:
         **{name: value for name, value in rules.claims.input.items() if name != "budget"},
-        budget=rules.budget_summary.output.summary,
+        budget=[rules.budget_summary.output.summary],
     output:
         table=f"{RESULTS}/budget/report/claims.parquet",
         markdown=report(f"{RESULTS}/budget/report/claims.md", caption="../report/claims.rst", category="Claims"),
