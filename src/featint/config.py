@@ -600,7 +600,8 @@ def _check_budget(completed: dict[str, Any], source: str) -> None:
     stray = sorted(set(budget["seeded_factors"]) - set(budget["factors"]))
     if stray:
         raise ConfigError(f"{source}: budget.seeded_factors {stray} are not in budget.factors; list them there too.")
-    if completed["sae"]["source"] != "featint" and "standard" in budget["models"]:
+    if completed["sae"]["source"] != "featint" and "standard" in budget["models"] and "budget" in completed.get(
+            "_targets", ()):  # checked by the budget target itself (an imported SAE's run may never ask for it)
         raise ConfigError(f"{source}: sae.source is {completed['sae']['source']!r}: the imported standard SAE is not "
                           "retrained, so budget.models must not list 'standard'.")
     low, high = budget["alpha_range"]
