@@ -151,7 +151,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
             raise ConfigError(f"{source}: sae.source is 'saelens': the imported standard SAE is not retrained, so "
                               "convergence.models must not list 'standard'.")
     if "budget" in config:
-        _check_budget(completed, source)
+        _check_budget(config, completed, source)
     layer_kinds = set(completed["layers"]["kinds"])
     if set(kinds.FROM_STANDARD) & layer_kinds and "standard" not in layer_kinds:
         raise ConfigError(f"{source}: layers.kinds {sorted(set(kinds.FROM_STANDARD) & layer_kinds)} start from the "
@@ -590,7 +590,7 @@ class Settings:
         )
 
 
-def _check_budget(completed: dict[str, Any], source: str) -> None:
+def _check_budget(config: Mapping[str, Any], completed: dict[str, Any], source: str) -> None:
     """The ``budget`` section against the rest (only when a config sets it: a stage given other sections gets
     its defaults)."""
     budget = completed["budget"]
@@ -600,8 +600,8 @@ def _check_budget(completed: dict[str, Any], source: str) -> None:
     stray = sorted(set(budget["seeded_factors"]) - set(budget["factors"]))
     if stray:
         raise ConfigError(f"{source}: budget.seeded_factors {stray} are not in budget.factors; list them there too.")
-    if completed["sae"]["source"] != "featint" and "standard" in budget["models"] and "budget" in completed.get(
-            "_targets", ()):  # checked by the budget target itself (an imported SAE's run may never ask for it)
+    # (a list the config names itself; the default list is the budget target's, which an imported run may never run)
+    if completed["sae"]["source"] != "featint" and "standard" in config["budget"].get("models", ()):
         raise ConfigError(f"{source}: sae.source is {completed['sae']['source']!r}: the imported standard SAE is not "
                           "retrained, so budget.models must not list 'standard'.")
     low, high = budget["alpha_range"]
