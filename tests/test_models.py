@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 import torch
+from simulated_cuda import simulated_cuda
 
 from featint.config import Settings
 from featint.kinds import KINDS, MODEL_KINDS
@@ -67,6 +69,37 @@ def test_exact_topk_selects_what_torch_topk_selects(n_features: int, k: int, dty
     assert torch.equal(values.sort(-1).values, reference.sort(-1).values)
     assert torch.equal(pre.gather(1, indices), values)
     assert all(row.unique().numel() == k for row in indices)  # k distinct latents per row
+    assert bool((indices.diff(dim=-1) > 0).all())  # ascending latent order: the canonical order
+
+
+def test_exact_topk_order_does_not_depend_on_the_algorithm() -> None:
+    """Without ties the blocked path (CPU) and plain torch.topk (any other device, or a shape where blocking does
+    not pay) give the same indices in the same order, so the decoder's sums agree to the bit."""
+    torch.manual_seed(0)
+    pre = torch.randn(256, 4608, dtype=torch.float64)  # distinct values
+    values, indices = exact_topk(pre, 92)
+    expected_values, expected = pre.topk(92, dim=-1, sorted=False)
+    expected, order = expected.sort(dim=-1)
+    assert torch.equal(indices, expected)
+    assert torch.equal(values, expected_values.gather(1, order))
+
+
+def test_a_cpu_and_a_gpu_sae_give_the_same_bits() -> None:
+    """At the default width and k (the CPU takes the blocked top-k, a GPU torch.topk) one training step's
+    reconstruction and gradients agree to the bit: the selection's canonical order makes the decoder's sums
+    identical (the SLURM test found CPU and simulated-GPU runs of one model drifting apart by rounding)."""
+    results = []
+    for device in ("cpu", "cuda"):
+        with simulated_cuda() if device == "cuda" else contextlib.nullcontext():
+            torch.manual_seed(5)
+            sae = TopKSAE(32, 4608, 92).to(device)
+            x = torch.randn(64, 32).to(device)
+            code, _ = sae.encode(x)
+            reconstruction = sae.decode(code)
+            ((reconstruction - x) ** 2).mean().backward()
+            results.append([reconstruction.detach().cpu()] + [p.grad.cpu() for p in sae.parameters()])
+    for cpu, gpu in zip(*results):
+        assert torch.equal(cpu, gpu)
 
 
 def test_exact_topk_with_ties_at_the_boundary_picks_a_valid_top_k() -> None:
