@@ -125,7 +125,8 @@ def main() -> None:
               "<= 1.2", shapes,
               f"the formula prices a continuation at {after:.2f} of a forward; by multiply-adds it is "
               f"{continued:.2f} (the [d, vocab] unembedding is {head / (n_layers * block + head):.0%} of a forward "
-              f"and runs in full for every condition), so this floor is {(1 + n_conditions * continued) / (1 + n_conditions * after):.2f}x "
+              "and runs in full for every condition), so this floor is "
+              f"{(1 + n_conditions * continued) / (1 + n_conditions * after):.2f}x "
               "too low")
     print(f"wrote {bench.write()}")
 

@@ -221,7 +221,8 @@ def loop_check(device: torch.device, shapes: tuple[int, int, int, int, int], ste
 def corpus_texts() -> list[str]:
     """Text for the small LM's tokenizer and the DAG's corpus: this repository's stimuli and documentation."""
     texts = []
-    for path in sorted((ROOT / "config" / "stimuli").glob("*.tsv")) + [ROOT / "README.md", ROOT / "config" / "README.md"]:
+    documents = [ROOT / "README.md", ROOT / "config" / "README.md"]
+    for path in sorted((ROOT / "config" / "stimuli").glob("*.tsv")) + documents:
         texts.append(path.read_text(encoding="utf-8"))
     words = pd.read_csv(ROOT / "config" / "stimuli" / "word_sets.tsv", sep="\t")["word"].tolist()
     texts.append(" ".join(f" {word}" for word in words for _ in range(50)))  # each stimulus word one token

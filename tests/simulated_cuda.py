@@ -156,7 +156,8 @@ class SimulatedCuda(TorchFunctionMode):
             if _is_cuda_device(kwargs["device"]):
                 generator = kwargs.get("generator")
                 if generator is not None and generator.device.type != "cuda":
-                    raise RuntimeError(f"Expected a 'cuda' device type for generator but found '{generator.device.type}'")
+                    raise RuntimeError(
+                        f"Expected a 'cuda' device type for generator but found '{generator.device.type}'")
                 kwargs["device"] = "cpu"
                 return _tag(func(*args, **kwargs))
             if kwargs["device"] is not None:  # an explicit CPU factory, whatever its inputs

@@ -37,7 +37,8 @@ class LocalSlurm:
 
     def accounting(self) -> list[str]:
         """Lines 'jobid|name|state' of every job slurmctld still knows (MinJobAge keeps finished ones)."""
-        out = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=self.env, capture_output=True, text=True, check=False)
+        out = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=self.env, capture_output=True, text=True,
+                             check=False)
         lines = []
         for line in out.stdout.splitlines():
             fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
@@ -166,7 +167,8 @@ def local_slurm(root: Path) -> Iterator[LocalSlurm]:
             started.append(root / "run" / pid_name)
         deadline = time.time() + 60
         while time.time() < deadline:
-            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, check=False).stdout.strip()
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True,
+                                   check=False).stdout.strip()
             if state in ("idle", "mixed", "allocated"):
                 break
             time.sleep(1)

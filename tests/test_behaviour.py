@@ -213,7 +213,8 @@ def activations(tmp_path_factory: pytest.TempPathFactory, embedded_lm_dir: Path)
 
 
 def behaviour_settings(**behaviour: object) -> Settings:
-    return Settings.from_dict({"hook": {"layer": 3}, "sae": {"n_features": 64, "k": 4}, "nfm": {"embed_dim": 4, "truncated_k": 2},
+    return Settings.from_dict({"hook": {"layer": 3}, "sae": {"n_features": 64, "k": 4},
+                               "nfm": {"embed_dim": 4, "truncated_k": 2},
                                "behaviour": {"windows": 4, "positions": 12, "epsilon_draws": 2, **behaviour}})
 
 
@@ -249,7 +250,8 @@ def test_reference_conditions_match_direct_computations(activations: Path, embed
     expected_kl = kl_per_token(clean, zeroed)[0].numpy()
     rows = frame[(frame["condition"] == "zero_ablation") & (frame["window"] == window)].sort_values("position")
     np.testing.assert_allclose(rows["kl"].to_numpy(), expected_kl, atol=2e-4)
-    expected_ce = -torch.log_softmax(zeroed[0].double(), -1)[torch.arange(12), torch.from_numpy(ids[1:13].astype(np.int64))]
+    targets = torch.from_numpy(ids[1:13].astype(np.int64))
+    expected_ce = -torch.log_softmax(zeroed[0].double(), -1)[torch.arange(12), targets]
     np.testing.assert_allclose(rows["ce"].to_numpy(), expected_ce.numpy(), atol=2e-4)
     # mean-ablation error norm = distance of the clean residual to the raw train mean
     normaliser = Normaliser.load(activations / "normaliser.safetensors")

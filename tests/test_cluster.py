@@ -60,7 +60,8 @@ def test_tiny_dag_through_the_slurm_profile_equals_a_local_run(tmp_path: Path, e
             submitted = _snakemake(
                 cluster_dir, cluster.env, "--profile", "profiles/slurm", "--jobs", "2", *TINY_THREADS,
                 "--default-resources", f"slurm_partition={cluster.partition}", "mem_mb=2000", "runtime=30",
-                "--set-resources", *[f"{rule}:{key}" for rule in GPU_RULES for key in ("gpu=0", "mem_mb=3000", "runtime=30")],
+                "--set-resources",
+                *[f"{rule}:{key}" for rule in GPU_RULES for key in ("gpu=0", "mem_mb=3000", "runtime=30")],
                 "--slurm-init-seconds-before-status-checks", "2")
             jobs = cluster.accounting()
     except ClusterUnavailable as exc:

@@ -203,3 +203,40 @@ def test_the_parser_and_the_rules_sections_come_from_the_declarations() -> None:
         assert commands[name].get_default("stage") is declared
         if declared.sections not in (None, cli.EVERY_SECTION):
             assert cli.STAGE_SECTIONS[name] == declared.sections
+
+
+def test_no_schema_description_is_split_into_a_bogus_key() -> None:
+    """An unquoted comma in a flow mapping (``{..., description: a, b}``) ends the description there and makes the
+    rest a key with a null value; every property may hold only JSON-schema keywords."""
+    from featint.config import load_schema
+
+    keywords = {"type", "default", "description", "enum", "minimum", "maximum", "exclusiveMinimum",
+                "exclusiveMaximum", "properties", "additionalProperties", "items", "minItems", "maxItems",
+                "uniqueItems", "required", "oneOf", "anyOf", "allOf", "not", "pattern", "minLength", "$ref",
+                "const", "propertyNames", "patternProperties", "minProperties", "maxProperties", "if", "then", "else"}
+    stray: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.get("properties", {}).items():
+                stray.extend(f"{path}{key}: {bad!r}" for bad in set(value) - keywords)
+                walk(value, f"{path}{key}.")
+            for key in ("items", "additionalProperties"):
+                walk(node.get(key), path)
+            for key in ("oneOf", "anyOf", "allOf"):
+                for option in node.get(key, []):
+                    walk(option, path)
+
+    walk(load_schema(), "")
+    assert not stray, f"schema properties with keys that are not JSON-schema keywords (a split description?): {stray}"
+
+
+def test_interventions_on_a_model_the_run_does_not_train_stop_at_validation() -> None:
+    """A run without `joint` keeps the default interventions.models [sequential, joint]: named at validation
+    (the DAG used to drop the kind silently and fail late in the report)."""
+    with pytest.raises(ConfigError, match=r"interventions\.models \['joint'\] are not in models"):
+        validate_config({"models": ["standard", "sequential"], "convergence": {"models": []},
+                         "interventions": {"models": ["sequential", "joint"]}})
+    validate_config({"models": ["standard", "sequential"], "convergence": {"models": []},
+                     "interventions": {"models": ["sequential"]}})
+    validate_config({"models": ["standard"], "convergence": {"models": []}})  # not judged on the defaults

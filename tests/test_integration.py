@@ -92,7 +92,8 @@ def test_pair_membership_counts_split_and_conjunction_latents() -> None:
     """Latent 2 splits feature 0 (cosine 0.8), latent 3 carries the planted direction u; latent 4 matches nothing."""
     features, u = torch.eye(5)[:4], torch.eye(5)[4:]  # true features e0..e3 (pairs 0-1 planted, 2-3 decoy), u = e4
     directions = torch.nn.functional.normalize(torch.tensor(
-        [[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0.8, 0.6, 0, 0, 0], [0.1, 0, 0, 0, 1.0], [0.5, 0.5, 0.5, 0.5, 0]]), dim=1)
+        [[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0.8, 0.6, 0, 0, 0], [0.1, 0, 0, 0, 1.0], [0.5, 0.5, 0.5, 0.5, 0]]),
+        dim=1)
     member = integration.pair_membership(directions, features, np.array([[0, 1], [2, 3]]), u, 0.7)
     assert member.tolist() == [[True, False], [True, False], [True, False], [True, False], [False, False]]
 

@@ -104,7 +104,8 @@ def test_written_setting_holds_stores_normaliser_and_variance(tmp_path: Path) ->
     assert len(pairs) == 2048 and pairs["pair"].between(-1, 2 * s.n_pairs - 1).all()
 
 
-def _fvu_rows(rng: np.random.Generator, effects: dict[float, float], seeds: int, null_gain: float = 0.0) -> pd.DataFrame:
+def _fvu_rows(rng: np.random.Generator, effects: dict[float, float], seeds: int,
+              null_gain: float = 0.0) -> pd.DataFrame:
     """Test FVUs of the three kinds; joint gains ``null_gain`` everywhere plus ``effects[strength]``."""
     rows = []
     for strength, effect in effects.items():
@@ -175,7 +176,8 @@ def test_synthetic_dag_reports_power_and_identification(tmp_path: Path) -> None:
     (work / "config" / "synthetic_tiny.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-                             "config/synthetic_tiny.yaml"], cwd=work, env=env, capture_output=True, text=True, check=False)
+                             "config/synthetic_tiny.yaml"], cwd=work, env=env, capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = work / "results" / "synthetic_tiny" / "synthetic" / "summary"
     power = pd.read_parquet(summary / "power.parquet")

@@ -207,7 +207,8 @@ def test_lr_selection_extends_the_grid_past_an_edge_until_the_optimum_is_interio
                  validate_every=20)
     frame = run_lr_selection(s, "standard", acts, tmp_path / "standard.parquet")
     assert list(frame["lr"]) == sorted(frame["lr"]) and frame["lr"].max() > 3e-5
-    assert (frame.loc[frame["lr"] > 3e-5, "extension"] > 0).all() and (frame.loc[frame["lr"] <= 3e-5, "extension"] == 0).all()
+    assert (frame.loc[frame["lr"] > 3e-5, "extension"] > 0).all()
+    assert (frame.loc[frame["lr"] <= 3e-5, "extension"] == 0).all()
     assert frame["chosen"].sum() == 1
     assert frame.loc[frame["chosen"], "validation_fvu"].item() == frame["validation_fvu"].min()
     best = frame.index[frame["chosen"]][0]

@@ -82,7 +82,7 @@ def test_training_lr_selection_and_reconstruction(tiny_run: TinyRun) -> None:
     """Every kind trained, evaluated on test, gathered with improvements over the standard SAE; an LR chosen per
     kind on validation; each term against its control, paired by seed and document."""
     results, metrics, kinds = tiny_run.results, tiny_run.metrics, set(tiny_run.kinds)
-    assert {"sequential_linear_input", "sequential_poly", "sequential_mlp"} <= kinds  # the rivals (joint_poly: unit tests)
+    assert {"sequential_linear_input", "sequential_poly", "sequential_mlp"} <= kinds  # rivals (joint_poly: unit tests)
     assert set(metrics["model"]) == kinds and set(metrics["split"]) == {"test"}
     improvement = metrics[(metrics["metric"] == "improvement_mse") & (metrics["reference"] == "standard")
                           & (metrics["token_set"] == "selected")]
@@ -108,7 +108,8 @@ def test_training_lr_selection_and_reconstruction(tiny_run: TinyRun) -> None:
     summary_rec = pd.read_parquet(results / "metrics" / "reconstruction_summary.parquet")
     assert (summary_rec["n_documents"] == tiny_run.test_documents).all() and summary_rec["n_tokens"].gt(0).all()
     joint_gain = summary_rec[(summary_rec["model"] == "joint") & (summary_rec["metric"] == "improvement_mse")
-                             & (summary_rec["reference"] == "standard") & (summary_rec["token_set"] == "selected")].iloc[0]
+                             & (summary_rec["reference"] == "standard")
+                             & (summary_rec["token_set"] == "selected")].iloc[0]
     assert joint_gain["ci_low"] <= joint_gain["mean"] <= joint_gain["ci_high"]
     comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
     pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
@@ -161,7 +162,8 @@ def test_behaviour(tiny_run: TinyRun) -> None:
     behaviour = pd.read_parquet(results / "behaviour" / "summary.parquet")
     boot = behaviour[behaviour["method"] == "document_window_bootstrap"]
     assert set(boot["model"]) == kinds | {"reference"}
-    ratios = boot[(boot["metric"] == "pathology_ratio") & (boot["reference"] == "epsilon_own_norm") & boot["seed"].isna()]
+    ratios = boot[(boot["metric"] == "pathology_ratio") & (boot["reference"] == "epsilon_own_norm")
+                  & boot["seed"].isna()]
     assert set(ratios["model"]) == kinds and (ratios["estimate"] > 0).all()
     assert (ratios["ci_low"] <= ratios["estimate"]).all() and (ratios["estimate"] <= ratios["ci_high"]).all()
     clean = boot[(boot["model"] == "reference") & (boot["condition"] == "clean")].set_index("metric")["estimate"]
@@ -254,7 +256,8 @@ def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
     best = pooled[(pooled["reference"] == "sequential_linear_input")]["estimate"].max()
     assert claims.loc["nonlinear_vs_linear_control", "ours_corrected"] == pytest.approx(best)
     by_parameters = pd.read_parquet(results / "report" / "kinds_by_parameters.parquet")
-    assert set(by_parameters["model"]) == tiny_run.kinds and set(by_parameters["quantity"]) == {"test_fvu", "spliced_kl"}
+    assert set(by_parameters["model"]) == tiny_run.kinds
+    assert set(by_parameters["quantity"]) == {"test_fvu", "spliced_kl"}
     assert (results / "report" / "figures" / "kinds_by_parameters.png").stat().st_size > 10_000
     convergence = pd.read_parquet(results / "convergence" / "summary.parquet")
     largest = convergence.loc[convergence["quantity"] == "test_fvu", "change"].abs().max()
@@ -374,6 +377,7 @@ def test_bring_your_own_sae(tiny_run: TinyRun) -> None:
     imported = yaml.safe_load((workdir / "config" / "tiny.yaml").read_text())
     imported.update({"run": "tiny_import", "models": ["standard", "sequential", "standard_refit"],
                      "single_seed_models": [], "convergence": {"models": []}})
+    imported["interventions"]["models"] = ["sequential"]
     imported["sae"].update({"source": "saelens", "path": "results/tiny/models/standard/seed~0/saelens"})
     (workdir / "config" / "tiny_import.yaml").write_text(yaml.safe_dump(imported))
     for part in ("corpus", "activations"):  # the same text and activations: nothing to extract again

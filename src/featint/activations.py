@@ -221,7 +221,8 @@ def write_store_from_tensor(out_dir: str | Path, vectors: torch.Tensor, split: s
         tokens = pd.DataFrame({
             "row": rows, "shard": (rows // shard_rows).astype(np.int32), "doc_id": doc_ids,
             "window": (rows // length).astype(np.int32),
-            "window_in_doc": (rows // length - (doc_ids.astype(np.int64) * (doc_length or 0)) // length).astype(np.int32),
+            "window_in_doc": (rows // length
+                              - (doc_ids.astype(np.int64) * (doc_length or 0)) // length).astype(np.int32),
             "position": (rows % length + 1).astype(np.int16), "token_id": np.full(n, -1, dtype=np.int32),
             "norm": vectors.float().norm(dim=1).numpy(), "is_position_zero": np.zeros(n, dtype=bool),
             "is_outlier": np.zeros(n, dtype=bool), "selected": np.ones(n, dtype=bool),

@@ -7,8 +7,8 @@ plus a uniformly random unit direction scaled to that condition's own per-token 
 References, once per run: the clean model, zero-ablation and mean-ablation (raw train mean) of the residual
 at the spliced positions.
 
-Per token: KL(clean || spliced) over the full vocabulary (float32 log-softmax, float64 sums, chunked), the spliced model's
-next-token cross-entropy, and the error norm. The clean model runs to the hook once per batch of windows;
+Per token: KL(clean || spliced) over the full vocabulary (float32 log-softmax, float64 sums, chunked), the spliced
+model's next-token cross-entropy, and the error norm. The clean model runs to the hook once per batch of windows;
 every condition then runs only the blocks after the hook (:class:`featint.splice.ModelContinuation`).
 
 Summaries (:func:`summarise`) resample **windows** (sequences), not tokens, with the same bootstrap rows for
@@ -159,7 +159,8 @@ def evaluation_windows(store: ActivationStore, settings: BehaviourSettings) -> E
     their first ``settings.positions`` positions."""
     tokens = store.tokens()
     if len(tokens) == 0:
-        raise BehaviourError(f"{store.directory} holds no token; extract the test split with extraction.max_tokens.test > 0.")
+        raise BehaviourError(f"{store.directory} holds no token; extract the test split with "
+                             "extraction.max_tokens.test > 0.")
     length = store.meta.context_length
     positions = length if settings.positions is None else min(settings.positions, length)
     complete = tokens.groupby("window")["position"].max() >= positions - 1

@@ -9,7 +9,7 @@ others (``interval`` says which).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,49 +26,65 @@ class ClaimsError(FeatintError):
     """The paper-claims table or an upstream artefact is missing or malformed."""
 
 
+#: The tables the claims read, by field of :class:`Artefacts`, and the rule that writes each; the first eight
+#: every run has, the others only when the run has that part (an optional table not handed over is empty).
+TABLES = {
+    "reconstruction": "gather_reconstruction: metrics/reconstruction.parquet (per seed)",
+    "reconstruction_summary": "gather_reconstruction: metrics/reconstruction_summary.parquet (documents, tokens)",
+    "parameters": "gather_reconstruction: metrics/parameters.parquet",
+    "comparisons": "gather_reconstruction: metrics/comparisons.parquet (each term against its control)",
+    "geometry": "gather_geometry: geometry/summary.parquet",
+    "behaviour": "gather_behaviour: behaviour/summary.parquet",
+    "interventions": "gather_interventions: interventions/summary.parquet",
+    "clamps": "gather_interventions: interventions/clamp_statistics.parquet",
+    "convergence": "convergence: convergence/summary.parquet (when convergence.models is set)",
+    "integration": "gather_integration: integration/summary.parquet (the claims row dual_encoding)",
+    "replication": "gather_integration: integration/replication.parquet",
+    "planted_power": "a planted control's integration_power.parquet (integration.planted_power)",
+    "budget": "budget_summary: budget/summary.parquet (the claims row budget_extrapolated)",
+}
+REQUIRED_TABLES = ("reconstruction", "reconstruction_summary", "parameters", "comparisons", "geometry", "behaviour",
+                   "interventions", "clamps")
+
+
 @dataclass
 class Artefacts:
-    reconstruction: pd.DataFrame  # metrics/reconstruction.parquet (per seed)
-    parameters: pd.DataFrame  # metrics/parameters.parquet
-    geometry: pd.DataFrame  # geometry/summary.parquet
-    behaviour: pd.DataFrame  # behaviour/summary.parquet
-    interventions: pd.DataFrame  # interventions/summary.parquet
-    clamps: pd.DataFrame  # interventions/clamp_statistics.parquet
-    reconstruction_summary: pd.DataFrame  # metrics/reconstruction_summary.parquet (documents, tokens)
-    convergence: pd.DataFrame  # convergence/summary.parquet (empty when convergence.models is empty)
-    comparisons: pd.DataFrame  # metrics/comparisons.parquet (each term against its control)
-    integration: pd.DataFrame = field(default_factory=pd.DataFrame)  # integration/summary.parquet (when run)
-    replication: pd.DataFrame = field(default_factory=pd.DataFrame)  # integration/replication.parquet
-    planted_power: pd.DataFrame = field(default_factory=pd.DataFrame)  # a planted control's integration_power
-    budget: pd.DataFrame = field(default_factory=pd.DataFrame)  # budget/summary.parquet (the budget target)
+    """The upstream tables, one field per entry of :data:`TABLES`."""
+
+    reconstruction: pd.DataFrame
+    parameters: pd.DataFrame
+    geometry: pd.DataFrame
+    behaviour: pd.DataFrame
+    interventions: pd.DataFrame
+    clamps: pd.DataFrame
+    reconstruction_summary: pd.DataFrame
+    comparisons: pd.DataFrame
+    convergence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    integration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    replication: pd.DataFrame = field(default_factory=pd.DataFrame)
+    planted_power: pd.DataFrame = field(default_factory=pd.DataFrame)
+    budget: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
-    def load(cls, results: str | Path, integration: str | Path | None = None,
-             replication: str | Path | None = None, planted_power: str | Path | None = None,
-             budget: str | Path | None = None) -> Artefacts:
-        """The run's artefacts under ``results``; the pair product test's tables only from the paths given (the
-        rule hands them over when the run has them)."""
-        results = Path(results)
-        paths = {"reconstruction": "metrics/reconstruction.parquet", "parameters": "metrics/parameters.parquet",
-                 "geometry": "geometry/summary.parquet", "behaviour": "behaviour/summary.parquet",
-                 "interventions": "interventions/summary.parquet", "clamps": "interventions/clamp_statistics.parquet",
-                 "reconstruction_summary": "metrics/reconstruction_summary.parquet",
-                 "comparisons": "metrics/comparisons.parquet"}
+    def load(cls, paths: Mapping[str, str | Path | None]) -> Artefacts:
+        """The tables at ``paths`` (a :data:`TABLES` name -> its file) and nothing else: the claims rule hands
+        over every file it declares, so a table left on disk by an earlier config (a stale convergence summary)
+        is never read."""
+        unknown = sorted(set(paths) - set(TABLES))
+        if unknown:
+            raise ClaimsError(f"unknown claims inputs {unknown}; the claims read {sorted(TABLES)}.")
         frames = {}
-        for name, relative in paths.items():
-            if not (results / relative).is_file():
-                raise ClaimsError(f"{results / relative} does not exist; run the workflow up to its gather rule.")
-            frames[name] = pd.read_parquet(results / relative)
-        # the convergence rule runs when convergence.models is set (the workflow then requires its output)
-        convergence = results / "convergence" / "summary.parquet"
-        frames["convergence"] = pd.read_parquet(convergence) if convergence.is_file() else pd.DataFrame()
-        for name, path in (("integration", integration), ("replication", replication),
-                           ("planted_power", planted_power), ("budget", budget)):
-            if path is not None:
-                if not Path(path).is_file():
-                    raise ClaimsError(f"{path} does not exist; run the rule that writes it (for planted_power: "
-                                      "snakemake --configfile config/synthetic.yaml), or leave it out.")
-                frames[name] = pd.read_parquet(path)
+        for name, source in TABLES.items():
+            path = paths.get(name)
+            if path is None:
+                if name in REQUIRED_TABLES:
+                    raise ClaimsError(f"the claims need the {name} table ({source}); pass "
+                                      f"--{name.replace('_', '-')}.")
+                continue
+            if not Path(path).is_file():
+                raise ClaimsError(f"{path} does not exist; run the rule that writes it ({source}) or leave it "
+                                  "out if it is optional.")
+            frames[name] = pd.read_parquet(path)
         return cls(**frames)
 
 
@@ -285,7 +301,8 @@ def _budget_extrapolated(r: Reader) -> Ours:
     l_inf = "; ".join(f"L_inf {m} {row('l_inf', m)['estimate']:.4f}" for m in sorted(set(
         table.loc[table["quantity"] == "l_inf", "model"])))
     factors = sorted(table["factor"].dropna().unique())
-    edge = " (an exponent at the edge of budget.alpha_range: L_inf is not placed by the data)"         if bool(table["at_edge"].fillna(False).any()) else ""
+    edge = (" (an exponent at the edge of budget.alpha_range: L_inf is not placed by the data)"
+            if bool(table["at_edge"].fillna(False).any()) else "")
     return Ours(float("nan"), float(main["estimate"]), float(main["ci_low"]), float(main["ci_high"]),
                 "95% bootstrap (test documents, seeds where several)", int(main["n_seeds"]),
                 "1 - L_inf(joint) / L_inf(standard) of L(T) = L_inf + A T^-alpha fitted to test FVU at "
@@ -373,22 +390,26 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "1 - FVU (uncentred residual, normalised space), " + HELD_OUT,
         "paper: training batches; ours: held-out text with a smaller model and budget"),
     "sequential_error_reduction": lambda r: _documents(
-        r.recon("sequential_truncated", "improvement_mse", reference="own_sae"), r.recon_interval("sequential", "improvement_mse", reference="standard"),
+        r.recon("sequential_truncated", "improvement_mse", reference="own_sae"),
+        r.recon_interval("sequential", "improvement_mse", reference="standard"),
         "1 - MSE(sequential, SAE at its trained k) / MSE(standalone standard SAE)",
         "the paper's figure needs the SAE run at k/4 (sequential_truncated); at its trained k the NFM gains less"),
     "sequential_linear_share": lambda r: _seeds(
         r.recon("sequential", "linear_share"), r.recon("sequential", "linear_share"),
         "same definition, " + HELD_OUT, "output magnitudes; the definitions agree"),
     "joint_improvement": lambda r: _documents(
-        r.recon("joint", "improvement_mse", reference="own_sae"), r.recon_interval("joint", "improvement_mse", reference="standard"),
+        r.recon("joint", "improvement_mse", reference="own_sae"),
+        r.recon_interval("joint", "improvement_mse", reference="standard"),
         "1 - MSE(joint) / MSE(independently trained standard SAE, same seed, budget, data)",
         "the paper compares with the joint model's own ablated SAE path, which alone is a poor SAE"),
     "joint_linear_share": lambda r: _seeds(
         r.recon("joint", "linear_share"), r.recon("joint", "linear_share"),
         "same definition, " + HELD_OUT, "output magnitudes; the definitions agree"),
     "sae_pathology_ratio": lambda r: _bootstrap(
-        r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"), r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
-        "KL(SAE) / KL(epsilon at the SAE's own error norm), spliced at the training hook with the normaliser, test text",
+        r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
+        r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
+        "KL(SAE) / KL(epsilon at the SAE's own error norm), spliced at the training hook with the normaliser, "
+        "test text",
         "the paper spliced one layer off without normalisation on training text"),
     "sequential_pathology_ratio": lambda r: _bootstrap(
         r.behaviour("sequential", "full", "pathology_ratio", "epsilon_sae_norm"),
@@ -401,7 +422,8 @@ EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
         "1 - KL(sequential full) / KL(standalone standard SAE)",
         "the sequential model's SAE path is the standard SAE, so both references coincide"),
     "joint_kl_reduction": lambda r: _bootstrap(
-        r.behaviour("joint", "full", "improvement_kl", "own_sae"), r.behaviour("joint", "full", "improvement_kl", "standard"),
+        r.behaviour("joint", "full", "improvement_kl", "own_sae"),
+        r.behaviour("joint", "full", "improvement_kl", "standard"),
         "1 - KL(joint full) / KL(standalone standard SAE)",
         "the paper's reference is the joint model's own ablated SAE path"),
     "joint_nonlinear_kl_reduction": lambda r: _bootstrap(
@@ -517,10 +539,12 @@ def claims_markdown(table: pd.DataFrame, run: str) -> str:
              ("Paper values from `config/paper_claims.tsv`; ours read from this run's Parquet artefacts. "
               "`paper def.` applies the paper's definition to our models; `corrected` the definition in the last "
               "column (held-out text, independent baselines, per-condition epsilon, proper ANOVA)."), "",
-             "| claim | paper | ours, paper def. | ours, corrected | interval | seeds | rests on | corrected definition | note |",
+             ("| claim | paper | ours, paper def. | ours, corrected | interval | seeds | rests on "
+              "| corrected definition | note |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        interval = "–" if not np.isfinite(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] ({r['interval']})"
+        interval = ("–" if not np.isfinite(r["ci_low"])
+                    else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] ({r['interval']})")
         lines.append(f"| {r['claim']} | {_fmt(r['paper_value'])} {r['unit']} | {_fmt(r['ours_paper_definition'])} | "
                      f"{_fmt(r['ours_corrected'])} | {interval} | {r['seeds']} | {r['rests_on']} | "
                      f"{r['corrected_definition']} | "
@@ -558,15 +582,14 @@ def kinds_by_parameters(artefacts: Artefacts) -> pd.DataFrame:
                                        "n_seeds"])
 
 
-def run_claims(paper_claims: str | Path, results: str | Path, out_table: str | Path, out_markdown: str | Path,
-               run: str, out_kinds: str | Path | None = None, out_figure: str | Path | None = None,
-               integration: str | Path | None = None, replication: str | Path | None = None,
-               planted_power: str | Path | None = None, budget: str | Path | None = None) -> pd.DataFrame:
-    """Stage entry point: claims.parquet and claims.md; every kind against its parameter count (table
-    ``out_kinds`` and figure ``out_figure``) when asked; the pair product test's tables when given."""
+def run_claims(paper_claims: str | Path, tables: Mapping[str, str | Path | None], out_table: str | Path,
+               out_markdown: str | Path, run: str, out_kinds: str | Path | None = None,
+               out_figure: str | Path | None = None) -> pd.DataFrame:
+    """Stage entry point: claims.parquet and claims.md from the upstream ``tables`` (:meth:`Artefacts.load`);
+    every kind against its parameter count (table ``out_kinds`` and figure ``out_figure``) when asked."""
     from featint import plots
 
-    artefacts = Artefacts.load(results, integration, replication, planted_power, budget)
+    artefacts = Artefacts.load(tables)
     table = claims_table(read_paper_claims(paper_claims), artefacts)
     write_parquet(table, out_table)
     with atomic_path(out_markdown) as tmp:

@@ -464,22 +464,24 @@ def gather_interventions(args: argparse.Namespace, settings: Settings) -> None:
 # the report
 
 
-@stage("claims", "the paper's headline claims beside this run's numbers", None,
-       arg("--paper-claims", required=True, help="config/paper_claims.tsv"),
-       arg("--results", required=True, help="results/<run>"), RUN, arg("--out-table", required=True),
-       arg("--out-markdown", required=True),
-       arg("--out-kinds", help="every kind's test FVU (and spliced KL) against its parameter count"),
-       arg("--out-figure", help="the figure of that table"),
-       arg("--integration", help="integration/summary.parquet (the claims row dual_encoding)"),
-       arg("--replication", help="integration/replication.parquet"),
-       arg("--planted-power", help="a planted-control run's integration_power.parquet"),
-       arg("--budget", help="budget/summary.parquet (the claims row budget_extrapolated)"))
-def claims(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.claims import run_claims
+def _claims_inputs() -> list[Arg]:
+    from featint.claims import REQUIRED_TABLES, TABLES
 
-    table = run_claims(args.paper_claims, args.results, args.out_table, args.out_markdown, run=args.run,
-                       out_kinds=args.out_kinds, out_figure=args.out_figure, integration=args.integration,
-                       replication=args.replication, planted_power=args.planted_power, budget=args.budget)
+    return [arg(f"--{name.replace('_', '-')}", dest=f"table_{name}", required=name in REQUIRED_TABLES, help=source)
+            for name, source in TABLES.items()]
+
+
+@stage("claims", "the paper's headline claims beside this run's numbers", None,
+       arg("--paper-claims", required=True, help="config/paper_claims.tsv"), *_claims_inputs(), RUN,
+       arg("--out-table", required=True), arg("--out-markdown", required=True),
+       arg("--out-kinds", help="every kind's test FVU (and spliced KL) against its parameter count"),
+       arg("--out-figure", help="the figure of that table"))
+def claims(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.claims import TABLES, run_claims
+
+    tables = {name: getattr(args, f"table_{name}") for name in TABLES}
+    table = run_claims(args.paper_claims, tables, args.out_table, args.out_markdown, run=args.run,
+                       out_kinds=args.out_kinds, out_figure=args.out_figure)
     log.info("claims:\n%s", table[["claim_id", "paper_value", "ours_paper_definition", "ours_corrected"]]
              .to_string(index=False))
 

@@ -472,8 +472,9 @@ def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path,
                               settings: IntegrationSettings, variant: str, strength: float) -> pd.DataFrame:
     """Stage entry point on one planted setting and seed: the test exactly as on the LM (:func:`run_test`), then,
     and only then, its flags read against the truth: each latent given to the true pairs whose span it matches
-    (:func:`pair_membership` at ``match_cosine``, with the setting's planted directions). Writes ``pairs.parquet`` and ``calibration.parquet`` (per data / draw and
-    target: :func:`calibration_rows`); returns the calibration."""
+    (:func:`pair_membership` at ``match_cosine``, with the setting's planted directions). Writes ``pairs.parquet``
+    and ``calibration.parquet`` (per data / draw and target: :func:`calibration_rows`); returns the
+    calibration."""
     from safetensors.torch import load_file
 
     setting_dir = Path(setting_dir)

@@ -339,7 +339,8 @@ def budget_curves(table: pd.DataFrame, path: str | Path) -> None:
         index="model", columns="quantity", values="estimate")
     for model in models:
         rows = fvu[fvu["model"] == model]
-        tokens, base = rows["tokens"].astype(float).to_numpy(), float(rows["tokens"].iloc[0]) / float(rows["factor"].iloc[0])
+        tokens = rows["tokens"].astype(float).to_numpy()
+        base = float(rows["tokens"].iloc[0]) / float(rows["factor"].iloc[0])
         err = np.vstack([rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]])
         label = f"{model} (L_inf {fit.loc[model, 'l_inf']:.3f})" if model in fit.index else model
         left.errorbar(tokens, rows["estimate"], yerr=np.nan_to_num(err), fmt="o", capsize=3, color=palette[model],

@@ -25,7 +25,8 @@ def cpu_share_from_environment() -> float:
     try:
         share = float(value) if value else 1.0
     except ValueError:
-        raise ValueError(f"{CPU_SHARE_VARIABLE}={value!r} is not a number; unset it or give a share in (0, 1].") from None
+        raise ValueError(
+            f"{CPU_SHARE_VARIABLE}={value!r} is not a number; unset it or give a share in (0, 1].") from None
     if not 0 < share <= 1:
         raise ValueError(f"{CPU_SHARE_VARIABLE}={value!r} must lie in (0, 1].")
     return share

@@ -210,7 +210,8 @@ class TrainResult:
 def _rng_state(device: torch.device) -> dict[str, Any]:
     """Every RNG a training run draws from: the CPU's (the batch order, dropout on the CPU), NumPy's, Python's
     and, on a GPU, that device's own (dropout there). CPU tensors, so a checkpoint loads on any machine."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                              "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device).cpu()
@@ -502,7 +503,8 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
 
 
 def train_kinds(settings: Settings, names: list[str], seed: int, activations_dir: str | Path, out_dir: str | Path,
-                lr_for: Callable[[str], float], device: torch.device | str = "cpu") -> Iterator[tuple[str, TrainResult]]:
+                lr_for: Callable[[str], float],
+                device: torch.device | str = "cpu") -> Iterator[tuple[str, TrainResult]]:
     """Train the kinds ``names`` for one seed into ``out_dir/<kind>``: ``standard`` first, every kind built on it
     from its weights there (the one order the synthetic control and the layer sweep share); yields
     (kind, result) as each finishes. ``lr_for(kind)`` gives each kind's learning rate."""
@@ -538,9 +540,10 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
                      device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
                      codes_dir: str | Path | None = None, budget_factor: float = 1.0) -> pd.DataFrame:
     """Stage entry point: train ``kind`` (first seed) at every LR of ``training.lr_grid`` on
-    ``training.lr_selection_tokens`` (x ``budget_factor``: the budget target's choice at a larger budget) and choose the LR with the lowest validation FVU. While the best LR sits
-    at an edge of the LRs tried, the grid is extended past that edge by ``lr_grid_factor`` (at most
-    ``lr_grid_extensions`` times, each logged), so the optimum is interior; ``interior`` says whether it is.
+    ``training.lr_selection_tokens`` (x ``budget_factor``: the budget target's choice at a larger budget) and
+    choose the LR with the lowest validation FVU. While the best LR sits at an edge of the LRs tried, the grid is
+    extended past that edge by ``lr_grid_factor`` (at most ``lr_grid_extensions`` times, each logged), so the
+    optimum is interior; ``interior`` says whether it is.
     A diverging LR (non-finite loss) counts as infinitely bad."""
 
     data = TrainingData.open(activations_dir)

@@ -6,6 +6,7 @@ import os
 from snakemake.utils import Paramspace, validate
 
 import featint.ablations as featint_ablations
+import featint.claims as featint_claims
 import featint.config
 import featint.interventions as featint_interventions
 import featint.kinds as featint_kinds
@@ -116,6 +117,17 @@ ACTIVATION_FILES = {**{split: f"{ACTS}/{split}" for split in SPLITS}, "normalise
 def activations_dir(wildcards, input):
     """The activations directory of a rule's inputs (params derive paths from inputs, never hard-code them)."""
     return os.path.dirname(input.normaliser)
+
+
+def claims_options(wildcards, input):
+    """A params function: `--<table> <file>` for every claims input the rule declares (an optional one declared
+    as an empty list is left out), so the claims read exactly the files their rule hands them."""
+    options = []
+    for name in featint_claims.TABLES:
+        paths = getattr(input, name, [])
+        for path in [paths] if isinstance(paths, str) else paths:
+            options.append(f"--{name.replace('_', '-')} {path}")
+    return " ".join(options)
 
 
 def parent_dir(levels=1, name=None, of="output"):
@@ -249,7 +261,7 @@ def behaviour_targets():
 # ---------------------------------------------------------------------------------------------------------
 # interventions (workflow/rules/interventions.smk)
 
-INTERVENTION_MODELS = [kind for kind in config["interventions"]["models"] if kind in CONFIGURED_KINDS]
+INTERVENTION_MODELS = config["interventions"]["models"]  # all in `models` (checked at validation)
 INTERVENTION_FIGURES = ["clamp_interaction_lines", "clamp_heatmaps", "secondary_activation_by_cell"]
 INTERVENTION_TABLES = featint_interventions.TABLES
 

@@ -36,16 +36,11 @@ rule claims:
         runtime=10,
     params:
         run=RUN,
-        results=parent_dir(2, "reconstruction", of="input"),
-        optional=lambda wildcards, input: " ".join(
-            f"--{name.replace('_', '-')} {getattr(input, name)[0]}"
-            for name in ("integration", "replication", "planted_power", "budget")
-            if getattr(input, name)
-        ),
+        tables=claims_options,
     shell:
-        "python -m featint claims --paper-claims {input.paper} --results {params.results} --run {params.run}"
+        "python -m featint claims --paper-claims {input.paper} {params.tables} --run {params.run}"
         " --out-table {output.table} --out-markdown {output.markdown} --out-kinds {output.kinds}"
-        " --out-figure {output.figure} {params.optional} > {log} 2>&1"
+        " --out-figure {output.figure} > {log} 2>&1"
 
 
 rule run_info:

@@ -81,7 +81,8 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
                    name=f"secondary {model.kind}/seed~{seed}")
     embedding_normaliser.save(out_dir / "normaliser.safetensors")
     save_training_outputs(feature_model, result, out_dir, model.kind, seed,
-                          {"hook_name": hook_name, "seed": seed, "lr": secondary.lr, "source_weights": str(weights_path)},
+                          {"hook_name": hook_name, "seed": seed, "lr": secondary.lr,
+                           "source_weights": str(weights_path)},
                           {"lr": secondary.lr, "n_features": n_features, "k": k, "embed_dim": embed_dim},
                           title=f"secondary SAE on the interaction embedding of {model.kind}, seed {seed}")
     shutil.rmtree(embedding_store, ignore_errors=True)  # recomputable from the model; training only

@@ -89,7 +89,8 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
         rows.append({**base, "quantity": "secondary_tested_interaction_passing_fdr",
                      "value": float(((secondary["effect"] == "formality:emotion") & (secondary["q"] < alpha)).sum())})
         clamp = tables["clamp_statistics"]
-        clamp = clamp[(clamp["model"] == model) & (clamp["seed"] == seed) & (clamp["effect"] == "word_formality:word_emotion")]
+        clamp = clamp[(clamp["model"] == model) & (clamp["seed"] == seed)
+                      & (clamp["effect"] == "word_formality:word_emotion")]
         for (role, reference, test), group in clamp.groupby(["role", "reference", "test"]):
             best = group.sort_values("p").iloc[0]
             rows.append({**base, "quantity": "clamp_min_p", "role": role, "reference": reference, "test": test,
