@@ -111,3 +111,26 @@ def test_under_bf16_autocast_the_cache_is_encoded_as_training_encodes(trained: t
     for (name, left), (_, right) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(left, right), name
     pd.testing.assert_frame_equal(cached.log, encoded.log)
+
+
+def test_train_kinds_trains_standard_first_and_caches_its_codes_once(tmp_path: Path) -> None:
+    """The one "standard first" helper: the kinds built on it come after ``standard`` whatever the order asked,
+    read its codes from one cache when asked to, and give the same weights as training each on re-encoded
+    codes; a kind built on ``standard`` without it is refused."""
+    from featint.training import train_kinds
+
+    acts = _toy_activations(tmp_path)
+    s = settings()
+    order = [kind for kind, _ in train_kinds(s, ["sequential", "standard", "sequential"], 0, acts, tmp_path / "a",
+                                             lambda name: 3e-3, cache_codes=True)]
+    assert order == ["standard", "sequential"]
+    assert CodeCache(tmp_path / "a" / "standard" / "codes").meta.n_rows == 5000
+    for _ in train_kinds(s, ["standard", "sequential"], 0, acts, tmp_path / "b", lambda name: 3e-3):
+        pass
+    assert not (tmp_path / "b" / "standard" / "codes").exists()
+    cached, _ = load_model(tmp_path / "a" / "sequential" / "weights.safetensors")
+    encoded, _ = load_model(tmp_path / "b" / "sequential" / "weights.safetensors")
+    for (name, left), (_, right) in zip(cached.state_dict().items(), encoded.state_dict().items()):
+        assert torch.equal(left, right), name
+    with pytest.raises(ValueError, match="train 'standard' with them"):
+        next(train_kinds(s, ["sequential"], 0, acts, tmp_path / "c", lambda name: 3e-3))

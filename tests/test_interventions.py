@@ -23,8 +23,9 @@ from featint.interventions import (
     secondary_tests,
     tokenize_batch,
 )
+from featint.kinds import SECONDARY_KIND
 from featint.lm import HookPoint
-from featint.models import SECONDARY_KIND, FeatureModel, TopKSAE, build_model
+from featint.models import FeatureModel, TopKSAE, build_model
 from featint.normaliser import Normaliser
 from featint.splice import ModelContinuation
 from featint.stimuli import StimulusError, check_length_match, length_report, load_stimuli, word_tokens

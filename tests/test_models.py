@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 from simulated_cuda import simulated_cuda
 
+from featint import kinds
 from featint.config import Settings
 from featint.kinds import KINDS, MODEL_KINDS
 from featint.models import (
+    HEADS,
     NFM,
     FeatureModel,
     PolyHead,
@@ -328,6 +331,20 @@ def test_poly_head_sums_pairwise_products_only() -> None:
     # one active feature has no pair: the quadratic vanishes
     single = code.top(1)
     assert head.quadratic(single).abs().max() < 1e-6
+
+
+def test_every_head_the_kinds_table_names_is_built_and_loaded_by_one_dispatch() -> None:
+    assert set(get_args(kinds.Head)) == set(HEADS)
+    assert {entry.head for entry in KINDS.values()} - {None} == set(HEADS)
+    for name, cls in HEADS.items():
+        assert cls.kind_name == name
+
+
+def test_the_final_component_is_the_whole_model_for_kinds_with_a_head() -> None:
+    for name, entry in KINDS.items():
+        assert kinds.final_component(name) == ("sae" if entry.head is None else "full")
+    with pytest.raises(ValueError, match="unknown model kind"):
+        kinds.final_component("imported")
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)

@@ -20,7 +20,7 @@ import pandas as pd
 from featint.config import Settings
 from featint.errors import ConfigError
 from featint.io import write_parquet
-from featint.models import FROM_STANDARD, MODEL_KINDS
+from featint.kinds import FROM_STANDARD, MODEL_KINDS, lr_selection_kind
 
 #: Column -> (type, config path) of the ablation table.
 COLUMNS: dict[str, tuple[type, tuple[str, ...] | None]] = {
@@ -65,32 +65,21 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     """Stage entry point: train and evaluate one ablation instance; reconstruction.parquet in ``out_dir``.
     ``lr_tables`` are LR-selection tables (each names its kind); an instance uses its kind's choice, made
     with the run's default sizes."""
-    from featint.codes import write_code_cache
     from featint.evaluation import reconstruction_table
-    from featint.runtime import resolve_device, seed_everything
-    from featint.training import chosen_lr, lr_selection_kind, lr_tables_by_kind, run_train
+    from featint.runtime import resolve_device
+    from featint.training import chosen_lr, lr_tables_by_kind, train_kinds
 
     tables = lr_tables_by_kind(lr_tables)
     instance = parse_instance(json.loads(instance_json))
     local = settings_for(settings, instance)
     out_dir = Path(out_dir)
-    device = resolve_device(local.model.device)
-    kind, seed = instance["kind"], instance["seed"]
-    standard_weights = codes_dir = None
-    if kind in FROM_STANDARD:
-        seed_everything(seed)
-        run_train(local, "standard", seed, activations_dir, out_dir / "standard",
-                  chosen_lr(local, "standard", tables.get("standard")), device=device)
-        standard_weights = out_dir / "standard" / "weights.safetensors"
-        if local.training.cache_codes:
-            codes_dir = out_dir / "standard" / "codes"
-            write_code_cache(standard_weights, activations_dir, codes_dir, local.training.batch_size, device,
-                             local.training.bf16(device))
-    seed_everything(seed)
-    run_train(local, kind, seed, activations_dir, out_dir / "model",
-              chosen_lr(local, kind, tables.get(lr_selection_kind(kind))), device=device,
-              standard_weights=standard_weights, codes_dir=codes_dir)
-    frame, _ = reconstruction_table(out_dir / "model" / "weights.safetensors", activations_dir, run=run)
+    kind = instance["kind"]
+    names = ["standard", kind] if kind in FROM_STANDARD else [kind]
+    for _ in train_kinds(local, names, instance["seed"], activations_dir, out_dir,
+                         lambda name: chosen_lr(local, name, tables.get(lr_selection_kind(name))),
+                         resolve_device(local.model.device), cache_codes=local.training.cache_codes):
+        pass
+    frame, _ = reconstruction_table(out_dir / kind / "weights.safetensors", activations_dir, run=run)
     for column, value in reversed(list(instance.items())):
         frame.insert(0, f"ablation_{column}", value)
     write_parquet(frame, out_dir / "reconstruction.parquet", metadata={"instance": instance})

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featint import kinds
 from featint.errors import FeatintError
 from featint.io import read_parquet_metadata, write_parquet
 
@@ -106,8 +107,6 @@ class BudgetInstance:
 def load_instances(documents: list[str | Path], logs: list[str | Path]) -> list[BudgetInstance]:
     """Pair each evaluation's per-document table with its training log (the same order): the kind and seed from
     the log, the budget factor and LR from the log's metadata."""
-    from featint.evaluation import _final_component
-
     if len(documents) != len(logs):
         raise BudgetError(f"{len(documents)} document tables but {len(logs)} train logs; pass one of each per "
                           "trained model, in the same order.")
@@ -122,7 +121,7 @@ def load_instances(documents: list[str | Path], logs: list[str | Path]) -> list[
         if set(frame["model"]) != {model} or set(frame["seed"]) != {seed}:
             raise BudgetError(f"{doc_path} is not the evaluation of {model} seed {seed} ({log_path}); pass the "
                               "document tables and logs in the same order.")
-        final = frame[frame["component"] == _final_component(frame)]
+        final = frame[frame["component"] == kinds.final_component(model)]
         out.append(BudgetInstance(model, float(meta["budget_factor"]), seed, int(log["tokens"].max()),
                                   float(meta["lr"]), final[["doc_id", "tokens", "sse", "sst"]]))
     return out

@@ -565,8 +565,8 @@ def kinds_by_parameters(artefacts: Artefacts) -> pd.DataFrame:
                           & (behaviour["method"] == "document_window_bootstrap")]
     rows = []
     for model in kinds.order(totals.index):
-        final = "sae" if model in kinds.KINDS and kinds.KINDS[model].sae_only else "full"
-        base = {"model": model, "role": kinds.KINDS[model].role if model in kinds.KINDS else "",
+        final = kinds.final_component(model)
+        base = {"model": model, "role": kinds.kind(model).role,
                 "parameters": int(totals[model])}
         fvu = recon[(recon["model"] == model) & (recon["component"] == final)]
         if len(fvu):

@@ -32,6 +32,7 @@ from featint.activations import TOKEN_SETS, ActivationStore
 from featint.config import EvaluationSettings
 from featint.errors import ShardError
 from featint.io import write_parquet
+from featint.kinds import FULL_COMPONENT, SAE_COMPONENT, final_component
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 
@@ -93,14 +94,16 @@ def check_model_matches_store(model: FeatureModel, extra: dict[str, Any], store:
 
 
 def components_of(model: FeatureModel) -> list[str]:
+    """The reconstruction components ``model`` is evaluated on: the SAE alone, each head term beside it, then
+    the whole model."""
     if model.head is None:
-        return ["sae"]
-    parts = ["sae"]
+        return [SAE_COMPONENT]
+    parts = [SAE_COMPONENT]
     if model.head.use_linear:
         parts.append("sae+linear")
     if model.head.use_interaction:
         parts.append("sae+interaction")
-    return parts + ["full"]
+    return parts + [FULL_COMPONENT]
 
 
 @dataclass
@@ -281,11 +284,11 @@ FINAL_KEYS: tuple[str, ...] = ("run", "model", "seed", "split", "token_set", "me
 
 
 def final_reconstruction(metrics: pd.DataFrame, keys: tuple[str, ...] = FINAL_KEYS) -> pd.DataFrame:
-    """MSE and FVU of each model's final reconstruction: ``full`` for NFM models, ``sae`` for SAE-only ones
-    (one row per ``keys``; ``metric`` must be among them)."""
-    both = metrics[metrics["component"].isin(["full", "sae"]) & metrics["metric"].isin(["mse", "fvu"])]
-    final = both.sort_values("component").groupby(list(keys)).first()
-    return final["value"].reset_index()
+    """MSE and FVU of each model's final reconstruction (:func:`featint.kinds.final_component`: the whole
+    model for kinds with a head, the SAE for SAE-only ones), one row per ``keys`` (``metric`` among them)."""
+    final = metrics["component"] == metrics["model"].map(final_component)
+    rows = metrics[final & metrics["metric"].isin(["mse", "fvu"])]
+    return rows.groupby(list(keys))["value"].first().reset_index()
 
 
 #: Reconstruction metrics given document-bootstrap intervals in the summary, with their reference.
@@ -329,11 +332,6 @@ def document_bootstraps(documents: pd.DataFrame, n_boot: int, seed: int) -> list
     return out
 
 
-def _final_component(rows: pd.DataFrame) -> str:
-    """``full`` for a model with an NFM, ``sae`` for an SAE-only one."""
-    return "full" if (rows["component"] == "full").any() else "sae"
-
-
 def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed: int) -> pd.DataFrame:
     """Percentile intervals of a bootstrap over test documents (one set of resampling rows for every model,
     seed and component, so improvements are paired), per seed and for the mean over seeds. Rows: run, model,
@@ -352,10 +350,10 @@ def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed:
                 key = (str(model), int(model_seed), str(component))
                 series[(*key, "fvu", None)] = boot.replicates(part, "sse") / boot.replicates(part, "sst")
                 series[(*key, "fvu_raw", None)] = boot.replicates(part, "sse_raw") / boot.replicates(part, "sst_raw")
-            finals[(str(model), int(model_seed))] = series[(str(model), int(model_seed), _final_component(rows), "fvu",
-                                                            None)]
+            finals[(str(model), int(model_seed))] = series[(str(model), int(model_seed),
+                                                            final_component(str(model)), "fvu", None)]
         for (model, model_seed), fvu in finals.items():
-            standard = ("standard", model_seed, "sae", "fvu", None)
+            standard = ("standard", model_seed, SAE_COMPONENT, "fvu", None)
             if model != "standard" and standard in series:
                 series[(model, model_seed, "model", "improvement_mse", "standard")] = 1.0 - fvu / series[standard]
         for item in stats.per_seed_and_pooled(series, level):
@@ -384,7 +382,8 @@ def comparison_intervals(documents: pd.DataFrame, parameters: pd.DataFrame, n_bo
               if len(parameters) else {})
     out = []
     for boot in document_bootstraps(documents, n_boot, seed):
-        sse = {(str(model), int(model_seed)): boot.replicates(rows[rows["component"] == _final_component(rows)], "sse")
+        sse = {(str(model), int(model_seed)):
+               boot.replicates(rows[rows["component"] == final_component(str(model))], "sse")
                for (model, model_seed), rows in boot.rows.groupby(["model", "seed"])}
         series = {(model, model_seed, reference): 1.0 - sse[(model, model_seed)] / sse[(reference, model_seed)]
                   for model, reference in COMPARISONS for (name, model_seed) in sse

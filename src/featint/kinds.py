@@ -27,6 +27,11 @@ from typing import Literal
 
 Head = Literal["nfm", "poly", "mlp", "linear_input"]
 
+#: the reconstruction component of the SAE alone (every kind has it)
+SAE_COMPONENT = "sae"
+#: the reconstruction component of SAE plus head (the kinds with a head)
+FULL_COMPONENT = "full"
+
 
 @dataclass(frozen=True)
 class ModelKind:
@@ -74,9 +79,9 @@ class ModelKind:
         return self.head in (None, "nfm")
 
     @property
-    def encoder_frozen(self) -> bool:
-        """The kind never changes its encoder (nor the encoder's input): its codes can be cached."""
-        return self.from_standard
+    def final_component(self) -> str:
+        """The component that is this kind's whole reconstruction: the SAE's alone, or SAE plus head."""
+        return SAE_COMPONENT if self.sae_only else FULL_COMPONENT
 
 
 def _table(*kinds: ModelKind) -> dict[str, ModelKind]:
@@ -114,11 +119,9 @@ MODEL_KINDS: tuple[str, ...] = tuple(KINDS)
 SECONDARY_KIND = "secondary"
 #: kinds initialised from the trained ``standard`` SAE of the same seed
 FROM_STANDARD: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if kind.from_standard)
-#: kinds whose reconstruction has a head beside the SAE (components to split; not exportable to SAELens)
-WITH_HEAD: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if not kind.sae_only)
 #: kinds with an NFM interaction embedding (the intervention stage's input)
 WITH_EMBEDDING: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if kind.has_embedding)
-#: kinds whose SAE alone is the whole model (the SAELens export)
+#: kinds whose SAE alone is the whole model (the ones the workflow exports to SAELens)
 SAE_ONLY: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if kind.sae_only)
 
 #: (model, reference): a term beside the SAE against the control that differs from it only in that term. The
@@ -143,6 +146,12 @@ def kind(name: str) -> ModelKind:
         return KINDS[name]
     except KeyError:
         raise ValueError(f"unknown model kind {name!r}; expected one of {list(MODEL_KINDS)}") from None
+
+
+def final_component(name: str) -> str:
+    """The component of kind ``name``'s tables that is its whole reconstruction (the one definition: the
+    comparisons, the budget fits and the claims all read it)."""
+    return kind(name).final_component
 
 
 def lr_selection_kind(name: str) -> str:

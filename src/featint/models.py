@@ -30,13 +30,10 @@ from torch import nn
 from featint.config import NFMSettings, SAESettings
 from featint.errors import ShardError
 from featint.io import atomic_path
-from featint.kinds import FROM_STANDARD, KINDS, MODEL_KINDS, SECONDARY_KIND, WITH_HEAD
+from featint.kinds import KINDS, MODEL_KINDS, SECONDARY_KIND
 from featint.kinds import kind as kind_entry
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-
-__all__ = ["FROM_STANDARD", "MODEL_KINDS", "SECONDARY_KIND", "WITH_HEAD"]
-
 
 @dataclass
 class SparseCode:
@@ -304,8 +301,20 @@ class Head(nn.Module):
         return [("linear", "linear", self.W_lin.numel() + self.b_lin.numel())] if self.use_linear else []
 
     def config(self) -> dict[str, Any]:
-        """What :func:`load_model` needs to rebuild the head (saved in the weights' metadata)."""
+        """What :meth:`from_config` needs to rebuild the head (saved in the weights' metadata)."""
         return {"type": self.kind_name, "use_linear": self.use_linear, "use_interaction": self.use_interaction}
+
+    @classmethod
+    def fresh(cls, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool,
+              use_interaction: bool) -> Head:
+        """A freshly initialised head of this type (seed the RNG first); a rival sized to the NFM interaction
+        pathway's parameter count at these sizes."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, n_features: int, d_model: int, config: dict[str, Any]) -> Head:
+        """The head :meth:`config` describes, its weights to be loaded."""
+        raise NotImplementedError
 
 
 class NFM(Head):
@@ -377,6 +386,17 @@ class NFM(Head):
         return {**super().config(), "embed_dim": self.embed_dim if self.use_interaction else 0,
                 "dropout": float(self.dropout_p)}
 
+    @classmethod
+    def fresh(cls, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool,
+              use_interaction: bool) -> NFM:
+        return cls(n_features, d_model, nfm.embed_dim, nfm.dropout, use_linear, use_interaction, nfm.embedding_std,
+                   nfm.linear_std, nfm.mlp_std)
+
+    @classmethod
+    def from_config(cls, n_features: int, d_model: int, config: dict[str, Any]) -> NFM:
+        return cls(n_features, d_model, max(1, config["embed_dim"]), config["dropout"], config["use_linear"],
+                   config["use_interaction"])
+
 
 def _output_layer(n_in: int, d_model: int, std: float) -> nn.Linear:
     """A head's last layer, initialised as the NFM's MLP: weights ~ N(0, std^2), bias 0."""
@@ -425,6 +445,16 @@ class PolyHead(Head):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "rank": self.rank}
 
+    @classmethod
+    def fresh(cls, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool,
+              use_interaction: bool) -> PolyHead:
+        return cls(n_features, d_model, matched_poly_rank(d_model, n_features, nfm.embed_dim), use_linear,
+                   nfm.embedding_std, nfm.linear_std, nfm.mlp_std)
+
+    @classmethod
+    def from_config(cls, n_features: int, d_model: int, config: dict[str, Any]) -> PolyHead:
+        return cls(n_features, d_model, config["rank"], config["use_linear"])
+
 
 class MLPHead(Head):
     """Linear term + a one-hidden-layer MLP on the codes: interaction = W2 ReLU(W1^T f + b1) + b2, the first
@@ -451,6 +481,16 @@ class MLPHead(Head):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "hidden": self.hidden}
+
+    @classmethod
+    def fresh(cls, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool,
+              use_interaction: bool) -> MLPHead:
+        return cls(n_features, d_model, matched_mlp_hidden(d_model, n_features, nfm.embed_dim), use_linear,
+                   nfm.embedding_std, nfm.linear_std, nfm.mlp_std)
+
+    @classmethod
+    def from_config(cls, n_features: int, d_model: int, config: dict[str, Any]) -> MLPHead:
+        return cls(n_features, d_model, config["hidden"], config["use_linear"])
 
 
 class LinearInputHead(Head):
@@ -487,6 +527,19 @@ class LinearInputHead(Head):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "rank": self.rank}
+
+    @classmethod
+    def fresh(cls, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool,
+              use_interaction: bool) -> LinearInputHead:
+        return cls(n_features, d_model, matched_input_rank(d_model, n_features, nfm.embed_dim), nfm.linear_std)
+
+    @classmethod
+    def from_config(cls, n_features: int, d_model: int, config: dict[str, Any]) -> LinearInputHead:
+        return cls(n_features, d_model, config["rank"])
+
+
+#: every head type by its name (the kinds table's ``head`` and the weights' ``head.type``): the one dispatch
+HEADS: dict[str, type[Head]] = {cls.kind_name: cls for cls in (NFM, PolyHead, MLPHead, LinearInputHead)}
 
 
 def nfm_interaction_parameter_count(d_model: int, n_features: int, embed_dim: int) -> int:
@@ -582,7 +635,7 @@ class FeatureModel(nn.Module):
     @property
     def encoder_frozen(self) -> bool:
         """The kind never changes its encoder (nor the encoder's input): its codes can be cached."""
-        return self.kind in KINDS and KINDS[self.kind].encoder_frozen
+        return self.kind in KINDS and KINDS[self.kind].from_standard
 
     def forward(self, x: torch.Tensor, aux_mask: torch.Tensor | None = None, k_aux: int = 0,
                 code: SparseCode | None = None) -> Reconstruction:
@@ -646,21 +699,10 @@ def joint_parameter_count(d_model: int, sae: SAESettings, nfm: NFMSettings) -> i
 
 def build_head(head: str, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool = True,
                use_interaction: bool = True) -> Head:
-    """A fresh head of type ``head`` (the table's ``head``); rivals sized to the NFM interaction pathway's
-    parameter count at these sizes."""
-    K = nfm.embed_dim
-    if head == "nfm":
-        return NFM(n_features, d_model, K, nfm.dropout, use_linear, use_interaction, nfm.embedding_std,
-                   nfm.linear_std, nfm.mlp_std)
-    if head == "poly":
-        return PolyHead(n_features, d_model, matched_poly_rank(d_model, n_features, K), use_linear,
-                        nfm.embedding_std, nfm.linear_std, nfm.mlp_std)
-    if head == "mlp":
-        return MLPHead(n_features, d_model, matched_mlp_hidden(d_model, n_features, K), use_linear,
-                       nfm.embedding_std, nfm.linear_std, nfm.mlp_std)
-    if head == "linear_input":
-        return LinearInputHead(n_features, d_model, matched_input_rank(d_model, n_features, K), nfm.linear_std)
-    raise ValueError(f"unknown head {head!r}")
+    """A fresh head of type ``head`` (the table's ``head``, :meth:`Head.fresh`)."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {sorted(HEADS)}")
+    return HEADS[head].fresh(n_features, d_model, nfm, use_linear, use_interaction)
 
 
 def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
@@ -714,17 +756,10 @@ def _head_from_metadata(meta: dict[str, Any]) -> Head | None:
         config = {"type": "nfm", **meta["nfm"]}
     if config is None:
         return None
-    F_, d = meta["n_features"], meta["d_model"]
-    if config["type"] == "nfm":
-        return NFM(F_, d, max(1, config["embed_dim"]), config["dropout"], config["use_linear"],
-                   config["use_interaction"])
-    if config["type"] == "poly":
-        return PolyHead(F_, d, config["rank"], config["use_linear"])
-    if config["type"] == "mlp":
-        return MLPHead(F_, d, config["hidden"], config["use_linear"])
-    if config["type"] == "linear_input":
-        return LinearInputHead(F_, d, config["rank"])
-    raise ShardError(f"unknown head type {config['type']!r} in the weights' metadata")
+    if config["type"] not in HEADS:
+        raise ShardError(f"unknown head type {config['type']!r} in the weights' metadata; this version reads "
+                         f"{sorted(HEADS)}")
+    return HEADS[config["type"]].from_config(meta["n_features"], meta["d_model"], config)
 
 
 def save_model(model: FeatureModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:

@@ -109,10 +109,6 @@ def saelens_reconstruction(directory: str | Path, x: torch.Tensor) -> torch.Tens
     return acts @ w["W_dec"] + w["b_dec"]
 
 
-#: Kinds the workflow exports: the SAE-only kinds, whose reconstruction is their SAE's.
-EXPORTED_KINDS: tuple[str, ...] = SAE_ONLY
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Import: a SAELens TopK SAE as the run's standard model
 

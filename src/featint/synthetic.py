@@ -38,7 +38,7 @@ from featint import stats
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
 from featint.io import atomic_directory, write_parquet
-from featint.kinds import COMPARISONS, WITH_INTERACTION
+from featint.kinds import COMPARISONS, SAE_COMPONENT, WITH_INTERACTION, final_component
 from featint.normaliser import Normaliser
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,8 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
         fvu = table[(table["token_set"] == "selected") & (table["metric"] == "fvu")].set_index("component")["value"]
         parameters = pd.read_parquet(out_dir / kind / "parameters.parquet")
         rows.append({"variant": variant_name, "strength": strength, "kind": kind, "seed": seed,
-                     "fvu": float(fvu["full"] if "full" in fvu.index else fvu["sae"]),
-                     "sae_fvu": float(fvu["sae"]),
+                     "fvu": float(fvu[final_component(kind)]),
+                     "sae_fvu": float(fvu[SAE_COMPONENT]),
                      "parameters": int(parameters.loc[parameters["component"] == "total", "parameters"].item()),
                      "steps": result.steps})
     frame = pd.DataFrame(rows)

@@ -403,10 +403,6 @@ def train(
 # ---------------------------------------------------------------------------------------------------------
 # Stage entry points
 
-# The kind whose LR choice a kind reuses is the kinds table's ``lr_source``.
-lr_selection_kind = kinds.lr_selection_kind
-
-
 @dataclass
 class TrainingData:
     normaliser: Normaliser
@@ -432,7 +428,8 @@ class TrainingData:
 
 def _fresh_model(kind: str, seed: int, settings: Settings, data: TrainingData,
                  standard: FeatureModel | None, batches: ShuffledBatches) -> FeatureModel:
-    from featint.models import FROM_STANDARD, build_model
+    from featint.kinds import FROM_STANDARD
+    from featint.models import build_model
 
     seed_everything(seed)
     model = build_model(kind, data.d_model, settings.sae, settings.nfm, standard)
@@ -447,7 +444,8 @@ def _standard_start(kind: str, settings: Settings, data: TrainingData, standard_
                     ) -> tuple[FeatureModel | None, CodeCache | None]:
     """For a kind built on the trained standard SAE: that SAE, and its code cache when ``codes_dir`` is given
     (checked against the SAE's weights); (None, None) for every other kind."""
-    from featint.models import FROM_STANDARD, load_model
+    from featint.kinds import FROM_STANDARD
+    from featint.models import load_model
 
     if kind not in FROM_STANDARD:
         return None, None
@@ -503,17 +501,32 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
 
 
 def train_kinds(settings: Settings, names: list[str], seed: int, activations_dir: str | Path, out_dir: str | Path,
-                lr_for: Callable[[str], float],
-                device: torch.device | str = "cpu") -> Iterator[tuple[str, TrainResult]]:
+                lr_for: Callable[[str], float], device: torch.device | str = "cpu",
+                cache_codes: bool = False) -> Iterator[tuple[str, TrainResult]]:
     """Train the kinds ``names`` for one seed into ``out_dir/<kind>``: ``standard`` first, every kind built on it
-    from its weights there (the one order the synthetic control and the layer sweep share); yields
-    (kind, result) as each finishes. ``lr_for(kind)`` gives each kind's learning rate."""
+    from its weights there (the one "standard first" order the synthetic control, the layer sweep and the
+    ablations share; the DAG wires the same order through its rules); yields (kind, result) as each finishes.
+    ``lr_for(kind)`` gives each kind's learning rate. With ``cache_codes``, the standard SAE's codes of the train
+    tokens are cached once in ``out_dir/standard/codes`` and read by every kind built on it."""
+    from featint.codes import write_code_cache
+
     out_dir = Path(out_dir)
-    for kind in sorted(names, key=lambda name: kinds.KINDS[name].from_standard):
-        standard = out_dir / "standard" / "weights.safetensors" if kinds.KINDS[kind].from_standard else None
+    ordered = sorted(dict.fromkeys(names), key=lambda name: kinds.kind(name).from_standard)
+    built_on = [name for name in ordered if kinds.kind(name).from_standard]
+    if built_on and "standard" not in ordered:
+        raise ValueError(f"{built_on} start from the standard SAE: train 'standard' with them")
+    standard_weights = out_dir / "standard" / "weights.safetensors"
+    codes_dir = out_dir / "standard" / "codes" if cache_codes and built_on else None
+    device = torch.device(device)
+    for kind in ordered:
+        from_standard = kinds.kind(kind).from_standard
         seed_everything(seed)
         yield kind, run_train(settings, kind, seed, activations_dir, out_dir / kind, lr_for(kind), device=device,
-                              standard_weights=standard)
+                              standard_weights=standard_weights if from_standard else None,
+                              codes_dir=codes_dir if from_standard else None)
+        if kind == "standard" and codes_dir is not None:
+            write_code_cache(standard_weights, activations_dir, codes_dir, settings.training.batch_size, device,
+                             settings.training.bf16(device))
 
 
 def lr_tables_by_kind(paths: list[str | Path]) -> dict[str, str]:
@@ -608,13 +621,13 @@ def gather_lr_selection(tables: list[str | Path], out_table: str | Path, figure_
 
 def chosen_lr(settings: Settings, kind: str, selection_path: str | Path | None) -> float:
     """The LR of ``kind``: ``training.lr`` when set, else the choice on the validation split read from the
-    selection table of :func:`lr_selection_kind` (``selection_path``)."""
+    selection table of :func:`featint.kinds.lr_selection_kind` (``selection_path``)."""
     if settings.training.lr is not None:
         return settings.training.lr
     if selection_path is None:
         raise TrainingError("training.lr is null, so the learning rate comes from the lr-selection table; pass it.")
     frame = pd.read_parquet(selection_path)
-    source = lr_selection_kind(kind)
+    source = kinds.lr_selection_kind(kind)
     if "model" not in frame.columns or set(frame["model"]) != {source}:
         raise TrainingError(f"{selection_path} is not the lr-selection table of {source} (the table {kind} uses); "
                             "rerun select_lr.")

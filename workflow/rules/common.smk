@@ -13,7 +13,6 @@ import featint.kinds as featint_kinds
 import featint.layers as featint_layers
 import featint.lm
 import featint.runtime
-import featint.saelens as featint_saelens
 import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS
 from featint.config import SPLITS
@@ -169,7 +168,7 @@ def training_targets():
         targets += [f"{RESULTS}/lr_selection/summary.parquet", f"{RESULTS}/lr_selection/figures/lr_selection.png"]
     if CONVERGENCE["models"]:
         targets += [f"{RESULTS}/convergence/summary.parquet", f"{RESULTS}/convergence/figures/convergence.png"]
-    exported = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in featint_saelens.EXPORTED_KINDS]
+    exported = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in featint_kinds.SAE_ONLY]
     targets += instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json", exported)
     return targets
 

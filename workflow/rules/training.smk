@@ -40,7 +40,7 @@ rule export_saelens:
     log:
         f"{LOGS}/export_saelens_{{kind}}_seed~{{seed}}.log",
     wildcard_constraints:
-        kind="|".join(featint_saelens.EXPORTED_KINDS),
+        kind="|".join(featint_kinds.SAE_ONLY),
         seed=r"\d+",
     conda:
         FEATINT_ENV

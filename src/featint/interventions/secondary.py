@@ -13,7 +13,8 @@ import torch
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import Settings
 from featint.interventions.base import InterventionError
-from featint.models import SECONDARY_KIND, FeatureModel, TopKSAE, load_model
+from featint.kinds import SECONDARY_KIND
+from featint.models import FeatureModel, TopKSAE, load_model
 from featint.normaliser import Normaliser
 
 log = logging.getLogger(__name__)
