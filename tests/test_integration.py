@@ -184,11 +184,11 @@ def test_the_dual_encoding_claim_reads_the_tables_it_is_given() -> None:
                                                 "comparisons")}
     reader = claims.Reader(claims.Artefacts(**empty, integration=summary, replication=replication,
                                             planted_power=power))
-    ours = claims.EXTRACTORS["dual_encoding"](reader)
+    ours = claims.CLAIMS["dual_encoding"].extract(reader)
     assert ours.corrected == pytest.approx(0.4) and (ours.low, ours.high) == (0.3, 0.5) and ours.seeds == 2
     assert "surrogates (no pairwise term) flag 0.005" in ours.note
     assert "16 of 320 flagged pairs" in ours.note and "4 flagged again" in ours.note
     assert "base c=1: 0.25" in ours.note and "2.0 of 400 pairs" in ours.note and "0.50 of runs" in ours.note
-    unstated = claims.EXTRACTORS["dual_encoding"](claims.Reader(claims.Artefacts(**empty, integration=summary)))
+    unstated = claims.CLAIMS["dual_encoding"].extract(claims.Reader(claims.Artefacts(**empty, integration=summary)))
     assert "power not stated" in unstated.note
-    assert np.isnan(claims.EXTRACTORS["dual_encoding"](claims.Reader(claims.Artefacts(**empty))).corrected)
+    assert np.isnan(claims.CLAIMS["dual_encoding"].extract(claims.Reader(claims.Artefacts(**empty))).corrected)

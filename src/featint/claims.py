@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -192,6 +193,60 @@ class Reader:
         return rows[column].to_numpy(dtype=np.float64)
 
 
+#: what a claim's numbers rest on: held-out reconstruction tokens, spliced behaviour windows, the stimuli, or the
+#: trained weights themselves
+Basis = Literal["reconstruction", "behaviour", "stimuli", "weights"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of ``config/paper_claims.tsv``: what it reads, how, and what its numbers rest on."""
+
+    id: str  #: its ``claim_id`` in ``config/paper_claims.tsv``
+    reads: tuple[str, ...]  #: the :data:`TABLES` its extractor reads (a unit test checks it reads no other)
+    basis: Basis  #: the held-out data its numbers rest on (the table's ``rests_on``)
+    extract: Callable[[Reader], Ours]  #: our values under the paper's definition and the corrected one
+
+    def rests_on(self, r: Reader) -> str:
+        """The held-out data the claim's numbers rest on, counted from the artefacts."""
+        if self.basis == "reconstruction":
+            return r.recon_basis()
+        if self.basis == "behaviour":
+            return r.behaviour_basis()
+        if self.basis == "stimuli":
+            return "held-out test sentences and prompts of config/stimuli (see interventions/summary.parquet)"
+        return "trained weights (and train tokens for firing statistics)"
+
+
+#: every claim by id, in registration order (each registered next to its extractor)
+CLAIMS: dict[str, Claim] = {}
+
+
+def register(claim: Claim) -> Claim:
+    """Add ``claim`` to :data:`CLAIMS` (an id registered twice or a table not in :data:`TABLES` is an error)."""
+    if claim.id in CLAIMS:
+        raise ValueError(f"claim {claim.id!r} registered twice")
+    unknown = sorted(set(claim.reads) - set(TABLES))
+    if unknown:
+        raise ValueError(f"claim {claim.id!r} reads unknown tables {unknown}; the claims read {sorted(TABLES)}")
+    CLAIMS[claim.id] = claim
+    return claim
+
+
+def claim(claim_id: str, reads: tuple[str, ...], basis: Basis) -> Callable[[Callable[[Reader], Ours]],
+                                                                           Callable[[Reader], Ours]]:
+    """Decorator: register the decorated extractor as claim ``claim_id``."""
+    def decorate(extract: Callable[[Reader], Ours]) -> Callable[[Reader], Ours]:
+        register(Claim(claim_id, reads, basis, extract))
+        return extract
+
+    return decorate
+
+
+#: the clamp value of the paper's clamping claims (PAPER_SPEC section 8: F = 5.06, p = 0.027 at clamp -4.0)
+PAPER_CLAMP = -4.0
+
+
 def _bimodality_note(r: Reader) -> str:
     """Which models' decoder squared norms are bimodal, read from the geometry verdicts."""
     parts = []
@@ -253,6 +308,7 @@ def _nonlinear_share(r: Reader) -> Ours:
                 "(KL(joint_no_interaction) - KL(joint)) / (KL(standard) - KL(joint))", note)
 
 
+@claim("budget_convergence", ("convergence",), "reconstruction")
 def _convergence(r: Reader) -> Ours:
     table = r.a.convergence
     if table.empty:
@@ -277,6 +333,7 @@ def _convergence(r: Reader) -> Ours:
                 "; ".join(falling + moved) + "; see the budget target for the trend")
 
 
+@claim("budget_extrapolated", ("budget",), "reconstruction")
 def _budget_extrapolated(r: Reader) -> Ours:
     """The comparison at an infinite budget: 1 - L_inf(joint) / L_inf(standard) of the budget target's fits."""
     table = r.a.budget
@@ -315,6 +372,7 @@ CODE_NONLINEAR = tuple(model for model, reference in COMPARISONS if reference ==
 LINEAR_CONTROL = "sequential_linear_input"
 
 
+@claim("nonlinear_vs_linear_control", ("comparisons",), "reconstruction")
 def _nonlinear_vs_linear(r: Reader) -> Ours:
     """The best (lowest pooled test FVU) code-based nonlinear head against the linear control with the same
     parameter count, both on the same frozen standard SAE: 1 - MSE(best nonlinear) / MSE(linear control)."""
@@ -350,6 +408,7 @@ def _planted_power_note(power: pd.DataFrame, target: str) -> str:
             f"flagged on average and {null['any_flagged'].mean():.2f} of runs flag any (nominal at most the FDR)")
 
 
+@claim("dual_encoding", ("integration", "replication", "planted_power"), "reconstruction")
 def _dual_encoding(r: Reader, target: str = "residual") -> Ours:
     """The pair product test on the standard SAE: share of tested co-active latent pairs flagged on the data,
     beside what the no-interaction surrogates flag, replication across seeds and the planted control's power."""
@@ -380,111 +439,111 @@ def _dual_encoding(r: Reader, target: str = "residual") -> Ours:
                 f"pairwise term", note)
 
 
-EXTRACTORS: dict[str, Callable[[Reader], Ours]] = {
-    "dual_encoding": _dual_encoding,
-    "nonlinear_vs_linear_control": _nonlinear_vs_linear,
-    "budget_convergence": _convergence,
-    "budget_extrapolated": _budget_extrapolated,
-    "sae_variance_explained": lambda r: _seeds(
-        r.recon("standard", "variance_explained_paper", "sae"), 1.0 - r.recon("standard", "fvu", "sae"),
-        "1 - FVU (uncentred residual, normalised space), " + HELD_OUT,
-        "paper: training batches; ours: held-out text with a smaller model and budget"),
-    "sequential_error_reduction": lambda r: _documents(
-        r.recon("sequential_truncated", "improvement_mse", reference="own_sae"),
-        r.recon_interval("sequential", "improvement_mse", reference="standard"),
-        "1 - MSE(sequential, SAE at its trained k) / MSE(standalone standard SAE)",
-        "the paper's figure needs the SAE run at k/4 (sequential_truncated); at its trained k the NFM gains less"),
-    "sequential_linear_share": lambda r: _seeds(
-        r.recon("sequential", "linear_share"), r.recon("sequential", "linear_share"),
-        "same definition, " + HELD_OUT, "output magnitudes; the definitions agree"),
-    "joint_improvement": lambda r: _documents(
-        r.recon("joint", "improvement_mse", reference="own_sae"),
-        r.recon_interval("joint", "improvement_mse", reference="standard"),
-        "1 - MSE(joint) / MSE(independently trained standard SAE, same seed, budget, data)",
-        "the paper compares with the joint model's own ablated SAE path, which alone is a poor SAE"),
-    "joint_linear_share": lambda r: _seeds(
-        r.recon("joint", "linear_share"), r.recon("joint", "linear_share"),
-        "same definition, " + HELD_OUT, "output magnitudes; the definitions agree"),
-    "sae_pathology_ratio": lambda r: _bootstrap(
-        r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
-        r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
-        "KL(SAE) / KL(epsilon at the SAE's own error norm), spliced at the training hook with the normaliser, "
-        "test text",
-        "the paper spliced one layer off without normalisation on training text"),
-    "sequential_pathology_ratio": lambda r: _bootstrap(
-        r.behaviour("sequential", "full", "pathology_ratio", "epsilon_sae_norm"),
-        r.behaviour("sequential", "full", "pathology_ratio", "epsilon_own_norm"),
-        "KL(full) / KL(epsilon at the full model's own error norm)",
-        "the paper's epsilon used the SAE's error norm for every condition"),
-    "sequential_kl_reduction": lambda r: _bootstrap(
-        r.behaviour("sequential", "sae+linear", "improvement_kl", "own_sae"),
-        r.behaviour("sequential", "full", "improvement_kl", "standard"),
-        "1 - KL(sequential full) / KL(standalone standard SAE)",
-        "the sequential model's SAE path is the standard SAE, so both references coincide"),
-    "joint_kl_reduction": lambda r: _bootstrap(
-        r.behaviour("joint", "full", "improvement_kl", "own_sae"),
-        r.behaviour("joint", "full", "improvement_kl", "standard"),
-        "1 - KL(joint full) / KL(standalone standard SAE)",
-        "the paper's reference is the joint model's own ablated SAE path"),
-    "joint_nonlinear_kl_reduction": lambda r: _bootstrap(
-        r.behaviour("joint", "sae+interaction", "improvement_kl", "own_sae"),
-        r.behaviour("joint", "sae+interaction", "improvement_kl", "standard"),
-        "1 - KL(joint SAE + interaction) / KL(standalone standard SAE)",
-        "the ablated joint SAE path is a poor reference"),
-    "joint_ce_reduction": lambda r: _bootstrap(
-        r.behaviour("joint", "full", "improvement_ce", "own_sae"),
-        r.behaviour("joint", "full", "improvement_delta_ce", "standard"),
-        "1 - delta CE(joint full) / delta CE(standalone standard SAE), delta = spliced - clean",
-        "absolute CE ratios shrink every effect towards 0; the CE increase is the quantity that moves"),
-    "nonlinear_share_of_improvement": _nonlinear_share,
-    "interaction_parameter_share": lambda r: _seeds(
-        np.array([r.parameter_share("joint", ("nfm_embeddings", "nfm_interaction_mlp"))]),
-        np.array([r.parameter_share("joint", ("nfm_embeddings", "nfm_interaction_mlp"))]),
-        "same definition at our sizes", "a property of the chosen sizes, not a finding"),
-    "linear_parameter_share": lambda r: _seeds(
-        np.array([r.parameter_share("joint", ("linear",))]), np.array([r.parameter_share("joint", ("linear",))]),
-        "same definition at our sizes", "a property of the chosen sizes, not a finding"),
-    "pca_components_90": lambda r: _seeds(
-        r.geometry("joint", "pca_paper_components_for_90pct_of_truncated", subset=None),
-        r.geometry("joint", "pca_centred_raw_components_for_90pct"),
-        "centred PCA, components for 90% of the total variance of the decoder rows",
-        "our decoder lives in d = 576 dimensions (paper: 3200): compare as fractions of d"),
-    "squared_norm_mode_low": lambda r: _seeds(
-        r.geometry("joint", "squared_norm_component_mean_low"), r.geometry("joint", "squared_norm_density_mode_low"),
-        "lowest maximum of the fitted 2-component density of squared norms (one peak: the only mode)",
-        _bimodality_note(r)),
-    "squared_norm_mode_high": lambda r: _seeds(
-        r.geometry("joint", "squared_norm_component_mean_high"), r.geometry("joint", "squared_norm_density_mode_high"),
-        "second maximum of that density; NaN on seeds whose density has one peak",
-        _bimodality_note(r)),
-    "spearman_norm_vs_nfm": lambda r: _seeds(
-        r.geometry("joint", "spearman_squared_norm_vs_nfm_ratio"),
-        r.geometry("joint", "spearman_squared_norm_vs_activation_nfm_share", subset="fired"),
-        "rho(squared norm, activation-based NFM share) over features that fired",
-        "the paper's ratio contains the decoder norm itself, so its rho is partly definitional"),
-    "secondary_anova_F": lambda r: _seeds(
-        r.intervention("sequential", "secondary_F", role="top_ranked", sentences="select"),
-        r.intervention("sequential", "secondary_F", role="top_ranked", sentences="test", effect="formality:emotion"),
-        "two-way ANOVA interaction F on held-out test sentences for the feature selected on select sentences",
-        "the paper selected and tested on the same 40 sentences with a one-way F"),
-    "clamp_interaction_F": lambda r: _seeds(
-        r.clamp("sequential", "paper_difference_score_F", -4.0, "F"),
-        r.clamp("sequential", "mixedlm_crossed_prompt_word", -4.0, "F"),
-        "interaction t^2 of a mixed model with crossed random intercepts for prompt and word, clamp -4",
-        "the paper's F pairs rows by list order and treats prompt x word rows as independent"),
-    "clamp_interaction_p": lambda r: _combined_p(
-        r.clamp("sequential", "paper_difference_score_F", -4.0, "p"),
-        r.clamp("sequential", "mixedlm_crossed_prompt_word", -4.0, "q"),
-        "BH q-value of the crossed prompt + word random-intercept mixed model's interaction (t reference, "
-        "between-word df) across all clamped features x values, combined over seeds by "
-        "the intersection-union test (max over seeds: significant only if significant in every seed)",
-        "no multiple-comparison correction in the paper"),
-    "clamp_interaction_effect": lambda r: _seeds(
-        np.abs(r.clamp("sequential", "paper_difference_score_F", -4.0, "interaction_contrast")),
-        np.abs(r.clamp("sequential", "mixedlm_crossed_prompt_word", -4.0, "interaction_contrast")),
-        "|(FE - FN) - (CE - CN)| of mean logit changes vs the unclamped pipeline, clamp -4",
-        "the same contrast; compare with the size of a logit"),
-}
+def _paper_clamp(r: Reader, test: str, column: str) -> np.ndarray:
+    """``column`` of the clamp statistics of ``test`` at the paper's clamp multiplier."""
+    return r.clamp("sequential", test, PAPER_CLAMP, column)
+
+
+register(Claim("sae_variance_explained", ("reconstruction",), "reconstruction", lambda r: _seeds(
+    r.recon("standard", "variance_explained_paper", "sae"), 1.0 - r.recon("standard", "fvu", "sae"),
+    "1 - FVU (uncentred residual, normalised space), " + HELD_OUT,
+    "paper: training batches; ours: held-out text with a smaller model and budget")))
+register(Claim("sequential_error_reduction", ("reconstruction", "reconstruction_summary"), "reconstruction",
+               lambda r: _documents(
+                   r.recon("sequential_truncated", "improvement_mse", reference="own_sae"),
+                   r.recon_interval("sequential", "improvement_mse", reference="standard"),
+                   "1 - MSE(sequential, SAE at its trained k) / MSE(standalone standard SAE)",
+                   "the paper's figure needs the SAE run at k/4 (sequential_truncated); at its trained k the NFM "
+                   "gains less")))
+register(Claim("sequential_linear_share", ("reconstruction",), "reconstruction", lambda r: _seeds(
+    r.recon("sequential", "linear_share"), r.recon("sequential", "linear_share"),
+    "same definition, " + HELD_OUT, "output magnitudes; the definitions agree")))
+register(Claim("joint_improvement", ("reconstruction", "reconstruction_summary"), "reconstruction",
+               lambda r: _documents(
+                   r.recon("joint", "improvement_mse", reference="own_sae"),
+                   r.recon_interval("joint", "improvement_mse", reference="standard"),
+                   "1 - MSE(joint) / MSE(independently trained standard SAE, same seed, budget, data)",
+                   "the paper compares with the joint model's own ablated SAE path, which alone is a poor SAE")))
+register(Claim("joint_linear_share", ("reconstruction",), "reconstruction", lambda r: _seeds(
+    r.recon("joint", "linear_share"), r.recon("joint", "linear_share"),
+    "same definition, " + HELD_OUT, "output magnitudes; the definitions agree")))
+register(Claim("sae_pathology_ratio", ("behaviour",), "behaviour", lambda r: _bootstrap(
+    r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
+    r.behaviour("standard", "sae", "pathology_ratio", "epsilon_own_norm"),
+    "KL(SAE) / KL(epsilon at the SAE's own error norm), spliced at the training hook with the normaliser, "
+    "test text",
+    "the paper spliced one layer off without normalisation on training text")))
+register(Claim("sequential_pathology_ratio", ("behaviour",), "behaviour", lambda r: _bootstrap(
+    r.behaviour("sequential", "full", "pathology_ratio", "epsilon_sae_norm"),
+    r.behaviour("sequential", "full", "pathology_ratio", "epsilon_own_norm"),
+    "KL(full) / KL(epsilon at the full model's own error norm)",
+    "the paper's epsilon used the SAE's error norm for every condition")))
+register(Claim("sequential_kl_reduction", ("behaviour",), "behaviour", lambda r: _bootstrap(
+    r.behaviour("sequential", "sae+linear", "improvement_kl", "own_sae"),
+    r.behaviour("sequential", "full", "improvement_kl", "standard"),
+    "1 - KL(sequential full) / KL(standalone standard SAE)",
+    "the sequential model's SAE path is the standard SAE, so both references coincide")))
+register(Claim("joint_kl_reduction", ("behaviour",), "behaviour", lambda r: _bootstrap(
+    r.behaviour("joint", "full", "improvement_kl", "own_sae"),
+    r.behaviour("joint", "full", "improvement_kl", "standard"),
+    "1 - KL(joint full) / KL(standalone standard SAE)",
+    "the paper's reference is the joint model's own ablated SAE path")))
+register(Claim("joint_nonlinear_kl_reduction", ("behaviour",), "behaviour", lambda r: _bootstrap(
+    r.behaviour("joint", "sae+interaction", "improvement_kl", "own_sae"),
+    r.behaviour("joint", "sae+interaction", "improvement_kl", "standard"),
+    "1 - KL(joint SAE + interaction) / KL(standalone standard SAE)",
+    "the ablated joint SAE path is a poor reference")))
+register(Claim("joint_ce_reduction", ("behaviour",), "behaviour", lambda r: _bootstrap(
+    r.behaviour("joint", "full", "improvement_ce", "own_sae"),
+    r.behaviour("joint", "full", "improvement_delta_ce", "standard"),
+    "1 - delta CE(joint full) / delta CE(standalone standard SAE), delta = spliced - clean",
+    "absolute CE ratios shrink every effect towards 0; the CE increase is the quantity that moves")))
+register(Claim("nonlinear_share_of_improvement", ("behaviour",), "behaviour", _nonlinear_share))
+register(Claim("interaction_parameter_share", ("parameters",), "weights", lambda r: _seeds(
+    np.array([r.parameter_share("joint", ("nfm_embeddings", "nfm_interaction_mlp"))]),
+    np.array([r.parameter_share("joint", ("nfm_embeddings", "nfm_interaction_mlp"))]),
+    "same definition at our sizes", "a property of the chosen sizes, not a finding")))
+register(Claim("linear_parameter_share", ("parameters",), "weights", lambda r: _seeds(
+    np.array([r.parameter_share("joint", ("linear",))]), np.array([r.parameter_share("joint", ("linear",))]),
+    "same definition at our sizes", "a property of the chosen sizes, not a finding")))
+register(Claim("pca_components_90", ("geometry",), "weights", lambda r: _seeds(
+    r.geometry("joint", "pca_paper_components_for_90pct_of_truncated", subset=None),
+    r.geometry("joint", "pca_centred_raw_components_for_90pct"),
+    "centred PCA, components for 90% of the total variance of the decoder rows",
+    "our decoder lives in d = 576 dimensions (paper: 3200): compare as fractions of d")))
+register(Claim("squared_norm_mode_low", ("geometry",), "weights", lambda r: _seeds(
+    r.geometry("joint", "squared_norm_component_mean_low"), r.geometry("joint", "squared_norm_density_mode_low"),
+    "lowest maximum of the fitted 2-component density of squared norms (one peak: the only mode)",
+    _bimodality_note(r))))
+register(Claim("squared_norm_mode_high", ("geometry",), "weights", lambda r: _seeds(
+    r.geometry("joint", "squared_norm_component_mean_high"), r.geometry("joint", "squared_norm_density_mode_high"),
+    "second maximum of that density; NaN on seeds whose density has one peak",
+    _bimodality_note(r))))
+register(Claim("spearman_norm_vs_nfm", ("geometry",), "weights", lambda r: _seeds(
+    r.geometry("joint", "spearman_squared_norm_vs_nfm_ratio"),
+    r.geometry("joint", "spearman_squared_norm_vs_activation_nfm_share", subset="fired"),
+    "rho(squared norm, activation-based NFM share) over features that fired",
+    "the paper's ratio contains the decoder norm itself, so its rho is partly definitional")))
+register(Claim("secondary_anova_F", ("interventions",), "stimuli", lambda r: _seeds(
+    r.intervention("sequential", "secondary_F", role="top_ranked", sentences="select"),
+    r.intervention("sequential", "secondary_F", role="top_ranked", sentences="test", effect="formality:emotion"),
+    "two-way ANOVA interaction F on held-out test sentences for the feature selected on select sentences",
+    "the paper selected and tested on the same 40 sentences with a one-way F")))
+register(Claim("clamp_interaction_F", ("clamps",), "stimuli", lambda r: _seeds(
+    _paper_clamp(r, "paper_difference_score_F", "F"), _paper_clamp(r, "mixedlm_crossed_prompt_word", "F"),
+    f"interaction t^2 of a mixed model with crossed random intercepts for prompt and word, clamp {PAPER_CLAMP:g}",
+    "the paper's F pairs rows by list order and treats prompt x word rows as independent")))
+register(Claim("clamp_interaction_p", ("clamps",), "stimuli", lambda r: _combined_p(
+    _paper_clamp(r, "paper_difference_score_F", "p"), _paper_clamp(r, "mixedlm_crossed_prompt_word", "q"),
+    "BH q-value of the crossed prompt + word random-intercept mixed model's interaction (t reference, "
+    "between-word df) across all clamped features x values, combined over seeds by "
+    "the intersection-union test (max over seeds: significant only if significant in every seed)",
+    "no multiple-comparison correction in the paper")))
+register(Claim("clamp_interaction_effect", ("clamps",), "stimuli", lambda r: _seeds(
+    np.abs(_paper_clamp(r, "paper_difference_score_F", "interaction_contrast")),
+    np.abs(_paper_clamp(r, "mixedlm_crossed_prompt_word", "interaction_contrast")),
+    f"|(FE - FN) - (CE - CN)| of mean logit changes vs the unclamped pipeline, clamp {PAPER_CLAMP:g}",
+    "the same contrast; compare with the size of a logit")))
 
 
 def read_paper_claims(path: str | Path) -> pd.DataFrame:
@@ -492,36 +551,21 @@ def read_paper_claims(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise ClaimsError(f"{path} does not exist; it holds the paper's values (see config/paper_claims.tsv).")
     table = pd.read_csv(path, sep="\t", comment="#", dtype={"paper_value": float})
-    unknown = sorted(set(table["claim_id"]) - set(EXTRACTORS))
+    unknown = sorted(set(table["claim_id"]) - set(CLAIMS))
     if unknown:
-        raise ClaimsError(f"{path}: no extractor for claim(s) {unknown}; known: {sorted(EXTRACTORS)}.")
+        raise ClaimsError(f"{path}: no extractor for claim(s) {unknown}; known: {sorted(CLAIMS)}.")
     return table
-
-
-def _rests_on(claim_id: str, r: Reader) -> str:
-    """The held-out data a claim's numbers rest on, by the artefact they come from."""
-    if claim_id in {"sae_variance_explained", "sequential_error_reduction", "sequential_linear_share",
-                    "joint_improvement", "joint_linear_share", "budget_convergence", "budget_extrapolated",
-                    "nonlinear_vs_linear_control",
-                    "dual_encoding"}:
-        return r.recon_basis()
-    if claim_id in {"sae_pathology_ratio", "sequential_pathology_ratio", "sequential_kl_reduction",
-                    "joint_kl_reduction", "joint_nonlinear_kl_reduction", "joint_ce_reduction",
-                    "nonlinear_share_of_improvement"}:
-        return r.behaviour_basis()
-    if claim_id.startswith(("secondary", "clamp")):
-        return "held-out test sentences and prompts of config/stimuli (see interventions/summary.parquet)"
-    return "trained weights (and train tokens for firing statistics)"
 
 
 def claims_table(paper: pd.DataFrame, artefacts: Artefacts) -> pd.DataFrame:
     reader = Reader(artefacts)
     rows = []
     for record in paper.to_dict("records"):
-        ours = EXTRACTORS[record["claim_id"]](reader)
+        claim = CLAIMS[record["claim_id"]]
+        ours = claim.extract(reader)
         rows.append({**record, "ours_paper_definition": ours.paper_definition, "ours_corrected": ours.corrected,
                      "ci_low": ours.low, "ci_high": ours.high, "interval": ours.interval, "seeds": ours.seeds,
-                     "rests_on": _rests_on(record["claim_id"], reader),
+                     "rests_on": claim.rests_on(reader),
                      "corrected_definition": ours.corrected_definition, "note": ours.note})
     return pd.DataFrame(rows)
 
