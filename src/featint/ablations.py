@@ -21,6 +21,7 @@ from featint.config import Settings
 from featint.errors import ConfigError
 from featint.io import write_parquet
 from featint.kinds import FROM_STANDARD, MODEL_KINDS, lr_selection_kind
+from featint.layout import AblationFolder
 
 #: Column -> (type, config path) of the ablation table.
 COLUMNS: dict[str, tuple[type, tuple[str, ...] | None]] = {
@@ -72,17 +73,17 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     tables = lr_tables_by_kind(lr_tables)
     instance = parse_instance(json.loads(instance_json))
     local = settings_for(settings, instance)
-    out_dir = Path(out_dir)
+    out = AblationFolder(out_dir)
     kind = instance["kind"]
     names = ["standard", kind] if kind in FROM_STANDARD else [kind]
-    for _ in train_kinds(local, names, instance["seed"], activations_dir, out_dir,
+    for _ in train_kinds(local, names, instance["seed"], activations_dir, str(out),
                          lambda name: chosen_lr(local, name, tables.get(lr_selection_kind(name))),
                          resolve_device(local.model.device), cache_codes=local.training.cache_codes):
         pass
-    frame, _ = reconstruction_table(out_dir / kind / "weights.safetensors", activations_dir, run=run)
+    frame, _ = reconstruction_table(out.model(kind).weights, activations_dir, run=run)
     for column, value in reversed(list(instance.items())):
         frame.insert(0, f"ablation_{column}", value)
-    write_parquet(frame, out_dir / "reconstruction.parquet", metadata={"instance": instance})
+    write_parquet(frame, out.reconstruction, metadata={"instance": instance})
     return frame
 
 

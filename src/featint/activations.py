@@ -34,13 +34,13 @@ from tqdm import tqdm
 from featint.config import ExtractionSettings, HookSettings, ModelSettings
 from featint.errors import ShardError, SplitError
 from featint.io import ShardChecks, atomic_directory, read_parquet_metadata, sha256_file, write_parquet
+from featint.layout import STORE_MANIFEST, STORE_TOKENS, shard_name
 from featint.lm import HookPoint, bos_token_id, encode_document, load_bridge, model_key
 from featint.normaliser import Normaliser
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
-TOKENS = "tokens.parquet"
+MANIFEST, TOKENS = STORE_MANIFEST, STORE_TOKENS
 TENSOR_NAME = "activations"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: Named token sets of a split: ``selected`` (the default selection) and ``with_outliers`` (all but position 0).
@@ -100,7 +100,7 @@ class ShardWriter:
         if not self._buffered:
             return
         index = len(self.manifest)
-        name = f"shard-{index:05d}.safetensors"
+        name = shard_name(index)
         path = self.directory / name
         save_file({TENSOR_NAME: torch.cat(self._buffer).contiguous()}, str(path))
         docs = np.unique(np.concatenate(self._doc_ids))

@@ -35,6 +35,7 @@ from featint.activations import ActivationStore
 from featint.config import BehaviourSettings, Settings
 from featint.errors import FeatintError, ShardError
 from featint.io import read_parquet_metadata, write_parquet
+from featint.layout import ActivationsFolder, BehaviourFigures, figures_in
 from featint.lm import HookPoint, load_bridge
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
@@ -343,9 +344,9 @@ def _groups(conditions: Iterator[SplicedCondition], size: int) -> Iterator[list[
 
 def _setup(settings: Settings, lm_dir: str | Path, activations_dir: str | Path,
            device: torch.device | str) -> tuple[ModelContinuation, EvaluationWindows, ActivationStore, Normaliser]:
-    activations_dir = Path(activations_dir)
-    store = ActivationStore(activations_dir / "test")
-    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
+    activations = ActivationsFolder(activations_dir)
+    store = ActivationStore(activations.split("test"))
+    normaliser = Normaliser.load(activations.normaliser)
     hook = HookPoint.from_settings(settings.hook)
     if store.meta.hook_name != hook.name:
         raise ShardError(f"{store.directory} holds {store.meta.hook_name} but the config's hook is {hook.name}; "
@@ -584,8 +585,8 @@ def gather(token_tables: list[str | Path], reference_table: str | Path, out_summ
     tokens = pd.concat(frames, ignore_index=True)
     summary = summarise(tokens, run, settings.bootstrap, settings.ci_level, seed)
     write_parquet(summary, out_summary, metadata={"behaviour": settings.__dict__})
-    figures_dir = Path(figures_dir)
-    plots.kl_distributions(tokens, figures_dir / "kl_distributions.png")
-    plots.behaviour_ratios(summary, figures_dir / "pathology_ratios.png")
-    plots.kl_vs_error_norm(tokens, figures_dir / "kl_vs_error_norm.png")
+    figures = figures_in(BehaviourFigures, figures_dir)
+    plots.kl_distributions(tokens, figures.kl_distributions)
+    plots.behaviour_ratios(summary, figures.pathology_ratios)
+    plots.kl_vs_error_norm(tokens, figures.kl_vs_error_norm)
     return summary

@@ -551,11 +551,14 @@ def layer_models(args: argparse.Namespace, settings: Settings) -> None:
 
 
 @stage("gather-layers", "every comparison and kind per layer: tables and figure", ("seed", "evaluation"),
-       arg("--folders", nargs="+", required=True, help="the layer-models output folders"), OUT)
+       arg("--reconstruction", nargs="+", required=True, help="every layer-models job's reconstruction table"),
+       arg("--documents", nargs="+", required=True, help="their per-document tables (any order)"),
+       arg("--parameters", nargs="+", required=True, help="their parameter tables (any order)"), OUT)
 def gather_layers(args: argparse.Namespace, settings: Settings) -> None:
     from featint.layers import gather
 
-    pooled = gather(args.folders, settings.evaluation.bootstrap, settings.evaluation.ci_level, settings.seed, args.out)
+    pooled = gather(args.reconstruction, args.documents, args.parameters, settings.evaluation.bootstrap,
+                    settings.evaluation.ci_level, settings.seed, args.out)
     log.info("layer sweep:\n%s", pooled[["layer", "model", "reference", "estimate", "ci_low", "ci_high"]]
              .to_string(index=False))
 

@@ -30,13 +30,14 @@ from tqdm import tqdm
 from featint.activations import ActivationStore
 from featint.errors import ShardError
 from featint.io import ShardChecks, atomic_directory, read_parquet_metadata, sha256_file, write_parquet
+from featint.layout import CODES_MANIFEST, ActivationsFolder, CodeCacheFolder
 from featint.models import SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.runtime import step_autocast
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
+MANIFEST = CODES_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_
     training, under the training step's autocast) and write the cache to ``out_dir`` (built under a temporary
     name, renamed when complete)."""
     model, _ = load_model(weights_path, device)
-    activations_dir = Path(activations_dir)
-    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
-    store = ActivationStore(activations_dir / "train")
+    activations = ActivationsFolder(activations_dir)
+    normaliser = Normaliser.load(activations.normaliser)
+    store = ActivationStore(activations.split("train"))
     mask = store.selected_mask()
     sae = model.sae
     rows, n_rows = [], 0
@@ -78,7 +79,7 @@ def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_
                 code, _ = sae.encode(chunk)
                 indices[start : start + n] = code.indices[:n].to(torch.int32).cpu()
                 values[start : start + n] = code.values[:n].float().cpu()
-            name = f"codes-{index:05d}.safetensors"
+            name = CodeCacheFolder.shard_name(index)
             save_file({"indices": indices.contiguous(), "values": values.contiguous()}, str(partial / name))
             rows.append({"shard": index, "file": name, "rows": int(x.shape[0]),
                          "bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)})

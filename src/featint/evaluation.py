@@ -33,6 +33,7 @@ from featint.config import EvaluationSettings
 from featint.errors import ShardError
 from featint.io import write_parquet
 from featint.kinds import FULL_COMPONENT, SAE_COMPONENT, final_component
+from featint.layout import ActivationsFolder
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 
@@ -244,9 +245,9 @@ def reconstruction_table(weights_path: str | Path, activations_dir: str | Path, 
                          split: str = "test", device: torch.device | str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tidy reconstruction table of one trained model on a split (test by default), and its per-document
     sums of squares (one row per token set, component and document); the model runs on ``device``."""
-    activations_dir = Path(activations_dir)
-    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
-    store = ActivationStore(activations_dir / split)
+    activations = ActivationsFolder(activations_dir)
+    normaliser = Normaliser.load(activations.normaliser)
+    store = ActivationStore(activations.split(split))
     model, extra = load_model(weights_path, device)
     check_model_matches_store(model, extra, store, weights_path)
     rows = []

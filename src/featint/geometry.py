@@ -33,6 +33,7 @@ from featint.activations import ActivationStore
 from featint.config import GeometrySettings
 from featint.io import write_parquet
 from featint.kinds import KINDS
+from featint.layout import ActivationsFolder, GeometryFigures, GeometryFolder, figures_in
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.training import load_selected
@@ -299,7 +300,7 @@ def run_geometry(weights_path: str | Path, init_path: str | Path, activations_di
     ``init_path`` holds the step-0 weights the decoder is compared with: the model's own ``init.safetensors``,
     or, for models started from the trained standard SAE, that SAE's initialisation. The model runs on
     ``device`` (its codes and the Gram blocks); the tables are computed on the CPU."""
-    activations_dir, out_dir = Path(activations_dir), Path(out_dir)
+    activations, out = ActivationsFolder(activations_dir), GeometryFolder(out_dir)
     model, extra = load_model(weights_path, device)
     if model.kind in KINDS and not KINDS[model.kind].nfm_geometry:
         raise ValueError(f"{weights_path} is a {model.kind} model: geometry reads SAE-only and NFM models "
@@ -307,8 +308,8 @@ def run_geometry(weights_path: str | Path, init_path: str | Path, activations_di
     init, _ = load_model(init_path)
     if init.sae.n_features != model.sae.n_features:
         raise ValueError(f"{init_path} has {init.sae.n_features} features, {weights_path} {model.sae.n_features}")
-    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
-    x = load_selected(ActivationStore(activations_dir / "train"), normaliser, settings.tokens)
+    normaliser = Normaliser.load(activations.normaliser)
+    x = load_selected(ActivationStore(activations.split("train")), normaliser, settings.tokens)
     features = feature_table(model, init, x, settings)
     curves, pca_rows = pca_curves(model, settings)
     summary = pd.DataFrame(summary_rows(model, features, settings) + pca_rows)
@@ -316,9 +317,9 @@ def run_geometry(weights_path: str | Path, init_path: str | Path, activations_di
     for frame in (features, summary, curves):
         for position, (key, value) in enumerate(keys.items()):
             frame.insert(position, key, value)
-    write_parquet(features, out_dir / "features.parquet")
-    write_parquet(summary, out_dir / "summary.parquet")
-    write_parquet(curves, out_dir / "pca.parquet")
+    write_parquet(features, out.features)
+    write_parquet(summary, out.summary)
+    write_parquet(curves, out.pca)
     return summary
 
 
@@ -344,17 +345,17 @@ def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], p
     verdicts = chosen[["run", "model", "seed", "metric", "subset", "value"]].sort_values(
         ["model", "seed", "metric", "subset"], ignore_index=True)
     write_parquet(verdicts, out_verdicts)
-    figure_dir = Path(figure_dir)
-    plots.squared_norm_histograms(features, figure_dir / "squared_norm_histograms.png", paper_threshold)
-    plots.squared_norm_scatter(features, "firing_frequency", figure_dir / "squared_norm_vs_firing_frequency.png",
+    figures = figures_in(GeometryFigures, figure_dir)
+    plots.squared_norm_histograms(features, figures.squared_norm_histograms, paper_threshold)
+    plots.squared_norm_scatter(features, "firing_frequency", figures.squared_norm_vs_firing_frequency,
                                "Squared norm vs firing frequency (train tokens)")
     nfm_features = features[features["paper_interaction_ratio"] > 0]
     plots.squared_norm_scatter(nfm_features, "paper_interaction_ratio",
-                               figure_dir / "squared_norm_vs_paper_interaction_ratio.png",
+                               figures.squared_norm_vs_paper_interaction_ratio,
                                "Paper's weight-norm interaction ratio vs squared norm")
     plots.squared_norm_scatter(nfm_features, "activation_nfm_share",
-                               figure_dir / "squared_norm_vs_activation_nfm_share.png",
+                               figures.squared_norm_vs_activation_nfm_share,
                                "Activation-based NFM share vs squared norm (features that fired)")
-    plots.squared_norm_violins(features, figure_dir / "squared_norm_by_cluster.png")
-    plots.pca_elbows(curves, figure_dir / "pca_elbows.png")
+    plots.squared_norm_violins(features, figures.squared_norm_by_cluster)
+    plots.pca_elbows(curves, figures.pca_elbows)
     return verdicts

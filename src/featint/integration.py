@@ -59,6 +59,7 @@ from featint import stats
 from featint.activations import ActivationStore
 from featint.config import IntegrationSettings
 from featint.io import write_parquet
+from featint.layout import ActivationsFolder, IntegrationFolder, SyntheticSettingFolder, SyntheticSummaryFolder
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 
@@ -321,9 +322,9 @@ def run_test(model: FeatureModel, normaliser: Normaliser, activations_dir: str |
     """The test on one model's SAE (fit on train, test on test): the pairs chosen on the data, tested on the data
     and on ``settings.surrogates`` surrogate draws; the data referred to every draw, each draw to the others (so
     a draw's flags count what the procedure flags where nothing is planted)."""
-    activations_dir = Path(activations_dir)
-    fit = read_split(model, normaliser, ActivationStore(activations_dir / "train"), settings.fit_tokens)
-    test = read_split(model, normaliser, ActivationStore(activations_dir / "test"), None)
+    activations = ActivationsFolder(activations_dir)
+    fit = read_split(model, normaliser, ActivationStore(activations.split("train")), settings.fit_tokens)
+    test = read_split(model, normaliser, ActivationStore(activations.split("test")), None)
     n_features = model.sae.n_features
     pairs = candidate_pairs(fit, test, n_features, settings)
     log.info("%d pairs to test (latents co-active on >= %d fit and test tokens, >= %d test documents)", len(pairs),
@@ -353,15 +354,15 @@ def run_integration(weights_path: str | Path, activations_dir: str | Path, out_d
     """Stage entry point: ``pairs.parquet`` and ``contexts.parquet`` of one model and seed in ``out_dir``;
     returns the pair table."""
     model, extra = load_model(weights_path, device)
-    normaliser = Normaliser.load(Path(activations_dir) / "normaliser.safetensors")
+    normaliser = Normaliser.load(ActivationsFolder(activations_dir).normaliser)
     seed = int(extra.get("seed", 0))
     result = run_test(model, normaliser, activations_dir, settings, seed)
     keys = {"run": run, "model": model.kind, "seed": seed}
-    out_dir = Path(out_dir)
-    for name, frame in (("pairs", result.pairs), ("contexts", result.contexts)):
+    out = IntegrationFolder(out_dir)
+    for path, frame in ((out.pairs, result.pairs), (out.contexts, result.contexts)):
         for position, (key, value) in enumerate(keys.items()):
             frame.insert(position, key, value)
-        write_parquet(frame, out_dir / f"{name}.parquet")
+        write_parquet(frame, path)
     return result.pairs
 
 
@@ -477,12 +478,12 @@ def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path,
     calibration."""
     from safetensors.torch import load_file
 
-    setting_dir = Path(setting_dir)
+    setting = SyntheticSettingFolder(setting_dir)
     model, extra = load_model(weights_path)
-    normaliser = Normaliser.load(setting_dir / "activations" / "normaliser.safetensors")
+    normaliser = Normaliser.load(setting.activations.normaliser)
     seed = int(extra.get("seed", 0))
-    result = run_test(model, normaliser, setting_dir / "activations", settings, seed)
-    truth = load_file(str(setting_dir / "truth.safetensors"))
+    result = run_test(model, normaliser, str(setting.activations), settings, seed)
+    truth = load_file(setting.truth)
     n_planted = int(truth["pairs"].shape[0] // 2)
     member = pair_membership(decoder_directions(model, normaliser), truth["features"], truth["pairs"].numpy(),
                              truth["directions"], settings.match_cosine)  # the setting's u ('new' or 'span')
@@ -492,11 +493,11 @@ def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path,
         rows += [{"data": data, "draw": int(draw), **row} for row in calibration_rows(table, scored)]
     keys = {"variant": variant, "strength": strength, "model": model.kind, "seed": seed}
     calibration = pd.DataFrame(rows)
-    out_dir = Path(out_dir)
-    for name, frame in (("pairs", result.pairs), ("calibration", calibration)):
+    out = IntegrationFolder(out_dir)
+    for path, frame in ((out.pairs, result.pairs), (out.calibration, calibration)):
         for position, (key, value) in enumerate(keys.items()):
             frame.insert(position, key, value)
-        write_parquet(frame, out_dir / f"{name}.parquet")
+        write_parquet(frame, path)
     return calibration
 
 
@@ -516,12 +517,12 @@ def gather_synthetic(calibration_tables: list[str | Path], out_dir: str | Path) 
     (:func:`synthetic_summary`) and the power figure in ``out_dir``."""
     from featint import plots
 
-    out_dir = Path(out_dir)
+    out = SyntheticSummaryFolder(out_dir)
     calibration = pd.concat([pd.read_parquet(p) for p in calibration_tables], ignore_index=True)
     summary = synthetic_summary(calibration)
-    write_parquet(calibration, out_dir / "integration_calibration.parquet")
-    write_parquet(summary, out_dir / "integration_power.parquet")
-    plots.integration_power(summary, out_dir / "figures" / "integration_power.png")
+    write_parquet(calibration, out.integration_calibration)
+    write_parquet(summary, out.integration_power)
+    plots.integration_power(summary, out.figure("integration_power"))
     return summary
 
 
@@ -567,10 +568,10 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
 
     from featint import plots
 
-    out_dir, activations_dir = Path(out_dir), Path(activations_dir)
+    out, activations = IntegrationFolder(out_dir), ActivationsFolder(activations_dir)
     pairs = pd.concat([pd.read_parquet(p) for p in pair_tables], ignore_index=True)
     contexts = pd.concat([pd.read_parquet(p) for p in context_tables], ignore_index=True)
-    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
+    normaliser = Normaliser.load(activations.normaliser)
     directions: dict[str, dict[int, torch.Tensor]] = {}
     for path in weights:
         model, extra = load_model(path)
@@ -586,12 +587,12 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
     shown = contexts.merge(top[["model", "seed", "latent_a", "latent_b", "target", "z", "estimate", "ci_low",
                                 "ci_high", "explained_share"]], on=["model", "seed", "latent_a", "latent_b"])
     tokenizer = AutoTokenizer.from_pretrained(str(lm_dir), local_files_only=True)
-    shown = context_text(shown, ActivationStore(activations_dir / "test"), tokenizer, settings.context_tokens)
+    shown = context_text(shown, ActivationStore(activations.split("test")), tokenizer, settings.context_tokens)
     summary = lm_summary(pairs)
-    write_parquet(summary, out_dir / "summary.parquet")
-    write_parquet(pairs, out_dir / "pairs.parquet")
-    write_parquet(replicated, out_dir / "replication.parquet")
-    write_parquet(shown, out_dir / "contexts.parquet")
-    plots.integration_z(pairs, out_dir / "figures" / "pair_z.png")
-    plots.integration_contexts(shown, out_dir / "figures" / "top_pairs.png")
+    write_parquet(summary, out.summary)
+    write_parquet(pairs, out.pairs)
+    write_parquet(replicated, out.replication)
+    write_parquet(shown, out.contexts)
+    plots.integration_z(pairs, out.figure("pair_z"))
+    plots.integration_contexts(shown, out.figure("top_pairs"))
     return summary

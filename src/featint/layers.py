@@ -16,9 +16,7 @@ import pandas as pd
 
 from featint.config import Settings
 from featint.io import write_parquet
-
-#: Files one layer-and-seed job writes in its folder.
-RECONSTRUCTION, DOCUMENTS, PARAMETERS = "reconstruction.parquet", "documents.parquet", "parameters.parquet"
+from featint.layout import LayerFolder, LayersFolder
 
 
 def layer_settings(settings: Settings, layer: int) -> Settings:
@@ -38,46 +36,47 @@ def run_layer(settings: Settings, layer: int, seed: int, activations_dir: str | 
 
     local = layer_settings(settings, layer)
     tables = lr_tables_by_kind(lr_tables)
-    out_dir = Path(out_dir)
+    out = LayerFolder(out_dir)
     frames, documents, parameters = [], [], []
     for kind, _ in train_kinds(local, local.layers.kinds, seed, activations_dir, out_dir,
                                lambda name: chosen_lr(local, name, tables.get(lr_selection_kind(name))), device):
-        model_dir = out_dir / kind
-        frame, per_document = reconstruction_table(model_dir / "weights.safetensors", activations_dir, run=run)
+        model = out.model(kind)
+        frame, per_document = reconstruction_table(model.weights, activations_dir, run=run)
         frames.append(frame)
         documents.append(per_document)
-        parameters.append(pd.read_parquet(model_dir / "parameters.parquet"))
-    outputs = {RECONSTRUCTION: frames, DOCUMENTS: documents, PARAMETERS: parameters}
-    for name, parts in outputs.items():
+        parameters.append(pd.read_parquet(model.parameters))
+    outputs = {out.reconstruction: frames, out.documents: documents, out.parameters: parameters}
+    for path, parts in outputs.items():
         table = pd.concat(parts, ignore_index=True)
         table.insert(0, "layer", layer)
-        write_parquet(table, out_dir / name)
+        write_parquet(table, path)
     return pd.concat(frames, ignore_index=True).assign(layer=layer)
 
 
-def gather(folders: list[str | Path], n_boot: int, level: float, seed: int, out_dir: str | Path) -> pd.DataFrame:
+def gather(reconstruction: list[str | Path], documents: list[str | Path], parameters: list[str | Path], n_boot: int,
+           level: float, seed: int, out_dir: str | Path) -> pd.DataFrame:
     """Stage entry point: ``comparisons.parquet`` (every comparison per layer: the gain with its paired
     document-bootstrap interval, per seed and pooled), ``fvu.parquet`` (every kind's final test FVU per layer
-    and seed) and ``figures/layers.png`` in ``out_dir``; returns the pooled comparisons."""
+    and seed) and ``figures/layers.png`` in ``out_dir``, from every layer-and-seed job's ``reconstruction``,
+    ``documents`` and ``parameters`` tables; returns the pooled comparisons."""
     from featint import plots
     from featint.evaluation import comparison_intervals, final_reconstruction
 
-    out_dir = Path(out_dir)
-    read = {name: pd.concat([pd.read_parquet(Path(folder) / name) for folder in folders], ignore_index=True)
-            for name in (RECONSTRUCTION, DOCUMENTS, PARAMETERS)}
+    out = LayersFolder(out_dir)
+    metrics, per_document, counts = ([pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+                                      for paths in (reconstruction, documents, parameters)])
     comparisons = []
-    for layer, documents in read[DOCUMENTS].groupby("layer"):
-        parameters = read[PARAMETERS][read[PARAMETERS]["layer"] == layer]
-        comparisons.append(comparison_intervals(documents.drop(columns="layer"), parameters, n_boot, level, seed)
-                           .assign(layer=int(layer)))
+    for layer, layer_documents in per_document.groupby("layer"):
+        layer_parameters = counts[counts["layer"] == layer]
+        comparisons.append(comparison_intervals(layer_documents.drop(columns="layer"), layer_parameters, n_boot,
+                                                level, seed).assign(layer=int(layer)))
     table = pd.concat(comparisons, ignore_index=True)
     table = table[["layer"] + [c for c in table.columns if c != "layer"]]
-    metrics = read[RECONSTRUCTION]
     fvu = final_reconstruction(metrics[metrics["split"] == "test"], ("layer", "run", "model", "seed", "split",
                                                                      "token_set", "metric"))
     fvu = fvu[fvu["metric"] == "fvu"].drop(columns="metric").rename(columns={"value": "fvu"})
-    write_parquet(table, out_dir / "comparisons.parquet")
-    write_parquet(fvu, out_dir / "fvu.parquet")
+    write_parquet(table, out.comparisons)
+    write_parquet(fvu, out.fvu)
     pooled = table[table["seed"].isna() & (table["token_set"] == "selected")]
-    plots.layer_sweep(fvu[fvu["token_set"] == "selected"], pooled, out_dir / "figures" / "layers.png")
+    plots.layer_sweep(fvu[fvu["token_set"] == "selected"], pooled, out.figure("layers"))
     return pooled

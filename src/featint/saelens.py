@@ -30,10 +30,11 @@ from safetensors.torch import save_file
 from featint.errors import FeatintError
 from featint.io import atomic_directory
 from featint.kinds import SAE_ONLY
+from featint.layout import SAELENS_CONFIG, SAELENS_WEIGHTS, ActivationsFolder, ModelFolder
 from featint.models import TopKSAE, load_model
 from featint.normaliser import Normaliser
 
-WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
+WEIGHTS, CONFIG = SAELENS_WEIGHTS, SAELENS_CONFIG
 #: The SAELens release whose on-disk format the export writes and whose loader the tests run on it.
 SAELENS_VERSION = "6.54.12"
 
@@ -179,9 +180,9 @@ def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: 
     from featint.models import FeatureModel, save_model
 
     cfg, weights = read_saelens(directory)
-    activations_dir, out_dir = Path(activations_dir), Path(out_dir)
-    normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
-    store = ActivationStore(activations_dir / "test")
+    activations, out = ActivationsFolder(activations_dir), ModelFolder(out_dir)
+    normaliser = Normaliser.load(activations.normaliser)
+    store = ActivationStore(activations.split("test"))
     hook = saelens_hook_name(cfg)
     if int(cfg["d_in"]) != store.meta.d_model:
         raise FeatintError(f"{directory}: d_in = {cfg['d_in']} but the run's activations ({store.directory}) have "
@@ -196,13 +197,13 @@ def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: 
     model = FeatureModel("standard", unfolded_sae(cfg, weights, normaliser)).eval()
     extra = {"hook_name": normaliser.hook_name, "normaliser_kind": normaliser.kind, "seed": seed, "lr": None,
              "tokens": 0, "imported_from": str(Path(directory).resolve()), "saelens_cfg": cfg}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, out_dir / "init.safetensors", extra)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    save_model(model, out.init, extra)
     counts = model.parameter_counts()
     frame = pd.DataFrame([{"model": "standard", "seed": seed, "component": c, "parameters": n}
                           for c, n in counts.items()])
     frame["share"] = frame["parameters"] / counts["total"]
     frame["trainable"] = 0
-    write_parquet(frame, out_dir / "parameters.parquet")
-    save_model(model, out_dir / "weights.safetensors", extra)
+    write_parquet(frame, out.parameters)
+    save_model(model, out.weights, extra)
     return cfg

@@ -39,12 +39,12 @@ from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
 from featint.io import atomic_directory, write_parquet
 from featint.kinds import COMPARISONS, SAE_COMPONENT, WITH_INTERACTION, final_component
+from featint.layout import SyntheticModelsFolder, SyntheticSettingFolder, SyntheticSummaryFolder
 from featint.normaliser import Normaliser
 
 log = logging.getLogger(__name__)
 
 HOOK_NAME = "synthetic"
-TRUTH, PAIRS, VARIANCE = "truth.safetensors", "test_pairs.parquet", "variance.parquet"
 
 
 @dataclass(frozen=True)
@@ -128,11 +128,12 @@ def write_synthetic_activations(spec: SyntheticSettings, strength: float, direct
     truth = ground_truth(spec)
     rows = []
     with atomic_directory(out_dir) as tmp:
+        setting = SyntheticSettingFolder(tmp)
         samples = {}
         for number, split in enumerate(SPLITS):
             sample = generate(spec, truth, spec.tokens[split], strength, direction,
                               seed=spec.data_seed * 1000 + 17 * (number + 1))
-            write_store_from_tensor(tmp / "activations" / split, sample.x, split, HOOK_NAME,
+            write_store_from_tensor(setting.activations.split(split), sample.x, split, HOOK_NAME,
                                     window_length=spec.document_tokens, doc_length=spec.document_tokens)
             samples[split] = sample
             total = _total_variance(sample.x)
@@ -141,16 +142,16 @@ def write_synthetic_activations(spec: SyntheticSettings, strength: float, direct
                          "noise_variance_fraction": spec.noise_std**2 * spec.d_model * sample.x.shape[0] / total,
                          "pair_token_fraction": float((sample.pair >= 0).float().mean()),
                          "mean_active": float((sample.codes > 0).sum(1).float().mean())})
-        Normaliser.fit([samples["train"].x], "zscore", HOOK_NAME).save(tmp / "activations" / "normaliser.safetensors")
+        Normaliser.fit([samples["train"].x], "zscore", HOOK_NAME).save(setting.activations.normaliser)
         save_file({"features": truth.features, "firing": truth.firing, "pairs": truth.pairs,
-                   "directions": truth.directions(direction).contiguous()}, str(tmp / TRUTH),
+                   "directions": truth.directions(direction).contiguous()}, setting.truth,
                   metadata={"n_planted": str(truth.n_planted), "strength": json.dumps(strength),
                             "direction": direction})
         test_pairs = samples["test"].pair
         write_parquet(pd.DataFrame({"row": np.arange(len(test_pairs)), "pair": test_pairs.numpy().astype(np.int32)}),
-                      tmp / PAIRS)
+                      setting.test_pairs)
         variance = pd.DataFrame(rows)
-        write_parquet(variance, tmp / VARIANCE, metadata={"spec": asdict(spec)})
+        write_parquet(variance, setting.variance, metadata={"spec": asdict(spec)})
     return variance
 
 
@@ -161,15 +162,15 @@ def pair_identification(weights_path: str | Path, setting_dir: str | Path) -> pd
     normaliser's space), and the number of those tokens."""
     from featint.models import load_model
 
-    setting_dir = Path(setting_dir)
+    setting = SyntheticSettingFolder(setting_dir)
     model, _ = load_model(weights_path)
     if model.head is None or not model.head.use_interaction:
         raise ValueError(f"{weights_path} has no interaction term to identify pairs with")
-    store = ActivationStore(setting_dir / "activations" / "test")
-    normaliser = Normaliser.load(setting_dir / "activations" / "normaliser.safetensors")
+    store = ActivationStore(setting.activations.split("test"))
+    normaliser = Normaliser.load(setting.activations.normaliser)
     x = normaliser.apply(torch.cat([v for _, v in store.iter_shards()]))
-    pair = torch.tensor(pd.read_parquet(setting_dir / PAIRS)["pair"].to_numpy(), dtype=torch.long)
-    n_planted = int(load_file(str(setting_dir / TRUTH))["pairs"].shape[0] // 2)
+    pair = torch.tensor(pd.read_parquet(setting.test_pairs)["pair"].to_numpy(), dtype=torch.long)
+    n_planted = int(load_file(setting.truth)["pairs"].shape[0] // 2)
     gains = torch.zeros(x.shape[0])
     for start in range(0, x.shape[0], 4096):
         rec = model(x[start : start + 4096])
@@ -262,27 +263,27 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
 
     assert settings.synthetic is not None
     local = setting_settings(settings, find_variant(settings.synthetic, variant_name))
-    setting_dir, out_dir = Path(setting_dir), Path(out_dir)
-    activations = setting_dir / "activations"
+    out = SyntheticModelsFolder(out_dir)
+    activations = str(SyntheticSettingFolder(setting_dir).activations)
     rows = []
     trained = []
     for kind, result in train_kinds(local, settings.synthetic.kinds, seed, activations, out_dir,
                                     lambda name: chosen_lr(local, name, None)):
         trained.append(kind)
-        table, _ = reconstruction_table(out_dir / kind / "weights.safetensors", activations, run=run)
+        table, _ = reconstruction_table(out.model(kind).weights, activations, run=run)
         fvu = table[(table["token_set"] == "selected") & (table["metric"] == "fvu")].set_index("component")["value"]
-        parameters = pd.read_parquet(out_dir / kind / "parameters.parquet")
+        parameters = pd.read_parquet(out.model(kind).parameters)
         rows.append({"variant": variant_name, "strength": strength, "kind": kind, "seed": seed,
                      "fvu": float(fvu[final_component(kind)]),
                      "sae_fvu": float(fvu[SAE_COMPONENT]),
                      "parameters": int(parameters.loc[parameters["component"] == "total", "parameters"].item()),
                      "steps": result.steps})
     frame = pd.DataFrame(rows)
-    write_parquet(frame, out_dir / "fvu.parquet")
-    identified = [pair_identification(out_dir / kind / "weights.safetensors", setting_dir).assign(model=kind)
+    write_parquet(frame, out.fvu)
+    identified = [pair_identification(out.model(kind).weights, setting_dir).assign(model=kind)
                   for kind in trained if kind in WITH_INTERACTION]
     pairs = pd.concat(identified, ignore_index=True) if identified else pd.DataFrame()  # standard alone: none
-    write_parquet(pairs.assign(variant=variant_name, strength=strength, seed=seed), out_dir / "pairs.parquet")
+    write_parquet(pairs.assign(variant=variant_name, strength=strength, seed=seed), out.pairs)
     return frame
 
 
@@ -293,7 +294,7 @@ def gather(fvu_tables: list[str | Path], pair_tables: list[str | Path], variance
     variance, as tables and figures in ``out_dir``; returns the detection thresholds."""
     from featint import plots
 
-    out_dir = Path(out_dir)
+    out = SyntheticSummaryFolder(out_dir)
     fvu = pd.concat([pd.read_parquet(p) for p in fvu_tables], ignore_index=True)
     power = power_table(fvu, level)
     variance = pd.concat([pd.read_parquet(p).assign(setting=Path(p).parent.name) for p in variance_tables],
@@ -309,13 +310,13 @@ def gather(fvu_tables: list[str | Path], pair_tables: list[str | Path], variance
                                    "model": model, "seed": int(first["seed"]), **identification_summary(pairs)})
     ident = pd.DataFrame(identification).sort_values(["variant", "model", "strength", "seed"], ignore_index=True)
     detection = detection_thresholds(power)
-    write_parquet(fvu, out_dir / "fvu.parquet")
-    write_parquet(power, out_dir / "power.parquet")
-    write_parquet(detection, out_dir / "detection.parquet")
-    write_parquet(ident, out_dir / "identification.parquet")
-    write_parquet(variance, out_dir / "variance.parquet")
-    plots.synthetic_power(power, out_dir / "figures" / "power.png")
-    plots.synthetic_identification(ident, out_dir / "figures" / "identification.png")
+    write_parquet(fvu, out.fvu)
+    write_parquet(power, out.power)
+    write_parquet(detection, out.detection)
+    write_parquet(ident, out.identification)
+    write_parquet(variance, out.variance)
+    plots.synthetic_power(power, out.figure("power"))
+    plots.synthetic_identification(ident, out.figure("identification"))
     return detection
 
 

@@ -33,6 +33,7 @@ from featint.codes import CodeCache
 from featint.config import AuxKSettings, Settings, TrainingSettings
 from featint.errors import FeatintError
 from featint.io import atomic_path, write_parquet
+from featint.layout import ActivationsFolder, KindsFolder, ModelFolder
 from featint.models import FeatureModel, SparseCode, TopKSAE, gather_sum
 from featint.normaliser import Normaliser
 from featint.runtime import native_bf16, seed_everything, step_autocast
@@ -411,10 +412,10 @@ class TrainingData:
 
     @classmethod
     def open(cls, activations_dir: str | Path) -> TrainingData:
-        activations_dir = Path(activations_dir)
-        normaliser = Normaliser.load(activations_dir / "normaliser.safetensors")
-        train_store = ActivationStore(activations_dir / "train")
-        validation_store = ActivationStore(activations_dir / "validation")
+        activations = ActivationsFolder(activations_dir)
+        normaliser = Normaliser.load(activations.normaliser)
+        train_store = ActivationStore(activations.split("train"))
+        validation_store = ActivationStore(activations.split("validation"))
         for store in (train_store, validation_store):
             if store.meta.hook_name != normaliser.hook_name:
                 raise TrainingError(f"{store.directory} holds {store.meta.hook_name} activations but the normaliser "
@@ -471,8 +472,8 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     ``codes_dir`` when given (:mod:`featint.codes`) instead of encoding every batch."""
     from featint.models import save_model
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = ModelFolder(out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     data = TrainingData.open(activations_dir)
     training = settings.training
     standard, codes = _standard_start(kind, settings, data, standard_weights, codes_dir, device)
@@ -482,10 +483,10 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     steps = max(1, round(training.steps * budget_factor))
     extra = {"hook_name": data.normaliser.hook_name, "normaliser_kind": data.normaliser.kind, "seed": seed, "lr": lr,
              "tokens": steps * training.batch_size, "budget_factor": budget_factor}
-    if not (out_dir / "init.safetensors").is_file():
-        save_model(model, out_dir / "init.safetensors", extra)
+    if not Path(out.init).is_file():
+        save_model(model, out.init, extra)
     validation = load_selected(data.validation, data.normaliser, training.validation_tokens).to(batches.device)
-    result = train(model, batches, validation, training, settings.sae.auxk, lr, out_dir / "checkpoint.pt",
+    result = train(model, batches, validation, training, settings.sae.auxk, lr, out.checkpoint,
                    name=f"{kind}/seed~{seed}", steps=steps)
     counts = model.parameter_counts()
     counts_frame = pd.DataFrame([{"model": kind, "seed": seed, "component": c, "parameters": n}
@@ -493,8 +494,8 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     counts_frame["share"] = counts_frame["parameters"] / counts["total"]
     counts_frame.loc[counts_frame["component"] == "total", "share"] = 1.0
     counts_frame["trainable"] = sum(p.numel() for p in model.trainable_parameters())
-    write_parquet(counts_frame, out_dir / "parameters.parquet")
-    save_training_outputs(model, result, out_dir, kind, seed, extra,
+    write_parquet(counts_frame, out.parameters)
+    save_training_outputs(model, result, out, kind, seed, extra,
                           {"lr": lr, "steps": result.steps, "budget_factor": budget_factor},
                           title=f"{kind}, seed {seed}, lr {lr:g}, {steps * training.batch_size:,} tokens")
     return result
@@ -510,18 +511,18 @@ def train_kinds(settings: Settings, names: list[str], seed: int, activations_dir
     tokens are cached once in ``out_dir/standard/codes`` and read by every kind built on it."""
     from featint.codes import write_code_cache
 
-    out_dir = Path(out_dir)
+    out = KindsFolder(out_dir)
     ordered = sorted(dict.fromkeys(names), key=lambda name: kinds.kind(name).from_standard)
     built_on = [name for name in ordered if kinds.kind(name).from_standard]
     if built_on and "standard" not in ordered:
         raise ValueError(f"{built_on} start from the standard SAE: train 'standard' with them")
-    standard_weights = out_dir / "standard" / "weights.safetensors"
-    codes_dir = out_dir / "standard" / "codes" if cache_codes and built_on else None
+    standard_weights = out.model("standard").weights
+    codes_dir = str(out.model("standard").codes) if cache_codes and built_on else None
     device = torch.device(device)
     for kind in ordered:
         from_standard = kinds.kind(kind).from_standard
         seed_everything(seed)
-        yield kind, run_train(settings, kind, seed, activations_dir, out_dir / kind, lr_for(kind), device=device,
+        yield kind, run_train(settings, kind, seed, activations_dir, str(out.model(kind)), lr_for(kind), device=device,
                               standard_weights=standard_weights if from_standard else None,
                               codes_dir=codes_dir if from_standard else None)
         if kind == "standard" and codes_dir is not None:
@@ -534,19 +535,19 @@ def lr_tables_by_kind(paths: list[str | Path]) -> dict[str, str]:
     return {str(pd.read_parquet(path)["model"].iloc[0]): str(path) for path in paths}
 
 
-def save_training_outputs(model: FeatureModel, result: TrainResult, out_dir: Path, label: str, seed: int,
+def save_training_outputs(model: FeatureModel, result: TrainResult, out: ModelFolder, label: str, seed: int,
                           extra: dict[str, Any], log_metadata: dict[str, Any], title: str) -> None:
-    """What every training stage leaves in its directory: the log (labelled), its figure, the weights; the
+    """What every training stage leaves in its model folder: the log (labelled), its figure, the weights; the
     checkpoint goes once the weights are written."""
     from featint import plots
     from featint.models import save_model
 
     result.log.insert(0, "model", label)
     result.log.insert(1, "seed", seed)
-    write_parquet(result.log, out_dir / "train_log.parquet", metadata=log_metadata)
-    plots.training_curves(result.log, out_dir / "figures" / "loss.png", title=title)
-    save_model(model, out_dir / "weights.safetensors", extra)
-    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    write_parquet(result.log, out.train_log, metadata=log_metadata)
+    plots.training_curves(result.log, out.loss_figure, title=title)
+    save_model(model, out.weights, extra)
+    Path(out.checkpoint).unlink(missing_ok=True)
 
 
 def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path, out_path: str | Path,
@@ -576,7 +577,7 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 result = train(model, batches, validation.to(batches.device), training, settings.sae.auxk, lr,
-                               Path(tmp) / "probe.pt", name=f"lr-selection {kind} lr={lr:g}", steps=steps)
+                               ModelFolder(tmp).checkpoint, name=f"lr-selection {kind} lr={lr:g}", steps=steps)
             except TrainingError as error:
                 log.warning("lr selection %s: lr %g diverged (%s)", kind, lr, error)
                 row.update(diverged=True, validation_fvu=float("inf"), validation_mse=float("inf"))

@@ -8,7 +8,7 @@ rule ablation:
         **ACTIVATION_FILES,
         lr_tables=ablation_lr_tables,
     output:
-        f"{RESULTS}/ablations/{ABLATIONS.wildcard_pattern}/reconstruction.parquet",
+        LAYOUT.ablation(ABLATIONS.wildcard_pattern).reconstruction,
     log:
         f"{LOGS}/ablations/{ABLATIONS.wildcard_pattern}.log",
     benchmark:
@@ -26,7 +26,7 @@ rule ablation:
         config=stage_config("ablation"),
         instance=lambda wc: json.dumps(ABLATIONS.instance(wc), default=str),
         lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
-        out=lambda wc: f"{RESULTS}/ablations/{wc.instance}",
+        out=parent_dir(1),
     shell:
         "python -m featint ablation --config-json {params.config:q} --threads {threads}"
         " --instance {params.instance:q} --activations {params.acts} {params.lr} --run {params.run} --out {params.out}"
@@ -35,12 +35,10 @@ rule ablation:
 
 rule gather_ablations:
     input:
-        expand(f"{RESULTS}/ablations/{{instance}}/reconstruction.parquet", instance=ABLATIONS.instance_patterns),
+        [LAYOUT.ablation(instance).reconstruction for instance in ABLATIONS.instance_patterns],
     output:
-        summary=f"{RESULTS}/ablations/summary.parquet",
-        figure=report(
-            f"{RESULTS}/ablations/figures/ablations.png", caption="../report/ablations.rst", category="Ablations"
-        ),
+        summary=LAYOUT.ablations.summary,
+        figure=report(LAYOUT.ablations.figure("ablations"), caption="../report/ablations.rst", category="Ablations"),
     log:
         f"{LOGS}/gather_ablations.log",
     conda:

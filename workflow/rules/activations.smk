@@ -4,12 +4,12 @@
 
 rule extract:
     input:
-        documents=f"{RESULTS}/corpus/documents.parquet",
+        documents=LAYOUT.corpus_documents,
         lm=LM_DIR,
         # validation/test reuse the train split's outlier threshold (median train norm x factor)
-        train=lambda wc: [] if wc.split == "train" else f"{RESULTS}/activations/train",
+        train=lambda wc: [] if wc.split == "train" else ACTS.split("train"),
     output:
-        directory(f"{RESULTS}/activations/{{split}}"),
+        directory(ACTS.split("{split}")),
     log:
         f"{LOGS}/extract_{{split}}.log",
     benchmark:
@@ -33,9 +33,9 @@ rule extract:
 
 rule fit_normaliser:
     input:
-        train=f"{RESULTS}/activations/train",
+        train=ACTS.split("train"),
     output:
-        f"{RESULTS}/activations/normaliser.safetensors",
+        ACTS.normaliser,
     log:
         f"{LOGS}/fit_normaliser.log",
     benchmark:
@@ -55,13 +55,13 @@ rule fit_normaliser:
 
 rule summarise_activations:
     input:
-        splits=expand(f"{RESULTS}/activations/{{split}}", split=SPLITS),
-        normaliser=f"{RESULTS}/activations/normaliser.safetensors",
+        splits=[ACTS.split(split) for split in SPLITS],
+        normaliser=ACTS.normaliser,
     output:
-        table=f"{RESULTS}/activations/summary.parquet",
-        positions=f"{RESULTS}/activations/norm_by_position.parquet",
+        table=ACTS.summary,
+        positions=ACTS.norm_by_position,
         figure=report(
-            f"{RESULTS}/activations/figures/norm_by_position.png",
+            ACTS.norm_by_position_figure,
             caption="../report/norm_by_position.rst",
             category="Activations",
         ),

@@ -8,7 +8,7 @@ rule behaviour_reference:
         **ACTIVATION_FILES,
         lm=LM_DIR,
     output:
-        f"{RESULTS}/behaviour/reference/tokens.parquet",
+        LAYOUT.behaviour_reference.tokens,
     log:
         f"{LOGS}/behaviour_reference.log",
     benchmark:
@@ -33,9 +33,9 @@ rule behaviour:
     input:
         **ACTIVATION_FILES,
         lm=LM_DIR,
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+        weights=RUN_MODEL.weights,
     output:
-        f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet",
+        LAYOUT.behaviour_of("{kind}", "{seed}").tokens,
     log:
         f"{LOGS}/behaviour_{{kind}}_seed~{{seed}}.log",
     benchmark:
@@ -61,13 +61,13 @@ rule behaviour:
 
 rule gather_behaviour:
     input:
-        tables=instance_paths(f"{RESULTS}/behaviour/{{kind}}/seed~{{seed}}/tokens.parquet"),
-        reference=f"{RESULTS}/behaviour/reference/tokens.parquet",
+        tables=instance_paths(lambda kind, seed: LAYOUT.behaviour_of(kind, seed).tokens),
+        reference=LAYOUT.behaviour_reference.tokens,
     output:
-        summary=f"{RESULTS}/behaviour/summary.parquet",
+        summary=LAYOUT.behaviour.summary,
         figures=[
             report(
-                f"{RESULTS}/behaviour/figures/{name}.png",
+                LAYOUT.behaviour.figure(name),
                 caption="../report/behaviour.rst",
                 category="Behaviour",
             )

@@ -8,7 +8,7 @@ rule select_lr_budget:
     input:
         **ACTIVATION_FILES,
     output:
-        f"{RESULTS}/{{group}}/lr_selection/{{kind}}.parquet",
+        LAYOUT.lr_selection("{group}").kind("{kind}"),
     log:
         f"{LOGS}/select_lr_{{group}}_{{kind}}.log",
     benchmark:
@@ -34,12 +34,12 @@ rule select_lr_budget:
 
 rule budget_summary:
     input:
-        documents=budget_files("reconstruction_documents.parquet"),
-        logs=budget_files("train_log.parquet"),
+        documents=budget_files("reconstruction_documents"),
+        logs=budget_files("train_log"),
     output:
-        summary=f"{RESULTS}/budget/summary.parquet",
+        summary=LAYOUT.budget.summary,
         figure=report(
-            f"{RESULTS}/budget/figures/budget.png",
+            LAYOUT.budget.figure("budget"),
             caption="../report/budget.rst",
             category="Training",
         ),
@@ -61,7 +61,7 @@ rule budget_summary:
 rule budget:
     input:
         rules.budget_summary.output,
-        f"{RESULTS}/budget/report/claims.md",
+        LAYOUT.budget_report.claims_markdown,
 
 
 use rule claims as budget_claims with:
@@ -69,9 +69,9 @@ use rule claims as budget_claims with:
         **{name: value for name, value in rules.claims.input.items() if name != "budget"},
         budget=[rules.budget_summary.output.summary],
     output:
-        table=f"{RESULTS}/budget/report/claims.parquet",
-        markdown=report(f"{RESULTS}/budget/report/claims.md", caption="../report/claims.rst", category="Claims"),
-        kinds=f"{RESULTS}/budget/report/kinds_by_parameters.parquet",
-        figure=f"{RESULTS}/budget/report/figures/kinds_by_parameters.png",
+        table=LAYOUT.budget_report.claims,
+        markdown=report(LAYOUT.budget_report.claims_markdown, caption="../report/claims.rst", category="Claims"),
+        kinds=LAYOUT.budget_report.kinds,
+        figure=LAYOUT.budget_report.kinds_figure,
     log:
         f"{LOGS}/budget_claims.log",

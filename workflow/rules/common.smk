@@ -10,7 +10,7 @@ import featint.claims as featint_claims
 import featint.config
 import featint.interventions as featint_interventions
 import featint.kinds as featint_kinds
-import featint.layers as featint_layers
+import featint.layout as featint_layout
 import featint.lm
 import featint.runtime
 import featint.training as featint_training
@@ -27,6 +27,8 @@ FEATINT_ENV = "../../envs/featint.yaml"
 
 RUN = SETTINGS.run
 RESULTS = f"results/{RUN}"
+#: every artefact of the run (featint.layout: the one place that names them)
+LAYOUT = featint_layout.RunLayout(RESULTS)
 LOGS = f"logs/{RUN}"
 BENCH = f"benchmarks/results/{RUN}"
 LM_DIR = str(featint.lm.model_dir(SETTINGS.model))
@@ -80,12 +82,8 @@ def stage_config(stage):
 
 
 def activation_targets():
-    return [
-        f"{RESULTS}/activations/normaliser.safetensors",
-        f"{RESULTS}/activations/summary.parquet",
-        f"{RESULTS}/activations/norm_by_position.parquet",
-        f"{RESULTS}/activations/figures/norm_by_position.png",
-    ]
+    acts = LAYOUT.activations
+    return [acts.normaliser, acts.summary, acts.norm_by_position, acts.norm_by_position_figure]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,9 +106,9 @@ if SAE_IMPORTED and "standard" in SETTINGS.convergence.models:
 TRAINED_KINDS = [kind for kind in featint_kinds.MODEL_KINDS if not (SAE_IMPORTED and kind == "standard")]
 LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES} & set(TRAINED_KINDS))
 CONVERGENCE = config["convergence"]
-ACTS = f"{RESULTS}/activations"
+ACTS = LAYOUT.activations
 #: a rule's activation inputs (`input: **ACTIVATION_FILES`): the three splits and the normaliser
-ACTIVATION_FILES = {**{split: f"{ACTS}/{split}" for split in SPLITS}, "normaliser": f"{ACTS}/normaliser.safetensors"}
+ACTIVATION_FILES = {**{split: ACTS.split(split) for split in SPLITS}, "normaliser": ACTS.normaliser}
 
 
 def activations_dir(wildcards, input):
@@ -144,13 +142,19 @@ def parent_dir(levels=1, name=None, of="output"):
     return directory
 
 
-def model_dir(kind, seed, group="models"):
-    return f"{RESULTS}/{group}/{kind}/seed~{seed}"
+#: a model's folder with its wildcards (`{group}` is models, convergence or budget_x<factor>), and the run's own
+MODEL = LAYOUT.model("{kind}", "{seed}", "{group}")
+RUN_MODEL = LAYOUT.model("{kind}", "{seed}")
 
 
-def instance_paths(pattern, instances=None):
-    """`pattern` (with {kind} and {seed}) for every trained model instance."""
-    return [pattern.format(kind=kind, seed=seed) for kind, seed in (instances or MODEL_INSTANCES)]
+def model_path(name, group="models"):
+    """`(kind, seed) -> ` the file `name` (a featint.layout.ModelFolder field) of that model, for instance_paths."""
+    return lambda kind, seed: getattr(LAYOUT.model(kind, seed, group), name)
+
+
+def instance_paths(path, instances=None):
+    """`path(kind, seed)` for every trained model instance (or every one of `instances`)."""
+    return [path(kind, seed) for kind, seed in (instances or MODEL_INSTANCES)]
 
 
 def convergence_instances():
@@ -158,18 +162,14 @@ def convergence_instances():
 
 
 def training_targets():
-    targets = [
-        f"{RESULTS}/metrics/reconstruction.parquet",
-        f"{RESULTS}/metrics/reconstruction_summary.parquet",
-        f"{RESULTS}/metrics/parameters.parquet",
-        f"{RESULTS}/metrics/figures/reconstruction.png",
-    ]
+    metrics = LAYOUT.metrics
+    targets = [metrics.reconstruction, metrics.summary, metrics.parameters, metrics.figure_path]
     if config["training"]["lr"] is None:
-        targets += [f"{RESULTS}/lr_selection/summary.parquet", f"{RESULTS}/lr_selection/figures/lr_selection.png"]
+        targets += [LAYOUT.lr_selection().summary, LAYOUT.lr_selection().figure_path]
     if CONVERGENCE["models"]:
-        targets += [f"{RESULTS}/convergence/summary.parquet", f"{RESULTS}/convergence/figures/convergence.png"]
+        targets += [LAYOUT.convergence.summary, LAYOUT.convergence.figure("convergence")]
     exported = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in featint_kinds.SAE_ONLY]
-    targets += instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json", exported)
+    targets += instance_paths(lambda kind, seed: LAYOUT.model(kind, seed).saelens.config, exported)
     return targets
 
 
@@ -178,8 +178,8 @@ def lr_table(wildcards):
         return []
     chosen_at = featint_kinds.lr_selection_kind(wildcards.kind)
     if wildcards.group.startswith("budget_x") and BUDGET.select_lr:
-        return f"{RESULTS}/{wildcards.group}/lr_selection/{chosen_at}.parquet"  # chosen again at that budget
-    return f"{RESULTS}/lr_selection/{chosen_at}.parquet"
+        return LAYOUT.lr_selection(wildcards.group).kind(chosen_at)  # chosen again at that budget
+    return LAYOUT.lr_selection().kind(chosen_at)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -200,34 +200,28 @@ def budget_instances():
 
 
 def budget_files(name):
-    return [f"{RESULTS}/{group}/{kind}/seed~{seed}/{name}" for kind, group, seed in budget_instances()]
+    """The file `name` (a featint.layout.ModelFolder field) of every model the budget target evaluates."""
+    return [getattr(LAYOUT.model(kind, seed, group), name) for kind, group, seed in budget_instances()]
 
 
 def standard_weights(wildcards):
     if wildcards.kind in featint_kinds.FROM_STANDARD:
         seed = getattr(wildcards, "seed", SEEDS[0])
-        return f"{model_dir('standard', seed)}/weights.safetensors"
+        return LAYOUT.model("standard", seed).weights
     return []
 
 
 def standard_codes(wildcards):
     if config["training"]["cache_codes"] and wildcards.kind in featint_kinds.FROM_STANDARD:
         seed = getattr(wildcards, "seed", SEEDS[0])
-        return f"{RESULTS}/codes/standard/seed~{seed}"
+        return str(LAYOUT.codes(seed))
     return []
 
 
 # ---------------------------------------------------------------------------------------------------------
 # geometry (workflow/rules/geometry.smk)
 
-GEOMETRY_FIGURES = [
-    "squared_norm_histograms",
-    "squared_norm_vs_firing_frequency",
-    "squared_norm_vs_paper_interaction_ratio",
-    "squared_norm_vs_activation_nfm_share",
-    "squared_norm_by_cluster",
-    "pca_elbows",
-]
+GEOMETRY_FIGURES = featint_layout.GEOMETRY_FIGURES
 
 
 #: geometry's measures (decoder norms, NFM row norms and contributions) read SAE-only and NFM models; the rivals'
@@ -240,37 +234,34 @@ def geometry_init_kind(kind):
 
 
 def geometry_targets():
-    return [f"{RESULTS}/geometry/summary.parquet", f"{RESULTS}/geometry/verdicts.parquet"] + [
-        f"{RESULTS}/geometry/figures/{name}.png" for name in GEOMETRY_FIGURES
-    ]
+    geometry = LAYOUT.geometry
+    return [geometry.summary, geometry.verdicts] + [geometry.figure(name) for name in GEOMETRY_FIGURES]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # behaviour (workflow/rules/behaviour.smk)
 
-BEHAVIOUR_FIGURES = ["kl_distributions", "pathology_ratios", "kl_vs_error_norm"]
+BEHAVIOUR_FIGURES = featint_layout.BEHAVIOUR_FIGURES
 
 
 def behaviour_targets():
-    return [f"{RESULTS}/behaviour/summary.parquet"] + [
-        f"{RESULTS}/behaviour/figures/{name}.png" for name in BEHAVIOUR_FIGURES
-    ]
+    return [LAYOUT.behaviour.summary] + [LAYOUT.behaviour.figure(name) for name in BEHAVIOUR_FIGURES]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # interventions (workflow/rules/interventions.smk)
 
 INTERVENTION_MODELS = config["interventions"]["models"]  # all in `models` (checked at validation)
-INTERVENTION_FIGURES = ["clamp_interaction_lines", "clamp_heatmaps", "secondary_activation_by_cell"]
+INTERVENTION_FIGURES = featint_layout.INTERVENTION_FIGURES
 INTERVENTION_TABLES = featint_interventions.TABLES
+#: the secondary SAE of a model's interventions, with its wildcards
+SECONDARY = LAYOUT.interventions_of("{kind}", "{seed}").secondary
 
 
 def intervention_targets():
     if not INTERVENTION_MODELS:
         return []
-    return [f"{RESULTS}/interventions/summary.parquet"] + [
-        f"{RESULTS}/interventions/figures/{name}.png" for name in INTERVENTION_FIGURES
-    ]
+    return [LAYOUT.interventions.summary] + [LAYOUT.interventions.figure(name) for name in INTERVENTION_FIGURES]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,15 +269,8 @@ def intervention_targets():
 
 
 def report_targets():
-    names = (
-        "claims.parquet",
-        "claims.md",
-        "kinds_by_parameters.parquet",
-        "figures/kinds_by_parameters.png",
-        "config.yaml",
-        "versions.tsv",
-    )
-    return [f"{RESULTS}/report/{name}" for name in names]
+    folder = LAYOUT.report
+    return [folder.claims, folder.claims_markdown, folder.kinds, folder.kinds_figure, folder.config, folder.versions]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,14 +287,16 @@ def ablation_lr_tables(wildcards):
     kinds = {featint_kinds.lr_selection_kind(kind)}
     if kind in featint_kinds.FROM_STANDARD:
         kinds.add("standard")
-    return [f"{RESULTS}/lr_selection/{k}.parquet" for k in sorted(kinds)]
+    return [LAYOUT.lr_selection().kind(k) for k in sorted(kinds)]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # layers (workflow/rules/layers.smk)
 
 LAYER_SWEEP = config["layers"]
-LAYERS_DIR = f"{RESULTS}/layers"
+LAYERS = LAYOUT.layers
+#: (layer, seed) of every layer-models job
+LAYER_INSTANCES = [(layer, seed) for layer in LAYER_SWEEP["layers"] for seed in LAYER_SWEEP["seeds"]]
 # (a layer the model lacks stops its extraction job with the hook's message)
 
 
@@ -318,7 +304,7 @@ def layer_acts(layer):
     """A layer's activations directory: the run's own when the layer is the run's hook layer."""
     if int(layer) == config["hook"]["layer"]:
         return ACTS
-    return f"{LAYERS_DIR}/layer~{layer}/activations"
+    return LAYERS.activations(layer)
 
 
 def layer_config(stage, layer):
@@ -333,31 +319,37 @@ def layer_lr_tables(wildcards):
     if config["training"]["lr"] is not None:
         return []
     kinds = {featint_kinds.lr_selection_kind(kind) for kind in LAYER_SWEEP["kinds"]}
-    return [f"{RESULTS}/lr_selection/{kind}.parquet" for kind in sorted(kinds)]
+    return [LAYOUT.lr_selection().kind(kind) for kind in sorted(kinds)]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # synthetic (workflow/rules/synthetic.smk)
 
 SYNTHETIC = SETTINGS.synthetic
-SYN = f"{RESULTS}/synthetic"
+
+
+#: one planted setting's data, models and pair test, with their wildcards
+SETTING = LAYOUT.synthetic_setting("{variant}", "{strength}")
+SYNTHETIC_MODELS = LAYOUT.synthetic_models("{variant}", "{strength}", "{seed}")
+SYNTHETIC_INTEGRATION = LAYOUT.synthetic_integration("{variant}", "{strength}", "{seed}")
 
 
 def synthetic_settings():
-    """(variant, strength) of every setting, strengths written as in the folder names."""
+    """(variant, strength) of every setting, strengths written as in the folder names (none without a
+    synthetic section)."""
+    if not SYNTHETIC:
+        return []
     return [(variant.name, f"{strength:g}") for variant in SYNTHETIC.variants for strength in SYNTHETIC.strengths]
 
 
 def synthetic_targets():
     targets = []
     if SYNTHETIC and "joint" in SYNTHETIC.kinds:  # the power curve (the config requires its references too)
-        targets += [
-            f"{SYN}/summary/power.parquet",
-            f"{SYN}/summary/figures/power.png",
-            f"{SYN}/summary/figures/identification.png",
-        ]
+        summary = LAYOUT.synthetic_summary
+        targets += [summary.power, summary.figure("power"), summary.figure("identification")]
     if SYNTHETIC and "standard" in SYNTHETIC.kinds:  # the pair product test reads the standard SAE
-        targets += [f"{SYN}/summary/integration_power.parquet", f"{SYN}/summary/figures/integration_power.png"]
+        summary = LAYOUT.synthetic_summary
+        targets += [summary.integration_power, summary.figure("integration_power")]
     return targets
 
 
@@ -370,11 +362,7 @@ INTEGRATION_INSTANCES = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind 
 def integration_targets():
     if not INTEGRATION_INSTANCES:
         return []
-    names = (
-        "summary.parquet",
-        "replication.parquet",
-        "contexts.parquet",
-        "figures/pair_z.png",
-        "figures/top_pairs.png",
-    )
-    return [f"{RESULTS}/integration/{name}" for name in names]
+    integration = LAYOUT.integration
+    return [integration.summary, integration.replication, integration.contexts] + [
+        integration.figure(name) for name in featint_layout.INTEGRATION_FIGURES
+    ]

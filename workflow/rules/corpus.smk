@@ -3,7 +3,7 @@
 
 rule corpus:
     output:
-        f"{RESULTS}/corpus/documents.parquet",
+        LAYOUT.corpus_documents,
     log:
         f"{LOGS}/corpus.log",
     benchmark:

@@ -5,13 +5,13 @@
 rule geometry:
     input:
         **ACTIVATION_FILES,
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+        weights=RUN_MODEL.weights,
         # models started from the trained standard SAE are compared with that SAE's own initialisation
-        init=lambda wc: f"{model_dir(geometry_init_kind(wc.kind), wc.seed)}/init.safetensors",
+        init=lambda wc: LAYOUT.model(geometry_init_kind(wc.kind), wc.seed).init,
     output:
-        features=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet",
-        summary=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet",
-        pca=f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet",
+        features=LAYOUT.geometry_of("{kind}", "{seed}").features,
+        summary=LAYOUT.geometry_of("{kind}", "{seed}").summary,
+        pca=LAYOUT.geometry_of("{kind}", "{seed}").pca,
     log:
         f"{LOGS}/geometry_{{kind}}_seed~{{seed}}.log",
     benchmark:
@@ -27,7 +27,7 @@ rule geometry:
         acts=activations_dir,
         run=RUN,
         config=stage_config("geometry"),
-        out=lambda wc: f"{RESULTS}/geometry/{wc.kind}/seed~{wc.seed}",
+        out=parent_dir(1, "summary"),
     shell:
         "python -m featint geometry --config-json {params.config:q} --threads {threads}"
         " --weights {input.weights} --init {input.init} --activations {params.acts} --run {params.run} --out {params.out}"
@@ -36,15 +36,15 @@ rule geometry:
 
 rule gather_geometry:
     input:
-        features=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/features.parquet", GEOMETRY_INSTANCES),
-        summaries=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/summary.parquet", GEOMETRY_INSTANCES),
-        pca=instance_paths(f"{RESULTS}/geometry/{{kind}}/seed~{{seed}}/pca.parquet", GEOMETRY_INSTANCES),
+        features=instance_paths(lambda kind, seed: LAYOUT.geometry_of(kind, seed).features, GEOMETRY_INSTANCES),
+        summaries=instance_paths(lambda kind, seed: LAYOUT.geometry_of(kind, seed).summary, GEOMETRY_INSTANCES),
+        pca=instance_paths(lambda kind, seed: LAYOUT.geometry_of(kind, seed).pca, GEOMETRY_INSTANCES),
     output:
-        summary=f"{RESULTS}/geometry/summary.parquet",
-        verdicts=f"{RESULTS}/geometry/verdicts.parquet",
+        summary=LAYOUT.geometry.summary,
+        verdicts=LAYOUT.geometry.verdicts,
         figures=[
             report(
-                f"{RESULTS}/geometry/figures/{name}.png",
+                LAYOUT.geometry.figure(name),
                 caption="../report/geometry.rst",
                 category="Geometry",
             )

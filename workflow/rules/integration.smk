@@ -6,10 +6,10 @@
 rule integration:
     input:
         **ACTIVATION_FILES,
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+        weights=RUN_MODEL.weights,
     output:
-        pairs=f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/pairs.parquet",
-        contexts=f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/contexts.parquet",
+        pairs=LAYOUT.integration_of("{kind}", "{seed}").pairs,
+        contexts=LAYOUT.integration_of("{kind}", "{seed}").contexts,
     log:
         f"{LOGS}/integration_{{kind}}_seed~{{seed}}.log",
     benchmark:
@@ -35,21 +35,21 @@ rule gather_integration:
     input:
         **ACTIVATION_FILES,
         lm=LM_DIR,
-        pairs=instance_paths(f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/pairs.parquet", INTEGRATION_INSTANCES),
-        contexts=instance_paths(f"{RESULTS}/integration/{{kind}}/seed~{{seed}}/contexts.parquet", INTEGRATION_INSTANCES),
-        weights=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors", INTEGRATION_INSTANCES),
+        pairs=instance_paths(lambda kind, seed: LAYOUT.integration_of(kind, seed).pairs, INTEGRATION_INSTANCES),
+        contexts=instance_paths(lambda kind, seed: LAYOUT.integration_of(kind, seed).contexts, INTEGRATION_INSTANCES),
+        weights=instance_paths(model_path("weights"), INTEGRATION_INSTANCES),
     output:
-        summary=f"{RESULTS}/integration/summary.parquet",
-        pairs=f"{RESULTS}/integration/pairs.parquet",
-        replication=f"{RESULTS}/integration/replication.parquet",
-        contexts=f"{RESULTS}/integration/contexts.parquet",
+        summary=LAYOUT.integration.summary,
+        pairs=LAYOUT.integration.pairs,
+        replication=LAYOUT.integration.replication,
+        contexts=LAYOUT.integration.contexts,
         figures=[
             report(
-                f"{RESULTS}/integration/figures/{name}.png",
+                LAYOUT.integration.figure(name),
                 caption="../report/integration.rst",
                 category="Integration",
             )
-            for name in ("pair_z", "top_pairs")
+            for name in featint_layout.INTEGRATION_FIGURES
         ],
     log:
         f"{LOGS}/gather_integration.log",

@@ -6,13 +6,13 @@
 rule secondary_sae:
     input:
         **ACTIVATION_FILES,
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
+        weights=RUN_MODEL.weights,
     output:
-        weights=f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/secondary/weights.safetensors",
-        normaliser=f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/secondary/normaliser.safetensors",
-        log=f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/secondary/train_log.parquet",
+        weights=SECONDARY.weights,
+        normaliser=SECONDARY.normaliser,
+        log=SECONDARY.train_log,
         figure=report(
-            f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/secondary/figures/loss.png",
+            SECONDARY.loss_figure,
             caption="../report/training_curves.rst",
             category="Interventions",
             subcategory="secondary SAE {kind}",
@@ -34,7 +34,7 @@ rule secondary_sae:
     params:
         acts=activations_dir,
         config=stage_config("secondary-sae"),
-        out=lambda wc: f"{RESULTS}/interventions/{wc.kind}/seed~{wc.seed}/secondary",
+        out=parent_dir(1, "weights"),
     shell:
         "python -m featint secondary-sae --config-json {params.config:q} --threads {threads}"
         " --weights {input.weights} --activations {params.acts} --out {params.out} > {log} 2>&1"
@@ -44,11 +44,11 @@ rule interventions:
     input:
         **ACTIVATION_FILES,
         lm=LM_DIR,
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
-        secondary=f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/secondary/weights.safetensors",
+        weights=RUN_MODEL.weights,
+        secondary=SECONDARY.weights,
         stimuli=[f"{config['interventions']['stimuli']}/{name}.tsv" for name in ("sentences", "prompts", "word_sets")],
     output:
-        [f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/{name}.parquet" for name in INTERVENTION_TABLES],
+        [LAYOUT.interventions_of("{kind}", "{seed}").table(name) for name in INTERVENTION_TABLES],
     log:
         f"{LOGS}/interventions_{{kind}}_seed~{{seed}}.log",
     benchmark:
@@ -67,27 +67,28 @@ rule interventions:
         acts=activations_dir,
         run=RUN,
         config=stage_config("interventions"),
-        out=lambda wc: f"{RESULTS}/interventions/{wc.kind}/seed~{wc.seed}",
+        out=parent_dir(1),
+        secondary=parent_dir(1, "secondary", of="input"),
     shell:
         "python -m featint interventions --config-json {params.config:q} --threads {threads}"
-        " --lm {input.lm} --weights {input.weights} --secondary {params.out}/secondary --activations {params.acts}"
+        " --lm {input.lm} --weights {input.weights} --secondary {params.secondary} --activations {params.acts}"
         " --run {params.run} --out {params.out} > {log} 2>&1"
 
 
 rule gather_interventions:
     input:
-        expand(
-            f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}/{{name}}.parquet",
-            kind=INTERVENTION_MODELS,
-            seed=SEEDS,
-            name=INTERVENTION_TABLES,
-        ),
+        [
+            LAYOUT.interventions_of(kind, seed).table(name)
+            for kind in INTERVENTION_MODELS
+            for seed in SEEDS
+            for name in INTERVENTION_TABLES
+        ],
     output:
-        summary=f"{RESULTS}/interventions/summary.parquet",
-        tables=[f"{RESULTS}/interventions/{name}.parquet" for name in INTERVENTION_TABLES],
+        summary=LAYOUT.interventions.summary,
+        tables=[LAYOUT.interventions.table(name) for name in INTERVENTION_TABLES],
         figures=[
             report(
-                f"{RESULTS}/interventions/figures/{name}.png",
+                LAYOUT.interventions.figure(name),
                 caption="../report/interventions.rst",
                 category="Interventions",
             )
@@ -103,8 +104,9 @@ rule gather_interventions:
         runtime=10,
     params:
         out=parent_dir(1, "summary"),
+        figures=parent_dir(1, "figures"),
         config=stage_config("gather-interventions"),
-        models=expand(f"{RESULTS}/interventions/{{kind}}/seed~{{seed}}", kind=INTERVENTION_MODELS, seed=SEEDS),
+        models=[str(LAYOUT.interventions_of(kind, seed)) for kind in INTERVENTION_MODELS for seed in SEEDS],
     shell:
         "python -m featint gather-interventions --config-json {params.config:q} --models {params.models}"
-        " --out {params.out} --figures {params.out}/figures > {log} 2>&1"
+        " --out {params.out} --figures {params.figures} > {log} 2>&1"

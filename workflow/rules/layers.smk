@@ -6,11 +6,11 @@
 
 rule layer_extract:
     input:
-        documents=f"{RESULTS}/corpus/documents.parquet",
+        documents=LAYOUT.corpus_documents,
         lm=LM_DIR,
-        train=lambda wc: [] if wc.split == "train" else f"{LAYERS_DIR}/layer~{wc.layer}/activations/train",
+        train=lambda wc: [] if wc.split == "train" else LAYERS.activations(wc.layer).split("train"),
     output:
-        directory(f"{LAYERS_DIR}/layer~{{layer}}/activations/{{split}}"),
+        directory(LAYERS.activations("{layer}").split("{split}")),
     log:
         f"{LOGS}/layers/extract_layer~{{layer}}_{{split}}.log",
     benchmark:
@@ -36,9 +36,9 @@ rule layer_extract:
 
 rule layer_normaliser:
     input:
-        train=f"{LAYERS_DIR}/layer~{{layer}}/activations/train",
+        train=LAYERS.activations("{layer}").split("train"),
     output:
-        f"{LAYERS_DIR}/layer~{{layer}}/activations/normaliser.safetensors",
+        LAYERS.activations("{layer}").normaliser,
     log:
         f"{LOGS}/layers/normaliser_layer~{{layer}}.log",
     wildcard_constraints:
@@ -58,13 +58,13 @@ rule layer_normaliser:
 
 rule layer_models:
     input:
-        activations=lambda wc: [f"{layer_acts(wc.layer)}/{split}" for split in SPLITS]
-        + [f"{layer_acts(wc.layer)}/normaliser.safetensors"],
+        activations=lambda wc: [layer_acts(wc.layer).split(split) for split in SPLITS]
+        + [layer_acts(wc.layer).normaliser],
         lr_tables=layer_lr_tables,
     output:
-        reconstruction=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.RECONSTRUCTION}",
-        documents=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.DOCUMENTS}",
-        parameters=f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.PARAMETERS}",
+        reconstruction=LAYERS.layer("{layer}", "{seed}").reconstruction,
+        documents=LAYERS.layer("{layer}", "{seed}").documents,
+        parameters=LAYERS.layer("{layer}", "{seed}").parameters,
     log:
         f"{LOGS}/layers/models_layer~{{layer}}_seed~{{seed}}.log",
     benchmark:
@@ -82,9 +82,9 @@ rule layer_models:
     params:
         run=RUN,
         config=lambda wc: layer_config("layer-models", wc.layer),
-        activations=lambda wc: layer_acts(wc.layer),
+        activations=lambda wc: str(layer_acts(wc.layer)),
         lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
-        out=lambda wc: f"{LAYERS_DIR}/layer~{wc.layer}/seed~{wc.seed}",
+        out=parent_dir(1, "reconstruction"),
     shell:
         "python -m featint layer-models --config-json {params.config:q} --threads {threads}"
         " --layer {wildcards.layer} --seed {wildcards.seed} --activations {params.activations} {params.lr}"
@@ -93,15 +93,13 @@ rule layer_models:
 
 rule gather_layers:
     input:
-        expand(
-            f"{LAYERS_DIR}/layer~{{layer}}/seed~{{seed}}/{featint_layers.RECONSTRUCTION}",
-            layer=LAYER_SWEEP["layers"],
-            seed=LAYER_SWEEP["seeds"],
-        ),
+        reconstruction=[LAYERS.layer(layer, seed).reconstruction for layer, seed in LAYER_INSTANCES],
+        documents=[LAYERS.layer(layer, seed).documents for layer, seed in LAYER_INSTANCES],
+        parameters=[LAYERS.layer(layer, seed).parameters for layer, seed in LAYER_INSTANCES],
     output:
-        comparisons=f"{LAYERS_DIR}/comparisons.parquet",
-        fvu=f"{LAYERS_DIR}/fvu.parquet",
-        figure=report(f"{LAYERS_DIR}/figures/layers.png", caption="../report/layers.rst", category="Layers"),
+        comparisons=LAYERS.comparisons,
+        fvu=LAYERS.fvu,
+        figure=report(LAYERS.figure("layers"), caption="../report/layers.rst", category="Layers"),
     log:
         f"{LOGS}/layers/gather.log",
     conda:
@@ -110,9 +108,9 @@ rule gather_layers:
     params:
         out=parent_dir(1, "comparisons"),
         config=stage_config("gather-layers"),
-        folders=lambda wc, input: " ".join(os.path.dirname(path) for path in input),
     shell:
-        "python -m featint gather-layers --config-json {params.config:q} --folders {params.folders}"
+        "python -m featint gather-layers --config-json {params.config:q} --reconstruction {input.reconstruction}"
+        " --documents {input.documents} --parameters {input.parameters}"
         " --out {params.out} > {log} 2>&1"
 
 

@@ -4,25 +4,25 @@
 rule claims:
     input:
         paper="config/paper_claims.tsv",
-        reconstruction=f"{RESULTS}/metrics/reconstruction.parquet",
-        reconstruction_summary=f"{RESULTS}/metrics/reconstruction_summary.parquet",
-        convergence=[f"{RESULTS}/convergence/summary.parquet"] if CONVERGENCE["models"] else [],
-        parameters=f"{RESULTS}/metrics/parameters.parquet",
-        comparisons=f"{RESULTS}/metrics/comparisons.parquet",
-        geometry=f"{RESULTS}/geometry/summary.parquet",
-        behaviour=f"{RESULTS}/behaviour/summary.parquet",
-        interventions=f"{RESULTS}/interventions/summary.parquet",
-        clamps=f"{RESULTS}/interventions/clamp_statistics.parquet",
-        integration=[f"{RESULTS}/integration/summary.parquet"] if INTEGRATION_INSTANCES else [],
-        replication=[f"{RESULTS}/integration/replication.parquet"] if INTEGRATION_INSTANCES else [],
+        reconstruction=LAYOUT.metrics.reconstruction,
+        reconstruction_summary=LAYOUT.metrics.summary,
+        convergence=[LAYOUT.convergence.summary] if CONVERGENCE["models"] else [],
+        parameters=LAYOUT.metrics.parameters,
+        comparisons=LAYOUT.metrics.comparisons,
+        geometry=LAYOUT.geometry.summary,
+        behaviour=LAYOUT.behaviour.summary,
+        interventions=LAYOUT.interventions.summary,
+        clamps=LAYOUT.interventions.clamp_statistics,
+        integration=[LAYOUT.integration.summary] if INTEGRATION_INSTANCES else [],
+        replication=[LAYOUT.integration.replication] if INTEGRATION_INSTANCES else [],
         planted_power=[config["integration"]["planted_power"]] if config["integration"]["planted_power"] else [],
         budget=[],  # the budget target's claims (budget_claims) hand over budget/summary.parquet
     output:
-        table=f"{RESULTS}/report/claims.parquet",
-        markdown=report(f"{RESULTS}/report/claims.md", caption="../report/claims.rst", category="Claims"),
-        kinds=f"{RESULTS}/report/kinds_by_parameters.parquet",
+        table=LAYOUT.report.claims,
+        markdown=report(LAYOUT.report.claims_markdown, caption="../report/claims.rst", category="Claims"),
+        kinds=LAYOUT.report.kinds,
         figure=report(
-            f"{RESULTS}/report/figures/kinds_by_parameters.png",
+            LAYOUT.report.kinds_figure,
             caption="../report/kinds_by_parameters.rst",
             category="Claims",
         ),
@@ -45,8 +45,8 @@ rule claims:
 
 rule run_info:
     output:
-        config=report(f"{RESULTS}/report/config.yaml", caption="../report/run_info.rst", category="Run"),
-        versions=report(f"{RESULTS}/report/versions.tsv", caption="../report/run_info.rst", category="Run"),
+        config=report(LAYOUT.report.config, caption="../report/run_info.rst", category="Run"),
+        versions=report(LAYOUT.report.versions, caption="../report/run_info.rst", category="Run"),
     log:
         f"{LOGS}/run_info.log",
     conda:

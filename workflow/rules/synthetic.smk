@@ -5,10 +5,10 @@
 
 rule synthetic_data:
     output:
-        activations=directory(f"{SYN}/data/{{variant}}~c{{strength}}/activations"),
-        truth=f"{SYN}/data/{{variant}}~c{{strength}}/truth.safetensors",
-        pairs=f"{SYN}/data/{{variant}}~c{{strength}}/test_pairs.parquet",
-        variance=f"{SYN}/data/{{variant}}~c{{strength}}/variance.parquet",
+        activations=directory(str(SETTING.activations)),
+        truth=SETTING.truth,
+        pairs=SETTING.test_pairs,
+        variance=SETTING.variance,
     log:
         f"{LOGS}/synthetic/data_{{variant}}~c{{strength}}.log",
     wildcard_constraints:
@@ -22,7 +22,7 @@ rule synthetic_data:
         runtime=20,
     params:
         config=stage_config("synthetic-data"),
-        out=lambda wc: f"{SYN}/data/{wc.variant}~c{wc.strength}",
+        out=parent_dir(1, "truth"),
     shell:
         "python -m featint synthetic-data --config-json {params.config:q} --variant {wildcards.variant}"
         " --strength {wildcards.strength} --out {params.out} > {log} 2>&1"
@@ -32,16 +32,9 @@ rule synthetic_models:
     input:
         rules.synthetic_data.output,
     output:
-        fvu=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/fvu.parquet",
-        pairs=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/pairs.parquet",
-        weights=(
-            [
-                f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/{kind}/weights.safetensors"
-                for kind in SYNTHETIC.kinds
-            ]
-            if SYNTHETIC
-            else []
-        ),
+        fvu=SYNTHETIC_MODELS.fvu,
+        pairs=SYNTHETIC_MODELS.pairs,
+        weights=[SYNTHETIC_MODELS.model(kind).weights for kind in SYNTHETIC.kinds] if SYNTHETIC else [],
     log:
         f"{LOGS}/synthetic/models_{{variant}}~c{{strength}}_seed~{{seed}}.log",
     benchmark:
@@ -60,8 +53,8 @@ rule synthetic_models:
     params:
         run=RUN,
         config=stage_config("synthetic-models"),
-        setting=lambda wc: f"{SYN}/data/{wc.variant}~c{wc.strength}",
-        out=lambda wc: f"{SYN}/models/{wc.variant}~c{wc.strength}/seed~{wc.seed}",
+        setting=lambda wc: str(LAYOUT.synthetic_setting(wc.variant, wc.strength)),
+        out=parent_dir(1, "fvu"),
     shell:
         "python -m featint synthetic-models --config-json {params.config:q} --threads {threads}"
         " --variant {wildcards.variant} --strength {wildcards.strength}"
@@ -70,28 +63,20 @@ rule synthetic_models:
 
 rule gather_synthetic:
     input:
-        fvu=(
-            [f"{SYN}/models/{v}~c{c}/seed~{s}/fvu.parquet" for v, c in synthetic_settings() for s in SEEDS]
-            if SYNTHETIC
-            else []
-        ),
-        pairs=(
-            [f"{SYN}/models/{v}~c{c}/seed~{s}/pairs.parquet" for v, c in synthetic_settings() for s in SEEDS]
-            if SYNTHETIC
-            else []
-        ),
-        variance=[f"{SYN}/data/{v}~c{c}/variance.parquet" for v, c in synthetic_settings()] if SYNTHETIC else [],
+        fvu=[LAYOUT.synthetic_models(v, c, s).fvu for v, c in synthetic_settings() for s in SEEDS],
+        pairs=[LAYOUT.synthetic_models(v, c, s).pairs for v, c in synthetic_settings() for s in SEEDS],
+        variance=[LAYOUT.synthetic_setting(v, c).variance for v, c in synthetic_settings()],
     output:
-        power=f"{SYN}/summary/power.parquet",
-        detection=f"{SYN}/summary/detection.parquet",
-        identification=f"{SYN}/summary/identification.parquet",
+        power=LAYOUT.synthetic_summary.power,
+        detection=LAYOUT.synthetic_summary.detection,
+        identification=LAYOUT.synthetic_summary.identification,
         power_figure=report(
-            f"{SYN}/summary/figures/power.png",
+            LAYOUT.synthetic_summary.figure("power"),
             caption="../report/synthetic_power.rst",
             category="Positive control",
         ),
         identification_figure=report(
-            f"{SYN}/summary/figures/identification.png",
+            LAYOUT.synthetic_summary.figure("identification"),
             caption="../report/synthetic_identification.rst",
             category="Positive control",
         ),
@@ -113,10 +98,10 @@ rule gather_synthetic:
 rule synthetic_integration:
     input:
         data=rules.synthetic_data.output,
-        weights=f"{SYN}/models/{{variant}}~c{{strength}}/seed~{{seed}}/standard/weights.safetensors",
+        weights=SYNTHETIC_MODELS.model("standard").weights,
     output:
-        pairs=f"{SYN}/integration/{{variant}}~c{{strength}}/seed~{{seed}}/pairs.parquet",
-        calibration=f"{SYN}/integration/{{variant}}~c{{strength}}/seed~{{seed}}/calibration.parquet",
+        pairs=SYNTHETIC_INTEGRATION.pairs,
+        calibration=SYNTHETIC_INTEGRATION.calibration,
     log:
         f"{LOGS}/synthetic/integration_{{variant}}~c{{strength}}_seed~{{seed}}.log",
     benchmark:
@@ -133,7 +118,7 @@ rule synthetic_integration:
         runtime=30,
     params:
         config=stage_config("synthetic-integration"),
-        setting=lambda wc: f"{SYN}/data/{wc.variant}~c{wc.strength}",
+        setting=lambda wc: str(LAYOUT.synthetic_setting(wc.variant, wc.strength)),
         out=parent_dir(1, "pairs"),
     shell:
         "python -m featint synthetic-integration --config-json {params.config:q} --threads {threads}"
@@ -143,20 +128,12 @@ rule synthetic_integration:
 
 rule gather_synthetic_integration:
     input:
-        calibration=(
-            [
-                f"{SYN}/integration/{v}~c{c}/seed~{s}/calibration.parquet"
-                for v, c in synthetic_settings()
-                for s in SEEDS
-            ]
-            if SYNTHETIC
-            else []
-        ),
+        calibration=[LAYOUT.synthetic_integration(v, c, s).calibration for v, c in synthetic_settings() for s in SEEDS],
     output:
-        power=f"{SYN}/summary/integration_power.parquet",
-        calibration=f"{SYN}/summary/integration_calibration.parquet",
+        power=LAYOUT.synthetic_summary.integration_power,
+        calibration=LAYOUT.synthetic_summary.integration_calibration,
         figure=report(
-            f"{SYN}/summary/figures/integration_power.png",
+            LAYOUT.synthetic_summary.figure("integration_power"),
             caption="../report/synthetic_integration.rst",
             category="Positive control",
         ),

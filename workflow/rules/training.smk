@@ -6,9 +6,9 @@
 rule cache_codes:
     input:
         **ACTIVATION_FILES,
-        weights=f"{model_dir('standard', '{seed}')}/weights.safetensors",
+        weights=LAYOUT.model("standard", "{seed}").weights,
     output:
-        directory(f"{RESULTS}/codes/standard/seed~{{seed}}"),
+        directory(str(LAYOUT.codes("{seed}"))),
     log:
         f"{LOGS}/cache_codes_standard_seed~{{seed}}.log",
     benchmark:
@@ -32,11 +32,11 @@ rule cache_codes:
 
 rule export_saelens:
     input:
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/weights.safetensors",
-        normaliser=f"{ACTS}/normaliser.safetensors",
+        weights=RUN_MODEL.weights,
+        normaliser=ACTS.normaliser,
     output:
-        config=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/cfg.json",
-        weights=f"{RESULTS}/models/{{kind}}/seed~{{seed}}/saelens/sae_weights.safetensors",
+        config=RUN_MODEL.saelens.config,
+        weights=RUN_MODEL.saelens.weights,
     log:
         f"{LOGS}/export_saelens_{{kind}}_seed~{{seed}}.log",
     wildcard_constraints:
@@ -50,7 +50,7 @@ rule export_saelens:
         runtime=10,
     params:
         config=stage_config("export-saelens"),
-        out=lambda wc: f"{RESULTS}/models/{wc.kind}/seed~{wc.seed}/saelens",
+        out=parent_dir(1, "config"),
     shell:
         "python -m featint export-saelens --config-json {params.config:q} --weights {input.weights}"
         " --normaliser {input.normaliser} --out {params.out} > {log} 2>&1"
@@ -62,7 +62,7 @@ rule select_lr:
         standard=standard_weights,
         codes=standard_codes,
     output:
-        f"{RESULTS}/lr_selection/{{kind}}.parquet",
+        LAYOUT.lr_selection().kind("{kind}"),
     log:
         f"{LOGS}/select_lr_{{kind}}.log",
     benchmark:
@@ -88,11 +88,11 @@ rule select_lr:
 
 rule gather_lr_selection:
     input:
-        expand(f"{RESULTS}/lr_selection/{{kind}}.parquet", kind=LR_KINDS),
+        [LAYOUT.lr_selection().kind(kind) for kind in LR_KINDS],
     output:
-        table=f"{RESULTS}/lr_selection/summary.parquet",
+        table=LAYOUT.lr_selection().summary,
         figure=report(
-            f"{RESULTS}/lr_selection/figures/lr_selection.png",
+            LAYOUT.lr_selection().figure_path,
             caption="../report/lr_selection.rst",
             category="Training",
         ),
@@ -116,12 +116,12 @@ rule train:
         standard=standard_weights,
         codes=standard_codes,
     output:
-        weights=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/weights.safetensors",
-        init=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/init.safetensors",
-        log=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/train_log.parquet",
-        parameters=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/parameters.parquet",
+        weights=MODEL.weights,
+        init=MODEL.init,
+        log=MODEL.train_log,
+        parameters=MODEL.parameters,
         figure=report(
-            f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/figures/loss.png",
+            MODEL.loss_figure,
             caption="../report/training_curves.rst",
             category="Training",
             subcategory="{group}: {kind}",
@@ -149,7 +149,7 @@ rule train:
         codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
         # the convergence check and the budget target train the same model at a multiple of the budget
         budget=lambda wc: group_budget_factor(wc.group),
-        out=lambda wc: model_dir(wc.kind, wc.seed, wc.group),
+        out=parent_dir(1, "weights"),
     shell:
         "python -m featint train --config-json {params.config:q} --threads {threads} --kind {wildcards.kind}"
         " --seed {wildcards.seed} --activations {params.acts} {params.lr_table} {params.standard} {params.codes}"
@@ -163,9 +163,9 @@ if SAE_IMPORTED:
             **ACTIVATION_FILES,
             sae=config["sae"]["path"],
         output:
-            weights=f"{RESULTS}/models/standard/seed~{{seed}}/weights.safetensors",
-            init=f"{RESULTS}/models/standard/seed~{{seed}}/init.safetensors",
-            parameters=f"{RESULTS}/models/standard/seed~{{seed}}/parameters.parquet",
+            weights=LAYOUT.model("standard", "{seed}").weights,
+            init=LAYOUT.model("standard", "{seed}").init,
+            parameters=LAYOUT.model("standard", "{seed}").parameters,
         log:
             f"{LOGS}/import_saelens_seed~{{seed}}.log",
         wildcard_constraints:
@@ -188,10 +188,10 @@ if SAE_IMPORTED:
 rule evaluate_reconstruction:
     input:
         **ACTIVATION_FILES,
-        weights=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/weights.safetensors",
+        weights=MODEL.weights,
     output:
-        table=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/reconstruction.parquet",
-        documents=f"{RESULTS}/{{group}}/{{kind}}/seed~{{seed}}/reconstruction_documents.parquet",
+        table=MODEL.reconstruction,
+        documents=MODEL.reconstruction_documents,
     log:
         f"{LOGS}/evaluate_{{group}}_{{kind}}_seed~{{seed}}.log",
     benchmark:
@@ -217,16 +217,16 @@ rule evaluate_reconstruction:
 
 rule gather_reconstruction:
     input:
-        tables=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction.parquet"),
-        documents=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction_documents.parquet"),
-        parameters=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/parameters.parquet"),
+        tables=instance_paths(model_path("reconstruction")),
+        documents=instance_paths(model_path("reconstruction_documents")),
+        parameters=instance_paths(model_path("parameters")),
     output:
-        metrics=f"{RESULTS}/metrics/reconstruction.parquet",
-        summary=f"{RESULTS}/metrics/reconstruction_summary.parquet",
-        parameters=f"{RESULTS}/metrics/parameters.parquet",
-        comparisons=f"{RESULTS}/metrics/comparisons.parquet",
+        metrics=LAYOUT.metrics.reconstruction,
+        summary=LAYOUT.metrics.summary,
+        parameters=LAYOUT.metrics.parameters,
+        comparisons=LAYOUT.metrics.comparisons,
         figure=report(
-            f"{RESULTS}/metrics/figures/reconstruction.png",
+            LAYOUT.metrics.figure_path,
             caption="../report/reconstruction.rst",
             category="Reconstruction",
         ),
@@ -250,16 +250,14 @@ rule gather_reconstruction:
 
 rule convergence:
     input:
-        default=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/reconstruction.parquet"),
-        longer=instance_paths(
-            f"{RESULTS}/convergence/{{kind}}/seed~{{seed}}/reconstruction.parquet", convergence_instances()
-        ),
-        logs=instance_paths(f"{RESULTS}/models/{{kind}}/seed~{{seed}}/train_log.parquet", convergence_instances())
-        + instance_paths(f"{RESULTS}/convergence/{{kind}}/seed~{{seed}}/train_log.parquet", convergence_instances()),
+        default=instance_paths(model_path("reconstruction")),
+        longer=instance_paths(model_path("reconstruction", "convergence"), convergence_instances()),
+        logs=instance_paths(model_path("train_log"), convergence_instances())
+        + instance_paths(model_path("train_log", "convergence"), convergence_instances()),
     output:
-        summary=f"{RESULTS}/convergence/summary.parquet",
+        summary=LAYOUT.convergence.summary,
         figure=report(
-            f"{RESULTS}/convergence/figures/convergence.png",
+            LAYOUT.convergence.figure("convergence"),
             caption="../report/convergence.rst",
             category="Training",
         ),

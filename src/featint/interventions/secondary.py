@@ -14,6 +14,7 @@ from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import Settings
 from featint.interventions.base import InterventionError
 from featint.kinds import SECONDARY_KIND
+from featint.layout import ModelFolder
 from featint.models import FeatureModel, TopKSAE, load_model
 from featint.normaliser import Normaliser
 
@@ -51,8 +52,8 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
     trained by the one training loop; returns the training log."""
     from featint.training import ShuffledBatches, TrainingData, save_training_outputs, train
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = ModelFolder(out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     model, extra = load_model(weights_path, device)
     require_interaction(model, weights_path)
     seed = int(extra["seed"])
@@ -62,7 +63,7 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
     train_embeddings = interaction_embeddings(model, data.normaliser, data.train, secondary.embedding_tokens)
     validation_embeddings = interaction_embeddings(model, data.normaliser, data.validation,
                                                    settings.training.validation_tokens)
-    embedding_store = out_dir / "embeddings"
+    embedding_store = out.file("embeddings")  # a scratch store, removed once the secondary SAE is trained
     write_store_from_tensor(embedding_store, train_embeddings, "train", hook_name)
     embedding_normaliser = Normaliser.fit([train_embeddings], "zscore", hook_name)
     embed_dim = train_embeddings.shape[1]
@@ -78,10 +79,10 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
     batches = ShuffledBatches(ActivationStore(embedding_store), embedding_normaliser, training.batch_size,
                               training.shuffle_shards, seed, device)
     validation = embedding_normaliser.apply(validation_embeddings).to(batches.device)
-    result = train(feature_model, batches, validation, training, auxk, secondary.lr, out_dir / "checkpoint.pt",
+    result = train(feature_model, batches, validation, training, auxk, secondary.lr, out.checkpoint,
                    name=f"secondary {model.kind}/seed~{seed}")
-    embedding_normaliser.save(out_dir / "normaliser.safetensors")
-    save_training_outputs(feature_model, result, out_dir, model.kind, seed,
+    embedding_normaliser.save(out.normaliser)
+    save_training_outputs(feature_model, result, out, model.kind, seed,
                           {"hook_name": hook_name, "seed": seed, "lr": secondary.lr,
                            "source_weights": str(weights_path)},
                           {"lr": secondary.lr, "n_features": n_features, "k": k, "embed_dim": embed_dim},

@@ -23,6 +23,7 @@ from featint.interventions.clamping import (
 from featint.interventions.readout import Pipeline, primary_tests, secondary_tests, sentence_features, tokenize_batch
 from featint.interventions.secondary import require_interaction
 from featint.io import write_parquet
+from featint.layout import ActivationsFolder, InterventionFolder, ModelFolder
 from featint.lm import HookPoint, load_bridge
 from featint.models import load_model
 from featint.normaliser import Normaliser
@@ -41,15 +42,15 @@ def load_pipeline(weights_path: str | Path, secondary_dir: str | Path, activatio
 
     model, extra = load_model(weights_path)
     require_interaction(model, weights_path)
-    store = ActivationStore(Path(activations_dir) / "test")
+    store = ActivationStore(ActivationsFolder(activations_dir).split("test"))
     check_model_matches_store(model, extra, store, weights_path)
-    secondary, _ = load_model(Path(secondary_dir) / "weights.safetensors")
-    secondary_normaliser = Normaliser.load(Path(secondary_dir) / "normaliser.safetensors")
+    secondary, _ = load_model(ModelFolder(secondary_dir).weights)
+    secondary_normaliser = Normaliser.load(ModelFolder(secondary_dir).normaliser)
     if secondary.sae.d_model != model.nfm.V.shape[1]:  # type: ignore[union-attr]
         raise InterventionError(f"{secondary_dir} holds a secondary SAE of width {secondary.sae.d_model}, but "
                                 f"{weights_path} has an interaction embedding of {model.nfm.V.shape[1]}; "  # type: ignore[union-attr]
                                 "retrain the secondary SAE for this model.")
-    normaliser = Normaliser.load(Path(activations_dir) / "normaliser.safetensors")
+    normaliser = Normaliser.load(ActivationsFolder(activations_dir).normaliser)
     return Pipeline(model, normaliser, secondary, secondary_normaliser).to(device), extra, store
 
 
@@ -106,5 +107,6 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
         for i, (column, value) in enumerate(labels.items()):
             table.insert(i, column, value)
         tables[name] = table
-        write_parquet(table, out_dir / f"{name}.parquet", metadata={"interventions": settings.raw["interventions"]})
+        write_parquet(table, InterventionFolder(out_dir).table(name),
+                      metadata={"interventions": settings.raw["interventions"]})
     return tables

@@ -10,6 +10,7 @@ import pandas as pd
 from featint import stats
 from featint.interventions.base import TABLES
 from featint.io import write_parquet
+from featint.layout import InterventionFigures, InterventionFolder, InterventionsFolder, figures_in
 
 # ---------------------------------------------------------------------------------------------------------
 # Gathering
@@ -20,8 +21,9 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
     across all features x clamp values of a model and seed (per reference); the summary and figures."""
     from featint import plots
 
-    out_dir = Path(out_dir)
-    tables = {name: pd.concat([pd.read_parquet(Path(d) / f"{name}.parquet") for d in model_dirs], ignore_index=True)
+    out = InterventionsFolder(out_dir)
+    tables = {name: pd.concat([pd.read_parquet(InterventionFolder(d).table(name)) for d in model_dirs],
+                              ignore_index=True)
               for name in TABLES}
     clamp = tables["clamp_statistics"]
     clamp["q"] = np.nan
@@ -30,14 +32,14 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
         clamp.loc[idx, "q"] = stats.benjamini_hochberg(clamp.loc[idx, "p"].to_numpy())
     clamp["significant_fdr"] = clamp["q"] < alpha
     for name, table in tables.items():
-        write_parquet(table, out_dir / f"{name}.parquet")
+        write_parquet(table, out.table(name))
     summary = intervention_summary(tables, alpha)
-    write_parquet(summary, out_dir / "summary.parquet")
-    figures_dir = Path(figures_dir)
-    plots.clamp_interaction_lines(tables["clamp_logits"], figures_dir / "clamp_interaction_lines.png")
-    plots.clamp_heatmaps(tables["clamp_logits"], figures_dir / "clamp_heatmaps.png")
+    write_parquet(summary, out.summary)
+    figures = figures_in(InterventionFigures, figures_dir)
+    plots.clamp_interaction_lines(tables["clamp_logits"], figures.clamp_interaction_lines)
+    plots.clamp_heatmaps(tables["clamp_logits"], figures.clamp_heatmaps)
     plots.secondary_activation_by_cell(tables["sentence_activations"], tables["secondary_tests"],
-                                       figures_dir / "secondary_activation_by_cell.png")
+                                       figures.secondary_activation_by_cell)
     return summary
 
 
