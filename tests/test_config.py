@@ -240,3 +240,21 @@ def test_interventions_on_a_model_the_run_does_not_train_stop_at_validation() ->
     validate_config({"models": ["standard", "sequential"], "convergence": {"models": []},
                      "interventions": {"models": ["sequential"]}})
     validate_config({"models": ["standard"], "convergence": {"models": []}})  # not judged on the defaults
+
+
+def test_every_settings_dataclass_has_exactly_its_schema_sections_fields_and_their_descriptions() -> None:
+    """The schema is the one definition of each key: a settings dataclass holds exactly the properties of its
+    section (``raw`` aside), and its docstring carries each property's description."""
+    import dataclasses
+
+    from featint.config import SECTIONS, Settings, schema_node
+
+    assert Settings in SECTIONS and len(SECTIONS) >= 24
+    for cls, path in SECTIONS.items():
+        properties = schema_node(path).get("properties", {})
+        fields = {f.name for f in dataclasses.fields(cls)} - {"raw"}
+        assert fields == set(properties), (cls.__name__, sorted(fields ^ set(properties)))
+        for name, spec in properties.items():
+            assert f"``{name}``: {spec['description']}" in (cls.__doc__ or ""), (cls.__name__, name)
+    nested = {f.type for cls in SECTIONS for f in dataclasses.fields(cls)}
+    assert "TrainingSettings" in nested and "AuxKSettings" in nested  # every nested section is a SECTIONS class

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -180,7 +180,43 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # Typed settings
 
+#: every settings dataclass and the schema path of the section it holds ("" the whole config; "[]" an array's
+#: items): filled by :func:`section`; a test checks each class's fields against the schema's properties
+SECTIONS: dict[type, str] = {}
 
+
+def schema_node(path: str, schema: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """The schema node of section ``path`` (dots between keys, ``[]`` for an array's items)."""
+    node: Mapping[str, Any] = schema if schema is not None else load_schema()
+    for part in filter(None, path.split(".")):
+        name, items = (part[:-2], True) if part.endswith("[]") else (part, False)
+        node = node["properties"][name]
+        if items:
+            node = node["items"]
+    return node
+
+
+def section(path: str) -> Callable[[type], type]:
+    """Class decorator of a settings dataclass holding config section ``path``: its docstring lists every
+    field with the schema's description, so the fields document themselves (``help(TrainingSettings)``) while
+    the schema stays their one definition."""
+
+    def document(cls: type) -> type:
+        SECTIONS[cls] = path
+        properties = schema_node(path, _DOC_SCHEMA).get("properties", {})
+        lines = [cls.__doc__.strip(), ""] if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else []
+        lines += [f"Config section ``{path or '(top level)'}``; fields, as the schema describes them:", ""]
+        lines += [f"* ``{name}``: {spec.get('description', '')}" for name, spec in properties.items()]
+        cls.__doc__ = "\n".join(lines)
+        return cls
+
+    return document
+
+
+_DOC_SCHEMA = load_schema()
+
+
+@section("model")
 @dataclass(frozen=True)
 class ModelSettings:
     source: str
@@ -192,12 +228,14 @@ class ModelSettings:
     shape: dict[str, float] | None = None  #: published shape (d_model, n_layers, vocab_size, n_parameters) for plans
 
 
+@section("hook")
 @dataclass(frozen=True)
 class HookSettings:
     layer: int
     site: str
 
 
+@section("corpus.hf")
 @dataclass(frozen=True)
 class HFCorpusSettings:
     path: str | None
@@ -208,6 +246,7 @@ class HFCorpusSettings:
     splits: dict[str, str]
 
 
+@section("corpus")
 @dataclass(frozen=True)
 class CorpusSettings:
     source: str
@@ -217,12 +256,14 @@ class CorpusSettings:
     min_chars: int
 
 
+@section("split")
 @dataclass(frozen=True)
 class SplitSettings:
     salt: str
     fractions: dict[str, float]
 
 
+@section("extraction")
 @dataclass(frozen=True)
 class ExtractionSettings:
     context_length: int
@@ -235,12 +276,14 @@ class ExtractionSettings:
     exclude_outliers: bool
 
 
+@section("normaliser")
 @dataclass(frozen=True)
 class NormaliserSettings:
     kind: str
     min_std: float
 
 
+@section("sae.auxk")
 @dataclass(frozen=True)
 class AuxKSettings:
     enabled: bool
@@ -249,6 +292,7 @@ class AuxKSettings:
     dead_after_tokens: int
 
 
+@section("sae")
 @dataclass(frozen=True)
 class SAESettings:
     n_features: int
@@ -261,6 +305,7 @@ class SAESettings:
     path: str | None = None  #: the SAELens folder when ``source`` is "saelens"
 
 
+@section("nfm")
 @dataclass(frozen=True)
 class NFMSettings:
     embed_dim: int
@@ -271,6 +316,7 @@ class NFMSettings:
     truncated_k: int
 
 
+@section("training")
 @dataclass(frozen=True)
 class TrainingSettings:
     seeds: list[int]
@@ -307,12 +353,14 @@ class TrainingSettings:
         return resolve_bf16(self.bf16_autocast, device)
 
 
+@section("evaluation")
 @dataclass(frozen=True)
 class EvaluationSettings:
     bootstrap: int
     ci_level: float
 
 
+@section("convergence")
 @dataclass(frozen=True)
 class ConvergenceSettings:
     models: list[str]
@@ -320,6 +368,7 @@ class ConvergenceSettings:
     max_relative_fvu_change: float
 
 
+@section("budget")
 @dataclass(frozen=True)
 class BudgetSettings:
     """The ``budget`` target: which kinds, at which multiples of ``training.tokens``, on which seeds."""
@@ -354,6 +403,7 @@ def group_budget_factor(group: str, convergence_factor: float) -> float:
     raise ValueError(f"unknown results group {group!r}")
 
 
+@section("geometry")
 @dataclass(frozen=True)
 class GeometrySettings:
     tokens: int
@@ -365,6 +415,7 @@ class GeometrySettings:
     block_rows: int
 
 
+@section("integration")
 @dataclass(frozen=True)
 class IntegrationSettings:
     """The held-out pair product test (:mod:`featint.integration`); each field's meaning is in the schema."""
@@ -385,6 +436,7 @@ class IntegrationSettings:
     planted_power: str | None  #: a planted-control run's integration_power.parquet, for the claims row
 
 
+@section("behaviour")
 @dataclass(frozen=True)
 class BehaviourSettings:
     windows: int
@@ -399,6 +451,7 @@ class BehaviourSettings:
     residual_tolerance: float
 
 
+@section("interventions.secondary")
 @dataclass(frozen=True)
 class SecondarySAESettings:
     expansion: int
@@ -409,6 +462,7 @@ class SecondarySAESettings:
     lr: float
 
 
+@section("interventions")
 @dataclass(frozen=True)
 class InterventionSettings:
     models: list[str]
@@ -428,11 +482,13 @@ class InterventionSettings:
     fdr_alpha: float
 
 
+@section("ablations")
 @dataclass(frozen=True)
 class AblationSettings:
     table: str
 
 
+@section("layers")
 @dataclass(frozen=True)
 class LayerSweepSettings:
     layers: list[int]  #: values of hook.layer swept
@@ -440,6 +496,7 @@ class LayerSweepSettings:
     seeds: list[int]  #: training seeds at each layer
 
 
+@section("synthetic.variants[]")
 @dataclass(frozen=True)
 class SyntheticVariant:
     name: str
@@ -449,6 +506,7 @@ class SyntheticVariant:
     direction: str
 
 
+@section("synthetic")
 @dataclass(frozen=True)
 class SyntheticSettings:
     d_model: int
@@ -500,6 +558,7 @@ class UndeclaredSection:
         return f"<config section {section!r}, undeclared by stage {stage!r}>"
 
 
+@section("")
 @dataclass(frozen=True)
 class Settings:
     run: str
