@@ -83,7 +83,8 @@ def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
         for seed in (0, 1):
             for metric in ("mse", "fvu"):
                 rows.append({"run": "r", "model": model, "seed": seed, "split": "test", "token_set": "selected",
-                             "component": component, "metric": metric, "value": value + 0.01 * seed})
+                             "component": component, "metric": metric, "reference": None,
+                             "value": value + 0.01 * seed})
             for doc in range(6):  # per-document sums whose totals give the same FVU
                 sst = 10.0 + doc
                 docs.append({"run": "r", "model": model, "seed": seed, "split": "test", "token_set": "selected",
@@ -91,7 +92,8 @@ def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
                              * (1 + 0.05 * (doc % 2 - 0.5)), "sst": sst, "sse_raw": 1.0, "sst_raw": 2.0})
     pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
     pd.DataFrame(docs).to_parquet(tmp_path / "d.parquet")
-    params = pd.DataFrame({"model": ["joint"], "seed": [0], "component": ["total"], "parameters": [10]})
+    params = pd.DataFrame({"model": ["joint"], "seed": [0], "component": ["total"], "parameters": [10],
+                           "share": [1.0], "trainable": [10]})
     params.to_parquet(tmp_path / "p.parquet")
     summary = gather([tmp_path / "m.parquet"], [tmp_path / "d.parquet"], [tmp_path / "p.parquet"],
                      tmp_path / "all.parquet", tmp_path / "summary.parquet", tmp_path / "params.parquet",

@@ -37,6 +37,7 @@ from featint.io import ShardChecks, atomic_directory, read_parquet_metadata, sha
 from featint.layout import STORE_MANIFEST, STORE_TOKENS, shard_name
 from featint.lm import HookPoint, bos_token_id, encode_document, load_bridge, model_key
 from featint.normaliser import Normaliser
+from featint.tables import TOKEN_SETS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ MANIFEST, TOKENS = STORE_MANIFEST, STORE_TOKENS
 TENSOR_NAME = "activations"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: Named token sets of a split: ``selected`` (the default selection) and ``with_outliers`` (all but position 0).
-TOKEN_SETS: tuple[str, ...] = ("selected", "with_outliers")
 
 
 @dataclass(frozen=True)

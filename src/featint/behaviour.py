@@ -40,6 +40,7 @@ from featint.lm import HookPoint, load_bridge
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 from featint.splice import ModelContinuation, spliced_residual
+from featint.tables import BEHAVIOUR_SUMMARY, DOCUMENT_WINDOW_BOOTSTRAP, PAPER_UNPAIRED_T, write_table
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +525,7 @@ def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: i
 
     rows = []
     base = {"run": run, "n_documents": int(np.unique(sums.doc_ids).size), "n_windows": len(sums.window_ids),
-            "n_tokens": int(sums.n_kl.sum()), "method": "document_window_bootstrap", "ci_level": level}
+            "n_tokens": int(sums.n_kl.sum()), "method": DOCUMENT_WINDOW_BOOTSTRAP, "ci_level": level}
     for item in stats.per_seed_and_pooled(per_seed, level, pooled=lambda model: model != "reference"):
         condition, metric, reference = item.rest
         rows.append({**base, "model": item.model, "seed": pd.NA if item.seed is None else item.seed,
@@ -568,7 +569,7 @@ def _paper_t_tests(tokens: pd.DataFrame, run: str) -> list[dict[str, Any]]:
                              "p_value": p,
                              "n_documents": int(group["doc_id"].nunique()),
                              "n_windows": int(group["window"].nunique()), "n_tokens": int(kl[condition].size),
-                             "method": "paper_unpaired_t"})
+                             "method": PAPER_UNPAIRED_T})
     return rows
 
 
@@ -584,7 +585,7 @@ def gather(token_tables: list[str | Path], reference_table: str | Path, out_summ
                              "(snakemake --forcerun behaviour_reference behaviour).")
     tokens = pd.concat(frames, ignore_index=True)
     summary = summarise(tokens, run, settings.bootstrap, settings.ci_level, seed)
-    write_parquet(summary, out_summary, metadata={"behaviour": settings.__dict__})
+    write_table(summary, out_summary, BEHAVIOUR_SUMMARY, metadata={"behaviour": settings.__dict__})
     figures = figures_in(BehaviourFigures, figures_dir)
     plots.kl_distributions(tokens, figures.kl_distributions)
     plots.behaviour_ratios(summary, figures.pathology_ratios)

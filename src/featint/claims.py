@@ -21,6 +21,13 @@ from featint import kinds
 from featint.errors import FeatintError
 from featint.io import atomic_path, write_parquet
 from featint.kinds import COMPARISONS
+from featint.tables import (
+    DELTA_VS_PIPELINE,
+    DOCUMENT_WINDOW_BOOTSTRAP,
+    SELECTED_SECONDARY,
+    SENTENCE_INTERACTION,
+    WORD_INTERACTION,
+)
 
 
 class ClaimsError(FeatintError):
@@ -149,7 +156,7 @@ class Reader:
 
     def behaviour_basis(self) -> str:
         frame = self.a.behaviour
-        row = frame[frame["method"] == "document_window_bootstrap"]
+        row = frame[frame["method"] == DOCUMENT_WINDOW_BOOTSTRAP]
         if row.empty:
             return ""
         r = row.iloc[0]
@@ -161,7 +168,7 @@ class Reader:
         frame = self.a.behaviour
         row = frame[(frame["model"] == model) & (frame["condition"] == condition) & (frame["metric"] == metric)
                     & _against(frame, reference) & frame["seed"].isna()
-                    & (frame["method"] == "document_window_bootstrap")]
+                    & (frame["method"] == DOCUMENT_WINDOW_BOOTSTRAP)]
         if row.empty:
             return float("nan"), float("nan"), float("nan"), 0
         r = row.iloc[0]
@@ -187,9 +194,9 @@ class Reader:
 
     def clamp(self, model: str, test: str, value: float, column: str) -> np.ndarray:
         frame = self.a.clamps
-        rows = frame[(frame["model"] == model) & (frame["role"] == "selected_secondary") & (frame["mode"] == "multiply")
-                     & (frame["value"] == value) & (frame["reference"] == "delta_vs_pipeline") & (frame["test"] == test)
-                     & (frame["effect"].isin(["word_formality:word_emotion"]))].sort_values("seed")
+        rows = frame[(frame["model"] == model) & (frame["role"] == SELECTED_SECONDARY) & (frame["mode"] == "multiply")
+                     & (frame["value"] == value) & (frame["reference"] == DELTA_VS_PIPELINE) & (frame["test"] == test)
+                     & (frame["effect"].isin([WORD_INTERACTION]))].sort_values("seed")
         return rows[column].to_numpy(dtype=np.float64)
 
 
@@ -526,7 +533,7 @@ register(Claim("spearman_norm_vs_nfm", ("geometry",), "weights", lambda r: _seed
     "the paper's ratio contains the decoder norm itself, so its rho is partly definitional")))
 register(Claim("secondary_anova_F", ("interventions",), "stimuli", lambda r: _seeds(
     r.intervention("sequential", "secondary_F", role="top_ranked", sentences="select"),
-    r.intervention("sequential", "secondary_F", role="top_ranked", sentences="test", effect="formality:emotion"),
+    r.intervention("sequential", "secondary_F", role="top_ranked", sentences="test", effect=SENTENCE_INTERACTION),
     "two-way ANOVA interaction F on held-out test sentences for the feature selected on select sentences",
     "the paper selected and tested on the same 40 sentences with a one-way F")))
 register(Claim("clamp_interaction_F", ("clamps",), "stimuli", lambda r: _seeds(
@@ -606,7 +613,7 @@ def kinds_by_parameters(artefacts: Artefacts) -> pd.DataFrame:
     recon = recon[(recon["split"] == "test") & (recon["token_set"] == "selected") & (recon["metric"] == "fvu")]
     behaviour = artefacts.behaviour
     behaviour = behaviour[(behaviour["metric"] == "mean_kl") & behaviour["seed"].isna()
-                          & (behaviour["method"] == "document_window_bootstrap")]
+                          & (behaviour["method"] == DOCUMENT_WINDOW_BOOTSTRAP)]
     rows = []
     for model in kinds.order(totals.index):
         final = kinds.final_component(model)

@@ -31,11 +31,18 @@ import torch
 from featint.activations import TOKEN_SETS, ActivationStore
 from featint.config import EvaluationSettings
 from featint.errors import ShardError
-from featint.io import write_parquet
 from featint.kinds import FULL_COMPONENT, SAE_COMPONENT, final_component
 from featint.layout import ActivationsFolder
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
+from featint.tables import (
+    COMPARISON_TABLE,
+    PARAMETERS,
+    RECONSTRUCTION,
+    RECONSTRUCTION_DOCUMENTS,
+    RECONSTRUCTION_SUMMARY,
+    write_table,
+)
 
 
 @dataclass
@@ -275,9 +282,9 @@ def run_evaluate(weights_path: str | Path, activations_dir: str | Path, out_path
     """Stage entry point: :func:`reconstruction_table` written to ``out_path`` (and the per-document sums to
     ``out_documents``)."""
     frame, documents = reconstruction_table(weights_path, activations_dir, run, split, device)
-    write_parquet(frame, out_path)
+    write_table(frame, out_path, RECONSTRUCTION)
     if out_documents is not None:
-        write_parquet(documents, out_documents)
+        write_table(documents, out_documents, RECONSTRUCTION_DOCUMENTS)
     return frame
 
 
@@ -427,7 +434,7 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     merged["reference"] = "standard"
     merged["component"] = "model"
     metrics = pd.concat([metrics, merged.drop(columns="standard")], ignore_index=True)
-    write_parquet(metrics, out_metrics)
+    write_table(metrics, out_metrics, RECONSTRUCTION)
     keys = ["run", "model", "split", "token_set", "component", "metric", "reference"]
     summary = (metrics.groupby(keys, dropna=False)["value"]
                .agg(mean="mean", sd="std", n_seeds="count", minimum="min", maximum="max").reset_index())
@@ -441,12 +448,12 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     counts = intervals.drop_duplicates(["run", "split", "token_set"])[["run", "split", "token_set", "n_documents",
                                                                        "n_tokens"]]
     summary = summary.merge(counts, on=["run", "split", "token_set"], how="left")
-    write_parquet(summary, out_summary)
+    write_table(summary, out_summary, RECONSTRUCTION_SUMMARY)
     parameters = pd.concat([pd.read_parquet(p) for p in parameter_tables], ignore_index=True)
-    write_parquet(parameters, out_parameters)
+    write_table(parameters, out_parameters, PARAMETERS)
     if out_comparisons is not None:
-        write_parquet(comparison_intervals(documents, parameters, settings.bootstrap, settings.ci_level, seed),
-                      out_comparisons)
+        write_table(comparison_intervals(documents, parameters, settings.bootstrap, settings.ci_level,
+                                                seed), out_comparisons, COMPARISON_TABLE)
     plots.reconstruction_comparison(final[final["metric"] == "fvu"], improvement_rows(metrics, "standard"),
                                     figure_path)
     return summary

@@ -14,6 +14,7 @@ import seaborn as sns
 
 from featint import kinds
 from featint.io import atomic_path
+from featint.tables import DOCUMENT_WINDOW_BOOTSTRAP, SELECTED_SECONDARY
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -161,7 +162,7 @@ def behaviour_ratios(summary: pd.DataFrame, path: str | Path) -> None:
     """Pathology ratio KL(condition) / KL(epsilon-random) and KL improvement over the standalone standard SAE,
     with window-bootstrap CIs (mean over seeds)."""
     sns.set_theme(style="whitegrid", context="notebook")
-    pooled = summary[summary["seed"].isna() & (summary["method"] == "document_window_bootstrap")]
+    pooled = summary[summary["seed"].isna() & (summary["method"] == DOCUMENT_WINDOW_BOOTSTRAP)]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
     for ax, metric, reference, label in (
             (axes[0], "pathology_ratio", "epsilon_own_norm", "KL(condition) / KL(epsilon-random)"),
@@ -206,7 +207,7 @@ WORD_CATEGORY_ORDER = ["formal-emotional", "formal-neutral", "casual-emotional",
 
 
 def _selected_clamps(logits: pd.DataFrame) -> pd.DataFrame:
-    rows = logits[(logits["role"] == "selected_secondary") & (logits["mode"] == "multiply")].copy()
+    rows = logits[(logits["role"] == SELECTED_SECONDARY) & (logits["mode"] == "multiply")].copy()
     rows["word category"] = rows["word_formality"] + "-" + rows["word_emotion"]
     rows["model / seed"] = rows["model"] + " / seed " + rows["seed"].astype(str)
     return rows

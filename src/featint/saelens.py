@@ -33,6 +33,7 @@ from featint.kinds import SAE_ONLY
 from featint.layout import SAELENS_CONFIG, SAELENS_WEIGHTS, ActivationsFolder, ModelFolder
 from featint.models import TopKSAE, load_model
 from featint.normaliser import Normaliser
+from featint.tables import PARAMETERS, write_table
 
 WEIGHTS, CONFIG = SAELENS_WEIGHTS, SAELENS_CONFIG
 #: The SAELens release whose on-disk format the export writes and whose loader the tests run on it.
@@ -176,7 +177,6 @@ def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: 
     import pandas as pd
 
     from featint.activations import ActivationStore
-    from featint.io import write_parquet
     from featint.models import FeatureModel, save_model
 
     cfg, weights = read_saelens(directory)
@@ -204,6 +204,6 @@ def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: 
                           for c, n in counts.items()])
     frame["share"] = frame["parameters"] / counts["total"]
     frame["trainable"] = 0
-    write_parquet(frame, out.parameters)
+    write_table(frame, out.parameters, PARAMETERS)
     save_model(model, out.weights, extra)
     return cfg

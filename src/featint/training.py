@@ -37,6 +37,7 @@ from featint.layout import ActivationsFolder, KindsFolder, ModelFolder
 from featint.models import FeatureModel, SparseCode, TopKSAE, gather_sum
 from featint.normaliser import Normaliser
 from featint.runtime import native_bf16, seed_everything, step_autocast
+from featint.tables import PARAMETERS, write_table
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +495,7 @@ def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | P
     counts_frame["share"] = counts_frame["parameters"] / counts["total"]
     counts_frame.loc[counts_frame["component"] == "total", "share"] = 1.0
     counts_frame["trainable"] = sum(p.numel() for p in model.trainable_parameters())
-    write_parquet(counts_frame, out.parameters)
+    write_table(counts_frame, out.parameters, PARAMETERS)
     save_training_outputs(model, result, out, kind, seed, extra,
                           {"lr": lr, "steps": result.steps, "budget_factor": budget_factor},
                           title=f"{kind}, seed {seed}, lr {lr:g}, {steps * training.batch_size:,} tokens")

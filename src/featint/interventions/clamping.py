@@ -17,6 +17,7 @@ from featint.interventions.base import InterventionError
 from featint.interventions.readout import Pipeline, SentenceFeatures, TokenBatch, clamp_candidates
 from featint.models import SparseCode
 from featint.splice import ModelContinuation, spliced_residual
+from featint.tables import DELTA_VS_CLEAN, DELTA_VS_PIPELINE, SELECTED_SECONDARY, WORD_INTERACTION
 
 # ---------------------------------------------------------------------------------------------------------
 # Clamping inside the splice
@@ -99,7 +100,7 @@ def clamp_specs(settings: Settings, primary: pd.DataFrame, secondary: pd.DataFra
     if firing.empty:
         raise InterventionError("no secondary feature fires on the stimuli; the secondary SAE is dead or the "
                                 "stimuli are empty.")
-    chosen = [("selected_secondary", "secondary", int(f)) for f in firing["feature"][: config.clamp_features]]
+    chosen = [(SELECTED_SECONDARY, "secondary", int(f)) for f in firing["feature"][: config.clamp_features]]
     least = int(firing["feature"].iloc[-1])
     chosen.append(("least_sensitive_secondary", "secondary", least))
     taken = {f for _, _, f in chosen}
@@ -168,7 +169,7 @@ def clamp_statistics(read_out: pd.DataFrame) -> pd.DataFrame:
     rows = []
     clamps = read_out[read_out["role"] != "unclamped_pipeline"]
     for keys, group in clamps.groupby(["role", "space", "feature", "mode", "value"]):
-        for reference in ("delta_vs_pipeline", "delta_vs_clean"):
+        for reference in (DELTA_VS_PIPELINE, DELTA_VS_CLEAN):
             frame = group.rename(columns={reference: "delta"})
             key = dict(zip(["role", "space", "feature", "mode", "value"], keys), reference=reference)
             if np.ptp(frame["delta"]) == 0:
@@ -202,7 +203,7 @@ def clamp_statistics(read_out: pd.DataFrame) -> pd.DataFrame:
             d_formal = (paired["formal", "emotional"] - paired["formal", "neutral"]).to_numpy()
             d_casual = (paired["casual", "emotional"] - paired["casual", "neutral"]).to_numpy()
             f, p = stats.paper_interaction_test(d_formal, d_casual)
-            rows.append({**key, "test": "paper_difference_score_F", "effect": "word_formality:word_emotion",
+            rows.append({**key, "test": "paper_difference_score_F", "effect": WORD_INTERACTION,
                          "F": f, "p": p, "df": float(len(d_formal) + len(d_casual) - 2),
                          "interaction_contrast": contrast})
     return pd.DataFrame(rows)

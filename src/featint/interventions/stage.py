@@ -29,6 +29,7 @@ from featint.models import load_model
 from featint.normaliser import Normaliser
 from featint.splice import ModelContinuation
 from featint.stimuli import Stimuli, check_length_match, length_report, load_stimuli, word_tokens
+from featint.tables import SELECTED_SECONDARY
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
     prompts = tokenize_batch(tokenizer, stimuli.prompts, bos_id)
     read_out = clamp_read_out(continuation, prompts, pipeline, specs, words, stimuli.prompts)
     clamp_stats = clamp_statistics(read_out)
-    selected = [s for s in specs if s.role == "selected_secondary" and s.mode == "multiply"][:len(config.multipliers)]
+    selected = [s for s in specs if s.role == SELECTED_SECONDARY and s.mode == "multiply"][:len(config.multipliers)]
     conditions: list[tuple[str, Clamp | None, bool]] = [("clean", None, False), ("unclamped_pipeline", None, True)]
     conditions += [(f"{s.role}:{s.feature}x{s.value:g}", s, True) for s in selected if not s.is_noop]
     generations = greedy_generations(continuation, tokenizer, bos_id, pipeline, conditions,

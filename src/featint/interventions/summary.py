@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import featint.tables as featint_tables
 from featint import stats
 from featint.interventions.base import TABLES
 from featint.io import write_parquet
 from featint.layout import InterventionFigures, InterventionFolder, InterventionsFolder, figures_in
+from featint.tables import SELECTED_SECONDARY, SENTENCE_INTERACTION, WORD_INTERACTION
 
 # ---------------------------------------------------------------------------------------------------------
 # Gathering
@@ -27,11 +29,13 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
               for name in TABLES}
     clamp = tables["clamp_statistics"]
     clamp["q"] = np.nan
-    interaction = (clamp["effect"] == "word_formality:word_emotion") & clamp["p"].notna()
+    interaction = (clamp["effect"] == WORD_INTERACTION) & clamp["p"].notna()
     for idx in clamp[interaction].groupby(["model", "seed", "reference", "test"]).groups.values():
         clamp.loc[idx, "q"] = stats.benjamini_hochberg(clamp.loc[idx, "p"].to_numpy())
     clamp["significant_fdr"] = clamp["q"] < alpha
     for name, table in tables.items():
+        if name == "clamp_statistics":
+            featint_tables.CLAMP_STATISTICS.validate(table, out.clamp_statistics)
         write_parquet(table, out.table(name))
     summary = intervention_summary(tables, alpha)
     write_parquet(summary, out.summary)
@@ -74,7 +78,7 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
         # the feature that is clamped (best-ranked among those firing often enough; may differ from rank 1)
         clamped = tables["clamp_statistics"]
         clamped = clamped[(clamped["model"] == model) & (clamped["seed"] == seed)
-                          & (clamped["role"] == "selected_secondary")]
+                          & (clamped["role"] == SELECTED_SECONDARY)]
         if len(clamped):
             feature = int(clamped["feature"].iloc[0])
             own = ranking[ranking["feature"] == feature].iloc[0]
@@ -89,14 +93,14 @@ def intervention_summary(tables: dict[str, pd.DataFrame], alpha: float) -> pd.Da
                              "value": float(record["F"]), "feature": feature, "p": float(record["p"]),
                              "q": float(record["q"])})
         rows.append({**base, "quantity": "secondary_tested_interaction_passing_fdr",
-                     "value": float(((secondary["effect"] == "formality:emotion") & (secondary["q"] < alpha)).sum())})
+                     "value": float(((secondary["effect"] == SENTENCE_INTERACTION) & (secondary["q"] < alpha)).sum())})
         clamp = tables["clamp_statistics"]
         clamp = clamp[(clamp["model"] == model) & (clamp["seed"] == seed)
-                      & (clamp["effect"] == "word_formality:word_emotion")]
+                      & (clamp["effect"] == WORD_INTERACTION)]
         for (role, reference, test), group in clamp.groupby(["role", "reference", "test"]):
             best = group.sort_values("p").iloc[0]
             rows.append({**base, "quantity": "clamp_min_p", "role": role, "reference": reference, "test": test,
-                         "effect": "word_formality:word_emotion", "value": float(best["F"]),
+                         "effect": WORD_INTERACTION, "value": float(best["F"]),
                          "feature": int(best["feature"]), "p": float(best["p"]), "q": float(best["q"]),
                          "clamp_value": float(best["value"])})
     return pd.DataFrame(rows)

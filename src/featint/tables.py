@@ -1,0 +1,206 @@
+"""The tidy tables a run writes and the others read: each table's columns, their types and allowed values,
+declared once and checked when the table is written (and when the claims read it).
+
+A column's allowed values are the vocabulary the readers join on (a component, a metric, a reference, a
+method, an effect); the readers use the constants below instead of retyping the strings. A table that does not
+match its declaration stops with one message naming the table, the file and the column: written by this
+version, that is a bug; read from an earlier run, the fix is to rerun the rule that writes it.
+
+This module imports nothing heavy beyond pandas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from featint.config import SPLITS
+from featint.errors import FeatintError
+from featint.kinds import FULL_COMPONENT, MODEL_KINDS, SAE_COMPONENT
+
+# ---------------------------------------------------------------------------------------------------------
+# the vocabulary the tables join on
+
+#: token sets of the evaluations: the selected tokens (BOS and massive-norm tokens excluded), or every token
+TOKEN_SETS: tuple[str, ...] = ("selected", "with_outliers")
+#: the reconstruction components of a model (its SAE alone, each head term beside it, the whole model)
+COMPONENTS: tuple[str, ...] = (SAE_COMPONENT, "sae+linear", "sae+interaction", FULL_COMPONENT)
+#: the component of a whole-model comparison (an improvement of the final reconstruction over a reference)
+MODEL_COMPONENT = "model"
+#: the reference of the paper's improvements: the same model's own SAE path
+OWN_SAE = "own_sae"
+#: the reference of the corrected improvements: the independently trained standard SAE of the same seed
+STANDARD = "standard"
+#: the reconstruction metrics of one model on one token set
+RECONSTRUCTION_METRICS: tuple[str, ...] = (
+    "mse", "fvu", "mse_raw", "fvu_raw", "variance_explained_paper", "tokens", "l0", "dead_fraction",
+    "linear_magnitude", "interaction_magnitude", "linear_share", "improvement_mse", "improvement_fvu")
+#: the behaviour summary's intervals: the paired bootstrap over test documents and their windows, and the
+#: paper's unpaired per-token t
+DOCUMENT_WINDOW_BOOTSTRAP = "document_window_bootstrap"
+PAPER_UNPAIRED_T = "paper_unpaired_t"
+#: the behaviour references: the model's own SAE path, the standard SAE, epsilon-random errors at either norm
+BEHAVIOUR_REFERENCES: tuple[str, ...] = (OWN_SAE, STANDARD, "epsilon_own_norm", "epsilon_sae_norm")
+BEHAVIOUR_METRICS: tuple[str, ...] = (
+    "mean_kl", "mean_ce", "delta_ce", "ce_loss_recovered", "pathology_ratio", "improvement_kl", "improvement_ce",
+    "improvement_delta_ce", "paper_t")
+#: the clean LM's row of the behaviour summary (its model column)
+CLEAN_REFERENCE_MODEL = "reference"
+#: the clamped features chosen through the secondary SAE (the paper's clamping experiment), and the controls
+SELECTED_SECONDARY = "selected_secondary"
+CLAMP_ROLES: tuple[str, ...] = (SELECTED_SECONDARY, "random_secondary", "least_sensitive_secondary",
+                                "linear_primary_formality", "linear_primary_emotion")
+#: the clamp read-out's response: the logit change against the unclamped pipeline, or against the clean LM
+DELTA_VS_PIPELINE = "delta_vs_pipeline"
+DELTA_VS_CLEAN = "delta_vs_clean"
+#: the formality x emotion interaction of the words' factors (clamping) and of the sentences' (the ANOVAs)
+WORD_INTERACTION = "word_formality:word_emotion"
+SENTENCE_INTERACTION = "formality:emotion"
+CLAMP_TESTS: tuple[str, ...] = ("paper_difference_score_F", "mixedlm_crossed_prompt_word",
+                                "two_way_anova_type2_word_means", "two_way_anova_type2_prompt_block", "noop",
+                                "no_change")
+CLAMP_EFFECTS: tuple[str, ...] = ("word_formality", "word_emotion", WORD_INTERACTION, "prompt_id", "all")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# declarations
+
+Kind = Literal["str", "int", "float", "bool", "any"]
+
+
+class TableError(FeatintError):
+    """A table does not match its declaration in :mod:`featint.tables`."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a declared table."""
+
+    name: str  #: the column's name
+    kind: Kind  #: its type: str, int (nullable ints included), float (ints accepted), bool or any
+    values: tuple[str, ...] | None = None  #: its allowed values (None: any value of its type)
+    nullable: bool = False  #: missing values allowed
+
+
+@dataclass(frozen=True)
+class Table:
+    """A tidy table: its name (for messages) and its columns, in order."""
+
+    name: str  #: what the table is (the messages name it)
+    columns: tuple[Column, ...]  #: the declared columns
+
+    def validate(self, frame: pd.DataFrame, path: str | Path, extra: Iterable[str] = ()) -> pd.DataFrame:
+        """``frame`` itself if it has exactly the declared columns (plus ``extra``, e.g. a sweep's key columns),
+        each of its type, without missing values unless nullable, within its allowed values; else a
+        :class:`TableError` naming the table, the file and the column."""
+        where = f"the {self.name} table {path}"
+        declared = [column.name for column in self.columns]
+        missing = [name for name in declared if name not in frame.columns]
+        unknown = [name for name in frame.columns if name not in declared and name not in set(extra)]
+        if missing or unknown:
+            raise TableError(f"{where} has columns {list(frame.columns)}; missing {missing}, undeclared {unknown} "
+                             "(featint.tables declares its columns): rerun the rule that writes it.")
+        for column in self.columns:
+            _check_column(frame[column.name], column, where)
+        return frame
+
+
+def _of_kind(values: pd.Series, kind: Kind) -> bool:
+    """Whether the (non-missing) ``values`` are of ``kind``: by dtype, or value by value for an object column."""
+    api = pd.api.types
+    if kind == "str":
+        return bool(api.is_string_dtype(values)) and all(isinstance(v, str) for v in values)
+    if kind == "bool":
+        return bool(api.is_bool_dtype(values)) or all(isinstance(v, (bool, np.bool_)) for v in values)
+    if api.is_integer_dtype(values) and not api.is_bool_dtype(values):
+        return True
+    if kind == "float":
+        return bool(api.is_float_dtype(values)) or all(isinstance(v, (int, float, np.integer, np.floating))
+                                                        and not isinstance(v, bool) for v in values)
+    return all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+
+
+def _check_column(series: pd.Series, column: Column, where: str) -> None:
+    present = series.dropna()
+    if not column.nullable and len(present) != len(series):
+        raise TableError(f"{where}: column {column.name!r} has {len(series) - len(present)} missing values.")
+    if column.kind != "any" and len(present) and not _of_kind(present, column.kind):
+            raise TableError(f"{where}: column {column.name!r} is {series.dtype}, declared {column.kind}.")
+    if column.values is not None:
+        stray = sorted(set(map(str, present.unique())) - set(column.values))
+        if stray:
+            raise TableError(f"{where}: column {column.name!r} holds {stray}, not among its allowed values "
+                             f"{list(column.values)}.")
+
+
+def _c(name: str, kind: Kind, values: Iterable[str] | None = None, nullable: bool = False) -> Column:
+    return Column(name, kind, None if values is None else tuple(values), nullable)
+
+
+_RUN, _SEED = _c("run", "str"), _c("seed", "int")
+_MODEL = _c("model", "str", MODEL_KINDS)
+_SPLIT, _TOKEN_SET = _c("split", "str", SPLITS), _c("token_set", "str", TOKEN_SETS)
+_INTERVAL = (_c("ci_low", "float", nullable=True), _c("ci_high", "float", nullable=True))
+
+#: one model's reconstruction metrics per split, token set and component (and gathered over models and seeds)
+RECONSTRUCTION = Table("reconstruction", (
+    _RUN, _MODEL, _SEED, _SPLIT, _TOKEN_SET, _c("component", "str", (*COMPONENTS, MODEL_COMPONENT)),
+    _c("metric", "str", RECONSTRUCTION_METRICS), _c("reference", "str", (OWN_SAE, STANDARD), nullable=True),
+    _c("value", "float", nullable=True)))
+#: one model's per-document sums of squares (what the document bootstrap resamples)
+RECONSTRUCTION_DOCUMENTS = Table("per-document reconstruction", (
+    _RUN, _MODEL, _SEED, _SPLIT, _TOKEN_SET, _c("component", "str", COMPONENTS), _c("doc_id", "int"),
+    _c("tokens", "int"), _c("sse", "float"), _c("sst", "float"), _c("sse_raw", "float"), _c("sst_raw", "float")))
+#: a model's parameters per part (the head's parts as each head names them) and their total
+PARAMETERS = Table("parameters", (
+    _MODEL, _SEED, _c("component", "str"), _c("parameters", "int"), _c("share", "float"), _c("trainable", "int")))
+#: the reconstruction metrics over seeds, with the document-bootstrap interval where one is computed
+RECONSTRUCTION_SUMMARY = Table("reconstruction summary", (
+    _RUN, _MODEL, _SPLIT, _TOKEN_SET, _c("component", "str", (*COMPONENTS, MODEL_COMPONENT)),
+    _c("metric", "str", RECONSTRUCTION_METRICS), _c("reference", "str", (OWN_SAE, STANDARD), nullable=True),
+    _c("mean", "float", nullable=True), _c("sd", "float", nullable=True), _c("n_seeds", "int"),
+    _c("minimum", "float", nullable=True), _c("maximum", "float", nullable=True), *_INTERVAL,
+    _c("interval", "str"), _c("n_documents", "int"), _c("n_tokens", "int")))
+#: each term beside the SAE against the control that differs from it only in that term (featint.kinds)
+COMPARISON_TABLE = Table("comparisons", (
+    _RUN, _SPLIT, _TOKEN_SET, _MODEL, _c("reference", "str", MODEL_KINDS), _c("seed", "int", nullable=True),
+    _c("n_seeds", "int"), _c("metric", "str", ("improvement_mse",)), _c("estimate", "float"), *_INTERVAL,
+    _c("model_parameters", "int", nullable=True), _c("reference_parameters", "int", nullable=True),
+    _c("n_documents", "int"), _c("n_tokens", "int")))
+#: the spliced LM's behaviour over models and seeds (seed missing: the mean over seeds)
+BEHAVIOUR_SUMMARY = Table("behaviour summary", (
+    _RUN, _c("n_documents", "int"), _c("n_windows", "int"), _c("n_tokens", "int"),
+    _c("method", "str", (DOCUMENT_WINDOW_BOOTSTRAP, PAPER_UNPAIRED_T)), _c("ci_level", "float", nullable=True),
+    _c("model", "str", (*MODEL_KINDS, CLEAN_REFERENCE_MODEL)), _c("seed", "int", nullable=True),
+    _c("n_seeds", "int"), _c("condition", "str"), _c("metric", "str", BEHAVIOUR_METRICS),
+    _c("reference", "str", BEHAVIOUR_REFERENCES, nullable=True), _c("estimate", "float", nullable=True),
+    *_INTERVAL, _c("se", "float", nullable=True), _c("p_value", "float", nullable=True),
+    _c("description", "str")))
+#: the clamping experiment's statistics per model, seed, clamped feature, value, reference, test and effect
+CLAMP_STATISTICS = Table("clamp statistics", (
+    _RUN, _c("model", "str", MODEL_KINDS), _SEED, _c("role", "str", CLAMP_ROLES),
+    _c("space", "str", ("secondary", "linear")), _c("feature", "int"), _c("mode", "str", ("multiply", "set")),
+    _c("value", "float"), _c("reference", "str", (DELTA_VS_PIPELINE, DELTA_VS_CLEAN)),
+    _c("test", "str", CLAMP_TESTS), _c("effect", "str", CLAMP_EFFECTS),
+    *(_c(name, "float", nullable=True) for name in (
+        "max_abs_delta", "sum_sq", "df", "F", "p", "partial_eta_sq", "interaction_contrast", "coefficient", "se",
+        "t", "p_wald_z", "prompt_var", "word_var", "residual_var")),
+    _c("converged", "any", nullable=True), _c("q", "float", nullable=True), _c("significant_fdr", "bool")))
+
+
+def write_table(frame: pd.DataFrame, path: str | Path, table: Table, metadata: dict[str, object] | None = None,
+                extra: Iterable[str] = ()) -> None:
+    """``frame`` written to ``path`` (:func:`featint.io.write_parquet`) once it matches ``table``."""
+    from featint.io import write_parquet
+
+    write_parquet(table.validate(frame, path, extra), path, metadata=metadata)
+
+
+def read_table(path: str | Path, table: Table, extra: Iterable[str] = ()) -> pd.DataFrame:
+    """The table at ``path``, checked against ``table`` (an artefact of an earlier version stops here)."""
+    return table.validate(pd.read_parquet(path), path, extra)
