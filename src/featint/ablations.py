@@ -22,6 +22,7 @@ from featint.errors import ConfigError
 from featint.io import write_parquet
 from featint.kinds import FROM_STANDARD, MODEL_KINDS, lr_selection_kind
 from featint.layout import AblationFolder
+from featint.tables import RECONSTRUCTION, write_table
 
 #: Column -> (type, config path) of the ablation table.
 COLUMNS: dict[str, tuple[type, tuple[str, ...] | None]] = {
@@ -83,7 +84,8 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     frame, _ = reconstruction_table(out.model(kind).weights, activations_dir, run=run)
     for column, value in reversed(list(instance.items())):
         frame.insert(0, f"ablation_{column}", value)
-    write_parquet(frame, out.reconstruction, metadata={"instance": instance})
+    write_table(frame, out.reconstruction, RECONSTRUCTION, metadata={"instance": instance},
+                extra=[f"ablation_{column}" for column in instance])
     return frame
 
 

@@ -24,9 +24,11 @@ from featint.kinds import COMPARISONS
 from featint.tables import (
     DELTA_VS_PIPELINE,
     DOCUMENT_WINDOW_BOOTSTRAP,
+    KINDS_BY_PARAMETERS,
     SELECTED_SECONDARY,
     SENTENCE_INTERACTION,
     WORD_INTERACTION,
+    write_table,
 )
 
 
@@ -648,7 +650,7 @@ def run_claims(paper_claims: str | Path, tables: Mapping[str, str | Path | None]
     if out_kinds is not None or out_figure is not None:
         points = kinds_by_parameters(artefacts)
         if out_kinds is not None:
-            write_parquet(points, out_kinds)
+            write_table(points, out_kinds, KINDS_BY_PARAMETERS)
         if out_figure is not None:
             plots.kinds_by_parameters(points, out_figure)
     return table

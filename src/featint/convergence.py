@@ -24,7 +24,7 @@ import pandas as pd
 from featint.config import ConvergenceSettings
 from featint.errors import FeatintError
 from featint.evaluation import final_reconstruction
-from featint.io import write_parquet
+from featint.tables import CONVERGENCE_SUMMARY, write_table
 
 
 class ConvergenceError(FeatintError):
@@ -96,6 +96,6 @@ def run_convergence(settings: ConvergenceSettings, default_tables: list[str | Pa
                                "longer trainings' train_log.parquet.")
     table = convergence_table(settings, _final_fvu(default_tables), _final_fvu(longer_tables),
                               {"default": int(budgets[0]), "longer": int(budgets[1])})
-    write_parquet(table, out_path)
+    write_table(table, out_path, CONVERGENCE_SUMMARY)
     plots.convergence_curves(logs, table, figure_path)
     return table

@@ -36,6 +36,7 @@ from featint.kinds import KINDS
 from featint.layout import ActivationsFolder, GeometryFigures, GeometryFolder, figures_in
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
+from featint.tables import GEOMETRY_SUMMARY, GEOMETRY_VERDICTS, write_table
 from featint.training import load_selected
 
 # ---------------------------------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def run_geometry(weights_path: str | Path, init_path: str | Path, activations_di
         for position, (key, value) in enumerate(keys.items()):
             frame.insert(position, key, value)
     write_parquet(features, out.features)
-    write_parquet(summary, out.summary)
+    write_table(summary, out.summary, GEOMETRY_SUMMARY)
     write_parquet(curves, out.pca)
     return summary
 
@@ -332,7 +333,7 @@ def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], p
     features = pd.concat([pd.read_parquet(p) for p in feature_tables], ignore_index=True)
     summary = pd.concat([pd.read_parquet(p) for p in summary_tables], ignore_index=True)
     curves = pd.concat([pd.read_parquet(p) for p in pca_tables], ignore_index=True)
-    write_parquet(summary, out_summary)
+    write_table(summary, out_summary, GEOMETRY_SUMMARY)
     verdict_metrics = ["verdict_bimodal", "squared_norm_ashman_d",
                        "squared_norm_n_density_modes", "squared_norm_density_mode_low",
                        "squared_norm_density_mode_high", "squared_norm_prefers_2",
@@ -344,7 +345,7 @@ def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], p
     chosen = summary[summary["metric"].isin(verdict_metrics)]
     verdicts = chosen[["run", "model", "seed", "metric", "subset", "value"]].sort_values(
         ["model", "seed", "metric", "subset"], ignore_index=True)
-    write_parquet(verdicts, out_verdicts)
+    write_table(verdicts, out_verdicts, GEOMETRY_VERDICTS)
     figures = figures_in(GeometryFigures, figure_dir)
     plots.squared_norm_histograms(features, figures.squared_norm_histograms, paper_threshold)
     plots.squared_norm_scatter(features, "firing_frequency", figures.squared_norm_vs_firing_frequency,

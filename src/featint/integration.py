@@ -62,6 +62,7 @@ from featint.io import write_parquet
 from featint.layout import ActivationsFolder, IntegrationFolder, SyntheticSettingFolder, SyntheticSummaryFolder
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
+from featint.tables import INTEGRATION_SUMMARY, write_table
 
 log = logging.getLogger(__name__)
 
@@ -589,7 +590,7 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
     tokenizer = AutoTokenizer.from_pretrained(str(lm_dir), local_files_only=True)
     shown = context_text(shown, ActivationStore(activations.split("test")), tokenizer, settings.context_tokens)
     summary = lm_summary(pairs)
-    write_parquet(summary, out.summary)
+    write_table(summary, out.summary, INTEGRATION_SUMMARY)
     write_parquet(pairs, out.pairs)
     write_parquet(replicated, out.replication)
     write_parquet(shown, out.contexts)

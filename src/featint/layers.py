@@ -15,8 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from featint.config import Settings
-from featint.io import write_parquet
 from featint.layout import LayerFolder, LayersFolder
+from featint.tables import (
+    COMPARISON_TABLE,
+    LAYER_FVU,
+    PARAMETERS,
+    RECONSTRUCTION,
+    RECONSTRUCTION_DOCUMENTS,
+    write_table,
+)
 
 
 def layer_settings(settings: Settings, layer: int) -> Settings:
@@ -45,11 +52,12 @@ def run_layer(settings: Settings, layer: int, seed: int, activations_dir: str | 
         frames.append(frame)
         documents.append(per_document)
         parameters.append(pd.read_parquet(model.parameters))
-    outputs = {out.reconstruction: frames, out.documents: documents, out.parameters: parameters}
-    for path, parts in outputs.items():
+    outputs = {out.reconstruction: (frames, RECONSTRUCTION), out.documents: (documents, RECONSTRUCTION_DOCUMENTS),
+               out.parameters: (parameters, PARAMETERS)}
+    for path, (parts, declared) in outputs.items():
         table = pd.concat(parts, ignore_index=True)
         table.insert(0, "layer", layer)
-        write_parquet(table, path)
+        write_table(table, path, declared, extra=("layer",))
     return pd.concat(frames, ignore_index=True).assign(layer=layer)
 
 
@@ -75,8 +83,8 @@ def gather(reconstruction: list[str | Path], documents: list[str | Path], parame
     fvu = final_reconstruction(metrics[metrics["split"] == "test"], ("layer", "run", "model", "seed", "split",
                                                                      "token_set", "metric"))
     fvu = fvu[fvu["metric"] == "fvu"].drop(columns="metric").rename(columns={"value": "fvu"})
-    write_parquet(table, out.comparisons)
-    write_parquet(fvu, out.fvu)
+    write_table(table, out.comparisons, COMPARISON_TABLE, extra=("layer",))
+    write_table(fvu, out.fvu, LAYER_FVU)
     pooled = table[table["seed"].isna() & (table["token_set"] == "selected")]
     plots.layer_sweep(fvu[fvu["token_set"] == "selected"], pooled, out.figure("layers"))
     return pooled

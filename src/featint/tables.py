@@ -204,3 +204,40 @@ def write_table(frame: pd.DataFrame, path: str | Path, table: Table, metadata: d
 def read_table(path: str | Path, table: Table, extra: Iterable[str] = ()) -> pd.DataFrame:
     """The table at ``path``, checked against ``table`` (an artefact of an earlier version stops here)."""
     return table.validate(pd.read_parquet(path), path, extra)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the other gathered tables
+
+#: geometry's measures per model, seed, metric and feature subset, under the paper's or the corrected definition
+GEOMETRY_SUMMARY = Table("geometry summary", (
+    _RUN, _MODEL, _SEED, _c("metric", "str"), _c("value", "float", nullable=True),
+    _c("definition", "str", ("paper", "corrected", "descriptive")), _c("subset", "str", nullable=True)))
+#: the bimodality and NFM-share verdicts drawn from the geometry summary
+GEOMETRY_VERDICTS = Table("geometry verdicts", (
+    _RUN, _MODEL, _SEED, _c("metric", "str"), _c("subset", "str", nullable=True),
+    _c("value", "float", nullable=True)))
+#: the pair product test on the LM: per model, seed, data (the activations or their surrogates) and target
+INTEGRATION_SUMMARY = Table("pair product test summary", (
+    _MODEL, _SEED, _c("data", "str", ("data", "surrogate")), _c("target", "str", ("residual", "activation")),
+    *(_c(name, "float", nullable=True) for name in ("pairs_tested", "pairs_flagged", "flagged_share", "median_z",
+                                                    "flagged_median_estimate", "flagged_explained_share"))))
+#: the convergence check: each quantity at the default budget and at the longer one
+CONVERGENCE_SUMMARY = Table("convergence", (
+    _SEED, _c("tokens_default", "int"), _c("tokens_longer", "int"), _c("quantity", "str"), _MODEL,
+    _c("reference", "str", MODEL_KINDS, nullable=True), _c("default", "float"), _c("longer", "float"),
+    _c("change", "float"), _c("change_kind", "str", ("relative", "absolute")),
+    _c("threshold", "float", nullable=True), _c("threshold_definition", "str"), _c("passes", "bool")))
+#: every learning rate tried on the validation split, per kind
+LR_SELECTION = Table("LR selection", (
+    _MODEL, _c("lr", "float"), _c("steps", "int"), _c("tokens", "int"), _SEED, _c("extension", "int"),
+    _c("diverged", "bool"), _c("validation_fvu", "float"), _c("validation_mse", "float"), _c("chosen", "bool"),
+    _c("interior", "bool")))
+#: every kind's final test FVU and spliced KL against its parameter count
+KINDS_BY_PARAMETERS = Table("kinds by parameters", (
+    _MODEL, _c("role", "str", ("paper", "control", "ablation", "rival")), _c("parameters", "int"),
+    _c("quantity", "str", ("test_fvu", "spliced_kl")), _c("estimate", "float", nullable=True), *_INTERVAL,
+    _c("n_seeds", "int")))
+#: the layer sweep's final test FVU per layer, kind and seed
+LAYER_FVU = Table("layer sweep FVU", (
+    _c("layer", "int"), _RUN, _MODEL, _SEED, _SPLIT, _TOKEN_SET, _c("fvu", "float", nullable=True)))

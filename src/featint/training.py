@@ -37,7 +37,7 @@ from featint.layout import ActivationsFolder, KindsFolder, ModelFolder
 from featint.models import FeatureModel, SparseCode, TopKSAE, gather_sum
 from featint.normaliser import Normaliser
 from featint.runtime import native_bf16, seed_everything, step_autocast
-from featint.tables import PARAMETERS, write_table
+from featint.tables import LR_SELECTION, PARAMETERS, write_table
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +606,7 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
         log.warning("lr selection %s: the chosen lr %g is still at an edge of the grid after %d extensions; "
                     "widen training.lr_grid or raise training.lr_grid_extensions.", kind,
                     frame.loc[best_index, "lr"], training.lr_grid_extensions)
-    write_parquet(frame, out_path)
+    write_table(frame, out_path, LR_SELECTION)
     log.info("lr selection (%s):\n%s", kind, frame.to_string(index=False))
     return frame
 
@@ -616,7 +616,7 @@ def gather_lr_selection(tables: list[str | Path], out_table: str | Path, figure_
     from featint import plots
 
     frame = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
-    write_parquet(frame, out_table)
+    write_table(frame, out_table, LR_SELECTION)
     plots.lr_selection(frame, figure_path)
     return frame
 
