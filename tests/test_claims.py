@@ -217,3 +217,21 @@ def test_the_paper_claims_table_and_the_registry_name_the_same_claims(tmp_path: 
     paper.assign(claim_id=["joint_improvment"] + paper["claim_id"].tolist()[1:]).to_csv(bad, sep="\t", index=False)
     with pytest.raises(ClaimsError, match="no extractor for claim.*joint_improvment"):
         read_paper_claims(bad)
+
+
+def test_the_claims_stage_writes_its_outputs_from_the_files_it_is_handed(tmp_path: Path) -> None:
+    from featint.claims import ClaimsOutputs, run_claims
+    from featint.layout import ReportFolder
+
+    paths = {}
+    for name, frame in _made_up().items():
+        paths[name] = tmp_path / "in" / f"{name}.parquet"
+        paths[name].parent.mkdir(exist_ok=True)
+        frame.to_parquet(paths[name])
+    out = ClaimsOutputs.in_folder(ReportFolder(tmp_path / "report"))
+    paper = Path(__file__).resolve().parents[1] / "config" / "paper_claims.tsv"
+    table = run_claims(paper, paths, out, run="made_up")
+    assert pd.read_parquet(out.table)["claim_id"].tolist() == table["claim_id"].tolist()
+    assert Path(out.markdown).read_text().startswith("# Paper claims vs this run (`made_up`)")
+    kinds = pd.read_parquet(out.kinds)
+    assert set(kinds["model"]) == {"joint"} and Path(out.kinds_figure).is_file()

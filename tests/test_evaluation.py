@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from featint.activations import ActivationStore, write_store_from_tensor
-from featint.evaluation import _Accumulator, gather, reconstruction_metrics, run_evaluate
+from featint.evaluation import MetricsOutputs, _Accumulator, gather, reconstruction_metrics, run_evaluate
+from featint.layout import MetricsFolder
 from featint.models import NFM, FeatureModel, TopKSAE, save_model
 from featint.normaliser import Normaliser
 
@@ -95,9 +96,9 @@ def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
     params = pd.DataFrame({"model": ["joint"], "seed": [0], "component": ["total"], "parameters": [10],
                            "share": [1.0], "trainable": [10]})
     params.to_parquet(tmp_path / "p.parquet")
-    summary = gather([tmp_path / "m.parquet"], [tmp_path / "d.parquet"], [tmp_path / "p.parquet"],
-                     tmp_path / "all.parquet", tmp_path / "summary.parquet", tmp_path / "params.parquet",
-                     tmp_path / "fig.png", EvaluationSettings(bootstrap=300, ci_level=0.95), seed=0)
+    out = MetricsOutputs.in_folder(MetricsFolder(tmp_path))
+    summary = gather([tmp_path / "m.parquet"], [tmp_path / "d.parquet"], [tmp_path / "p.parquet"], out,
+                     EvaluationSettings(bootstrap=300, ci_level=0.95), seed=0)
     improvement = summary[(summary["metric"] == "improvement_mse") & (summary["reference"] == "standard")
                           & (summary["model"] == "joint")]
     expected = np.mean([1 - 0.3 / 0.4, 1 - 0.31 / 0.41])
@@ -106,7 +107,7 @@ def test_gather_adds_improvement_over_the_standard_sae(tmp_path: Path) -> None:
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0
     assert "bootstrap over test documents" in row["interval"]
     assert (summary["n_documents"] == 6).all() and (summary["n_tokens"] == 600).all()
-    assert (tmp_path / "fig.png").stat().st_size > 5000
+    assert Path(out.figure).stat().st_size > 5000
 
 
 def test_per_document_sums_add_up_to_the_split_metrics(tmp_path: Path) -> None:

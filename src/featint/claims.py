@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from featint import kinds
 from featint.errors import FeatintError
 from featint.io import atomic_path, write_parquet
 from featint.kinds import COMPARISONS
+from featint.layout import ReportFolder
 from featint.tables import (
     DELTA_VS_PIPELINE,
     DOCUMENT_WINDOW_BOOTSTRAP,
@@ -635,22 +636,34 @@ def kinds_by_parameters(artefacts: Artefacts) -> pd.DataFrame:
                                        "n_seeds"])
 
 
-def run_claims(paper_claims: str | Path, tables: Mapping[str, str | Path | None], out_table: str | Path,
-               out_markdown: str | Path, run: str, out_kinds: str | Path | None = None,
-               out_figure: str | Path | None = None) -> pd.DataFrame:
-    """Stage entry point: claims.parquet and claims.md from the upstream ``tables`` (:meth:`Artefacts.load`);
-    every kind against its parameter count (table ``out_kinds`` and figure ``out_figure``) when asked."""
+class ClaimsOutputs(NamedTuple):
+    """What :func:`run_claims` writes (:meth:`in_folder` places them as the workflow does)."""
+
+    table: str | Path  #: one row per claim: the paper's value beside ours under both definitions
+    markdown: str | Path  #: the same table for a reader
+    kinds: str | Path | None = None  #: every kind's test FVU and spliced KL against its parameter count
+    kinds_figure: str | Path | None = None  #: the figure of that table
+
+    @classmethod
+    def in_folder(cls, folder: ReportFolder) -> ClaimsOutputs:
+        return cls(folder.claims, folder.claims_markdown, folder.kinds, folder.kinds_figure)
+
+
+def run_claims(paper_claims: str | Path, tables: Mapping[str, str | Path | None], out: ClaimsOutputs,
+               run: str) -> pd.DataFrame:
+    """Stage entry point: the claims table and its markdown from the upstream ``tables``
+    (:meth:`Artefacts.load`); every kind against its parameter count when ``out`` names its files."""
     from featint import plots
 
     artefacts = Artefacts.load(tables)
     table = claims_table(read_paper_claims(paper_claims), artefacts)
-    write_parquet(table, out_table)
-    with atomic_path(out_markdown) as tmp:
+    write_parquet(table, out.table)
+    with atomic_path(out.markdown) as tmp:
         tmp.write_text(claims_markdown(table, run))
-    if out_kinds is not None or out_figure is not None:
+    if out.kinds is not None or out.kinds_figure is not None:
         points = kinds_by_parameters(artefacts)
-        if out_kinds is not None:
-            write_table(points, out_kinds, KINDS_BY_PARAMETERS)
-        if out_figure is not None:
-            plots.kinds_by_parameters(points, out_figure)
+        if out.kinds is not None:
+            write_table(points, out.kinds, KINDS_BY_PARAMETERS)
+        if out.kinds_figure is not None:
+            plots.kinds_by_parameters(points, out.kinds_figure)
     return table

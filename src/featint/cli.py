@@ -289,11 +289,11 @@ def evaluate(args: argparse.Namespace, settings: Settings) -> None:
        arg("--out-comparisons", help="each term against its control (featint.kinds.COMPARISONS)"),
        arg("--out-figure", required=True))
 def gather_metrics(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.evaluation import gather
+    from featint.evaluation import MetricsOutputs, gather
 
-    summary = gather(args.tables, args.documents, args.parameters, args.out_metrics, args.out_summary,
-                     args.out_parameters, args.out_figure, settings.evaluation, settings.seed,
-                     out_comparisons=args.out_comparisons)
+    out = MetricsOutputs(args.out_metrics, args.out_summary, args.out_parameters, args.out_figure,
+                         args.out_comparisons)
+    summary = gather(args.tables, args.documents, args.parameters, out, settings.evaluation, settings.seed)
     view = summary[(summary["metric"].isin(["fvu", "improvement_mse"]))
                    & summary["component"].isin(["full", "model"]) & (summary["token_set"] == "selected")]
     log.info("test reconstruction:\n%s", view.to_string(index=False))
@@ -477,11 +477,11 @@ def _claims_inputs() -> list[Arg]:
        arg("--out-kinds", help="every kind's test FVU (and spliced KL) against its parameter count"),
        arg("--out-figure", help="the figure of that table"))
 def claims(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.claims import TABLES, run_claims
+    from featint.claims import TABLES, ClaimsOutputs, run_claims
 
     tables = {name: getattr(args, f"table_{name}") for name in TABLES}
-    table = run_claims(args.paper_claims, tables, args.out_table, args.out_markdown, run=args.run,
-                       out_kinds=args.out_kinds, out_figure=args.out_figure)
+    out = ClaimsOutputs(args.out_table, args.out_markdown, args.out_kinds, args.out_figure)
+    table = run_claims(args.paper_claims, tables, out, run=args.run)
     log.info("claims:\n%s", table[["claim_id", "paper_value", "ours_paper_definition", "ours_corrected"]]
              .to_string(index=False))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ from featint.activations import TOKEN_SETS, ActivationStore
 from featint.config import EvaluationSettings
 from featint.errors import ShardError
 from featint.kinds import FULL_COMPONENT, SAE_COMPONENT, final_component
-from featint.layout import ActivationsFolder
+from featint.layout import ActivationsFolder, MetricsFolder
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 from featint.tables import (
@@ -415,14 +415,26 @@ def improvement_rows(metrics: pd.DataFrame, reference: str, metric: str = "impro
     return metrics[(metrics["metric"] == metric) & (metrics["reference"] == reference)]
 
 
+class MetricsOutputs(NamedTuple):
+    """What :func:`gather` writes (:meth:`in_folder` places them as the workflow does)."""
+
+    metrics: str | Path  #: every model's and seed's metrics, with the improvements over the standard SAE added
+    summary: str | Path  #: mean / sd / n over seeds, with the document-bootstrap interval where computed
+    parameters: str | Path  #: every model's parameter counts
+    figure: str | Path  #: the reconstruction comparison figure
+    comparisons: str | Path | None = None  #: each term against its control (:func:`comparison_intervals`)
+
+    @classmethod
+    def in_folder(cls, folder: MetricsFolder) -> MetricsOutputs:
+        return cls(folder.reconstruction, folder.summary, folder.parameters, folder.figure_path, folder.comparisons)
+
+
 def gather(tables: list[str | Path], document_tables: list[str | Path], parameter_tables: list[str | Path],
-           out_metrics: str | Path, out_summary: str | Path, out_parameters: str | Path, figure_path: str | Path,
-           settings: EvaluationSettings, seed: int, out_comparisons: str | Path | None = None) -> pd.DataFrame:
+           out: MetricsOutputs, settings: EvaluationSettings, seed: int) -> pd.DataFrame:
     """Stage entry point: one tidy table over models and seeds, improvements against the independently
     trained standard SAE of the same seed, mean / sd / n over seeds with a 95% interval of a bootstrap over
     test documents (of the mean over seeds), the documents and tokens it rests on, parameters, the
-    comparisons of each term with its control (:func:`comparison_intervals`, to ``out_comparisons``), and the
-    comparison figure."""
+    comparisons of each term with its control, and the comparison figure, to the files of ``out``."""
     from featint import plots
 
     metrics = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
@@ -434,7 +446,7 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     merged["reference"] = "standard"
     merged["component"] = "model"
     metrics = pd.concat([metrics, merged.drop(columns="standard")], ignore_index=True)
-    write_table(metrics, out_metrics, RECONSTRUCTION)
+    write_table(metrics, out.metrics, RECONSTRUCTION)
     keys = ["run", "model", "split", "token_set", "component", "metric", "reference"]
     summary = (metrics.groupby(keys, dropna=False)["value"]
                .agg(mean="mean", sd="std", n_seeds="count", minimum="min", maximum="max").reset_index())
@@ -448,12 +460,12 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     counts = intervals.drop_duplicates(["run", "split", "token_set"])[["run", "split", "token_set", "n_documents",
                                                                        "n_tokens"]]
     summary = summary.merge(counts, on=["run", "split", "token_set"], how="left")
-    write_table(summary, out_summary, RECONSTRUCTION_SUMMARY)
+    write_table(summary, out.summary, RECONSTRUCTION_SUMMARY)
     parameters = pd.concat([pd.read_parquet(p) for p in parameter_tables], ignore_index=True)
-    write_table(parameters, out_parameters, PARAMETERS)
-    if out_comparisons is not None:
-        write_table(comparison_intervals(documents, parameters, settings.bootstrap, settings.ci_level,
-                                                seed), out_comparisons, COMPARISON_TABLE)
+    write_table(parameters, out.parameters, PARAMETERS)
+    if out.comparisons is not None:
+        write_table(comparison_intervals(documents, parameters, settings.bootstrap, settings.ci_level, seed),
+                    out.comparisons, COMPARISON_TABLE)
     plots.reconstruction_comparison(final[final["metric"] == "fvu"], improvement_rows(metrics, "standard"),
-                                    figure_path)
+                                    out.figure)
     return summary
