@@ -23,7 +23,7 @@ from featint.saelens import (
     SAELENS_VERSION,
     WEIGHTS,
     export_saelens,
-    import_saelens,
+    import_sae,
     saelens_hook_name,
     saelens_reconstruction,
 )
@@ -104,7 +104,7 @@ def test_an_imported_saelens_sae_reconstructs_raw_activations_as_saelens_does(tm
     model, applied in that run's normalised space, reconstructs raw activations exactly as SAELens's forward
     of the folder does."""
     raw, normaliser, acts = _run_with_sae(tmp_path)
-    import_saelens(tmp_path / "sae", acts, tmp_path / "standard", seed=2, n_features=F_, k=8)
+    import_sae(tmp_path / "sae", acts, tmp_path / "standard", seed=2, n_features=F_, k=8)
     model, extra = load_model(tmp_path / "standard" / "weights.safetensors")
     assert model.kind == "standard" and extra["seed"] == 2 and extra["hook_name"] == normaliser.hook_name
     with torch.no_grad():
@@ -137,7 +137,7 @@ def test_a_mismatched_saelens_sae_stops_with_a_clear_message(change: str, messag
     if change == "missing":
         (folder / CONFIG).unlink()
     with pytest.raises(FeatintError, match=message):
-        import_saelens(folder, acts, tmp_path / "standard", seed=0, n_features=F_ + (change == "width"), k=8)
+        import_sae(folder, acts, tmp_path / "standard", seed=0, n_features=F_ + (change == "width"), k=8)
 
 
 def test_the_hook_is_read_from_every_saelens_config_format() -> None:
@@ -172,21 +172,27 @@ print(json.dumps(fields))
 
 
 def _saelens_python() -> Path:
-    python = SAELENS_ENV / "bin" / "python"
+    return _side_python(SAELENS_ENV, f"sae-lens=={SAELENS_VERSION}")
+
+
+def _side_python(env: Path, requirement: str) -> Path:
+    """The interpreter of a side environment holding ``requirement`` beside the local CPU torch wheel (built
+    once and kept; a library pinning what featint cannot share runs there)."""
+    python = env / "bin" / "python"
     if python.exists():
         return python
-    building = SAELENS_ENV.with_name(SAELENS_ENV.name + ".building")
+    building = env.with_name(env.name + ".building")
     steps = [[sys.executable, "-m", "venv", "--clear", str(building)],
              [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", "torch==2.13.0"],
-             [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", f"sae-lens=={SAELENS_VERSION}"]]
+             [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", requirement]]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
         if done.returncode != 0:
-            reason = f"cannot build the SAELens environment ({' '.join(step[-2:])}):\n{done.stderr[-2000:]}"
+            reason = f"cannot build the side environment ({' '.join(step[-2:])}):\n{done.stderr[-2000:]}"
             if os.environ.get("CI") == "true":
                 raise RuntimeError(reason)
             pytest.skip(reason)
-    building.rename(SAELENS_ENV)  # venv scripts use absolute paths: the interpreter is called directly
+    building.rename(env)  # venv scripts use absolute paths: the interpreter is called directly
     return python
 
 
@@ -227,3 +233,135 @@ def test_saelens_own_loader_reads_the_export_and_reconstructs_as_featint(tmp_pat
                                 "model_name": "smollm2-135m-instruct", "context_size": 128}
         for route in ("encode_decode", "forward"):
             torch.testing.assert_close(theirs[f"{kind}.{route}"], ours[kind], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EleutherAI sparsify folders
+
+
+def _sparsify_folder(root: Path, hookpoint: str = "layers.2", **cfg: object) -> Path:
+    """One hookpoint's folder as sparsify's ``SparseCoder.save_to_disk`` writes it (``sae.safetensors`` with the
+    module's state dict, ``cfg.json`` with its config and ``d_in``), trained-looking weights."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    folder = root / "release" / hookpoint
+    folder.mkdir(parents=True)
+    state = {"encoder.weight": torch.randn(F_, D) / D**0.5, "encoder.bias": torch.randn(F_) * 0.1,
+             "W_dec": torch.randn(F_, D) * torch.rand(F_, 1), "b_dec": torch.randn(D) * 0.3}
+    save_file(state, str(folder / "sae.safetensors"))
+    config = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": F_, "k": 8,
+              "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": D, **cfg}
+    (folder / "cfg.json").write_text(json.dumps(config))
+    return folder
+
+
+def _sparsify_forward(folder: Path, x: torch.Tensor) -> torch.Tensor:
+    """sparsify's TopK forward, from its files alone: ``TopK(ReLU((x - b_dec) W^T + b))`` decoded by W_dec."""
+    w = load_file(str(folder / "sae.safetensors"))
+    k = json.loads((folder / "cfg.json").read_text())["k"]
+    pre = torch.relu((x - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"])
+    top = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, top.indices, top.values) @ w["W_dec"] + w["b_dec"]
+
+
+def test_a_sparsify_folder_imports_as_a_standard_sae_that_reconstructs_as_sparsify_does(tmp_path: Path) -> None:
+    """``layers.2`` is the residual after block 2, i.e. ``blocks.3.hook_resid_pre``: the run's hook."""
+    raw, normaliser, acts = _run_with_sae(tmp_path)
+    folder = _sparsify_folder(tmp_path)
+    cfg = import_sae(folder, acts, tmp_path / "standard", seed=0, n_features=F_, k=8, source="sparsify")
+    assert cfg["hook_point"] == "layers.2" and cfg["d_sae"] == F_
+    model, extra = load_model(tmp_path / "standard" / "weights.safetensors")
+    assert extra["imported_source"] == "sparsify"
+    with torch.no_grad():
+        ours = normaliser.invert(model(normaliser.apply(raw)).total)
+    torch.testing.assert_close(ours, _sparsify_forward(folder, raw), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("hookpoint", "cfg", "override", "message"), [
+    ("layers.5", {}, None, "reads blocks.5.hook_resid_post = blocks.6.hook_resid_pre but the run's"),
+    ("layers.2.mlp", {}, None, "reads blocks.2.hook_mlp_out"),
+    ("embed_in", {}, None, "maps to no transformer-lens hook featint knows; set sae.hook_name"),
+    ("layers.2", {"transcode": True}, None, "transcode is true"),
+    ("layers.2", {"skip_connection": True}, None, "skip_connection is true"),
+    ("layers.2", {"activation": "groupmax"}, None, "TopK SAEs only"),
+    ("layers.2", {"k": 16}, None, "sae.k = 8"),
+])
+def test_a_sparsify_folder_featint_cannot_use_stops_with_the_fix(hookpoint: str, cfg: dict[str, object],
+                                                                override: str | None, message: str,
+                                                                tmp_path: Path) -> None:
+    _, _, acts = _run_with_sae(tmp_path)
+    folder = _sparsify_folder(tmp_path, hookpoint, **cfg)
+    with pytest.raises(FeatintError, match=message):
+        import_sae(folder, acts, tmp_path / "standard", seed=0, n_features=F_, k=8, source="sparsify",
+                   hook_name=override)
+
+
+def test_sae_hook_name_overrides_the_hook_the_files_name(tmp_path: Path) -> None:
+    _, _, acts = _run_with_sae(tmp_path)
+    folder = _sparsify_folder(tmp_path, "transformer.custom_block_2")
+    import_sae(folder, acts, tmp_path / "standard", seed=0, n_features=F_, k=8, source="sparsify",
+               hook_name="blocks.3.hook_resid_pre")
+    assert (tmp_path / "standard" / "weights.safetensors").is_file()
+    with pytest.raises(FeatintError, match="reads blocks.4.hook_resid_pre"):
+        import_sae(folder, acts, tmp_path / "again", seed=0, n_features=F_, k=8, source="sparsify",
+                   hook_name="blocks.4.hook_resid_pre")
+
+
+#: The EleutherAI sparsify release whose folders the import reads and whose own save and forward the test runs.
+SPARSIFY_VERSION = "1.3.3"
+SPARSIFY_ENV = Path(os.environ.get("FEATINT_SPARSIFY_ENV",
+                                   Path.home() / ".cache" / "featint" / f"eai-sparsify-{SPARSIFY_VERSION}"))
+SAVE_WITH_SPARSIFY = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+from sparsify import SparseCoder, SparseCoderConfig
+raw = load_file(sys.argv[1])["raw"]
+torch.manual_seed(7)
+coder = SparseCoder(raw.shape[1], SparseCoderConfig(num_latents=int(sys.argv[3]), k=int(sys.argv[4])))
+with torch.no_grad():  # trained-looking: nonzero biases, decoder rows of varied norms
+    coder.encoder.weight.normal_(std=raw.shape[1] ** -0.5)
+    coder.encoder.bias.normal_(std=0.1)
+    coder.W_dec.copy_(torch.randn_like(coder.W_dec) * torch.rand(coder.W_dec.shape[0], 1))
+    coder.b_dec.normal_(std=0.3)
+    coder.save_to_disk(sys.argv[2])
+    again = SparseCoder.load_from_disk(sys.argv[2])
+    save_file({"forward": again(raw).sae_out.contiguous()}, sys.argv[5])
+"""
+
+
+@pytest.mark.slow
+def test_a_folder_sparsify_itself_saved_imports_and_reconstructs_as_sparsify_does(tmp_path: Path) -> None:
+    """sparsify's own ``SparseCoder.save_to_disk`` (release :data:`SPARSIFY_VERSION`, in its own environment)
+    writes a hookpoint's folder; featint imports it, and its reconstruction of raw activations equals
+    sparsify's own forward of the folder it reads back."""
+    from safetensors.torch import save_file
+
+    raw, normaliser, acts = _run_with_sae(tmp_path)
+    save_file({"raw": raw.contiguous()}, str(tmp_path / "raw.safetensors"))
+    folder = tmp_path / "release" / "layers.2"
+    script = tmp_path / "save_with_sparsify.py"
+    script.write_text(SAVE_WITH_SPARSIFY)
+    saved = subprocess.run([str(_side_python(SPARSIFY_ENV, f"eai-sparsify=={SPARSIFY_VERSION}")), str(script),
+                            str(tmp_path / "raw.safetensors"), str(folder), str(F_), "8",
+                            str(tmp_path / "theirs.safetensors")], capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    import_sae(folder, acts, tmp_path / "standard", seed=0, n_features=F_, k=8, source="sparsify")
+    model, _ = load_model(tmp_path / "standard" / "weights.safetensors")
+    with torch.no_grad():
+        ours = normaliser.invert(model(normaliser.apply(raw)).total)
+    theirs = load_file(str(tmp_path / "theirs.safetensors"))["forward"]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_sparsify_forward(folder, raw), theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_hookpoints_map_to_the_residual_stream_they_read() -> None:
+    from featint.saelens import sparsify_hook_names
+
+    assert sparsify_hook_names("layers.0") == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"}
+    assert sparsify_hook_names("model.layers.11") == {"blocks.11.hook_resid_post", "blocks.12.hook_resid_pre"}
+    assert sparsify_hook_names("gpt_neox.layers.3") == {"blocks.3.hook_resid_post", "blocks.4.hook_resid_pre"}
+    assert sparsify_hook_names("transformer.h.5") == {"blocks.5.hook_resid_post", "blocks.6.hook_resid_pre"}
+    assert sparsify_hook_names("layers.4.mlp") == {"blocks.4.hook_mlp_out"}
+    assert sparsify_hook_names("layers.4.self_attn") == set()

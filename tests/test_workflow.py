@@ -386,7 +386,7 @@ def test_bring_your_own_sae(tiny_run: TinyRun) -> None:
                                                           "behaviour/summary.parquet", "geometry/summary.parquet")]
     byo = snakemake(workdir, *TINY_THREADS, *targets, "--configfile", "config/tiny_import.yaml")
     assert byo.returncode == 0, byo.stderr[-3000:]
-    assert re.search(r"^import_saelens\s+1$", byo.stdout + byo.stderr, re.MULTILINE)
+    assert re.search(r"^import_sae\s+1$", byo.stdout + byo.stderr, re.MULTILINE)
     assert not (workdir / "results" / "tiny_import" / "models" / "standard" / "seed~0" / "train_log.parquet").exists()
     imported_fvu = fvu_of(pd.read_parquet(workdir / "results" / "tiny_import" / "metrics" / "reconstruction.parquet"),
                           "standard")

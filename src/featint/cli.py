@@ -252,17 +252,19 @@ def export_saelens(args: argparse.Namespace, settings: Settings) -> None:
              config["k"])
 
 
-@stage("import-saelens", "a SAELens TopK SAE (sae.path) as the run's standard model", ("sae", "nfm"),
+@stage("import-sae", "a SAELens or sparsify TopK SAE (sae.source, sae.path) as the run's standard model",
+       ("sae", "nfm"),
        arg("--activations", required=True, help="the run's activations directory (splits + normaliser)"),
        arg("--seed", type=int, required=True, help="the seed whose standard model it stands for"),
        arg("--out", required=True, help="results/<run>/models/standard/seed~<s>"))
-def import_saelens(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.saelens import import_saelens
+def import_sae(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.saelens import import_sae
 
-    if settings.sae.path is None:
-        raise ConfigError("import-saelens needs sae.path (a SAELens SAE folder) in the config.")
-    cfg = import_saelens(settings.sae.path, args.activations, args.out, args.seed, settings.sae.n_features,
-                         settings.sae.k)
+    if settings.sae.path is None or settings.sae.source == "featint":
+        raise ConfigError("import-sae needs sae.source (saelens or sparsify) and sae.path (the SAE folder) in the "
+                          "config.")
+    cfg = import_sae(settings.sae.path, args.activations, args.out, args.seed, settings.sae.n_features,
+                     settings.sae.k, settings.sae.source, settings.sae.hook_name)
     log.info("imported %s (d_sae %s, k %s) as the standard SAE of seed %d", settings.sae.path, cfg["d_sae"], cfg["k"],
              args.seed)
 

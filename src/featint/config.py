@@ -147,14 +147,15 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
     if "models" in config and "interventions" in config and stray:
         raise ConfigError(f"{source}: interventions.models {stray} are not in models; the experiment runs on "
                           "trained models: add them to models or list only models' kinds in interventions.models.")
-    if sae["source"] == "saelens":
+    if sae["source"] != "featint":
         if not sae["path"]:
-            raise ConfigError(f"{source}: sae.source is 'saelens' but sae.path is not set; point it to a SAELens SAE "
-                              "folder (cfg.json + sae_weights.safetensors).")
+            raise ConfigError(f"{source}: sae.source is {sae['source']!r} but sae.path is not set; point it to the SAE "
+                              "folder (SAELens: cfg.json + sae_weights.safetensors; sparsify: one hookpoint's folder, "
+                              "cfg.json + sae.safetensors).")
         # (a stage given only its own sections gets the convergence default; the workflow checks its full config)
         if "convergence" in config and "standard" in completed["convergence"]["models"]:
-            raise ConfigError(f"{source}: sae.source is 'saelens': the imported standard SAE is not retrained, so "
-                              "convergence.models must not list 'standard'.")
+            raise ConfigError(f"{source}: sae.source is {sae['source']!r}: the imported standard SAE is not "
+                              "retrained, so convergence.models must not list 'standard'.")
     if "budget" in config:
         _check_budget(config, completed, source)
     layer_kinds = set(completed["layers"]["kinds"])
@@ -301,8 +302,9 @@ class SAESettings:
     pre_encoder_bias: bool
     tied_init: bool
     auxk: AuxKSettings
-    source: str = "featint"  #: "featint" (trained) or "saelens" (the standard SAE imported from ``path``)
-    path: str | None = None  #: the SAELens folder when ``source`` is "saelens"
+    source: str = "featint"
+    path: str | None = None
+    hook_name: str | None = None
 
 
 @section("nfm")

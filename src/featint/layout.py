@@ -113,6 +113,8 @@ CODES_MANIFEST = "manifest.parquet"
 
 #: SAELens's file names of an SAE folder: its config and its weights
 SAELENS_CONFIG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+#: EleutherAI sparsify's file names of one hookpoint's folder (``SparseCoder.save_to_disk``)
+SPARSIFY_CONFIG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
 
 
 @dataclass(frozen=True)

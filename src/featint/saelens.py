@@ -21,6 +21,7 @@ activations gives featint's reconstruction, mapped back to raw space (tested).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +31,14 @@ from safetensors.torch import save_file
 from featint.errors import FeatintError
 from featint.io import atomic_directory
 from featint.kinds import SAE_ONLY
-from featint.layout import SAELENS_CONFIG, SAELENS_WEIGHTS, ActivationsFolder, ModelFolder
+from featint.layout import (
+    SAELENS_CONFIG,
+    SAELENS_WEIGHTS,
+    SPARSIFY_CONFIG,
+    SPARSIFY_WEIGHTS,
+    ActivationsFolder,
+    ModelFolder,
+)
 from featint.models import TopKSAE, load_model
 from featint.normaliser import Normaliser
 from featint.tables import PARAMETERS, write_table
@@ -143,6 +151,58 @@ def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch
     return cfg, weights
 
 
+def read_sparsify(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An EleutherAI sparsify folder (one hookpoint: ``cfg.json`` + ``sae.safetensors``, as
+    ``SparseCoder.save_to_disk`` writes it) in SAELens's terms: (cfg with ``d_in``, ``d_sae``, ``k``,
+    ``apply_b_dec_to_input`` and ``hook_point`` = the folder's name; float32 ``W_enc`` [d_in, F], ``b_enc``,
+    ``W_dec`` [F, d_in], ``b_dec``). sparsify's TopK encodes ``TopK(ReLU((x - b_dec) W^T + b))``: the same
+    reconstruction as featint's ``ReLU(TopK(...))``. Only TopK SAEs on their own input are read."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in (SPARSIFY_CONFIG, SPARSIFY_WEIGHTS):
+        if not (directory / name).is_file():
+            raise FeatintError(f"{directory} has no {name}; with sae.source sparsify, sae.path must be one "
+                               f"hookpoint's folder of a sparsify run ({SPARSIFY_CONFIG} + {SPARSIFY_WEIGHTS}, e.g. "
+                               "<release>/layers.6).")
+    raw = json.loads((directory / SPARSIFY_CONFIG).read_text(encoding="utf-8"))
+    where = directory / SPARSIFY_CONFIG
+    if raw.get("activation", "topk") != "topk":
+        raise FeatintError(f"{where}: activation is {raw['activation']!r}; featint imports sparsify's TopK SAEs only.")
+    for key, what in (("transcode", "a transcoder (it predicts another hookpoint's output)"),
+                      ("skip_connection", "a skip connection (W_skip)")):
+        if raw.get(key):
+            raise FeatintError(f"{where}: {key} is true: {what} is not an SAE of one activation; featint imports "
+                               "plain TopK SAEs.")
+    weights = {name: tensor.float() for name, tensor in load_file(str(directory / SPARSIFY_WEIGHTS)).items()}
+    missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(weights)
+    if missing:
+        raise FeatintError(f"{directory / SPARSIFY_WEIGHTS} lacks {sorted(missing)}.")
+    d_in = int(raw["d_in"])
+    d_sae = int(raw.get("num_latents") or d_in * int(raw["expansion_factor"]))
+    if tuple(weights["encoder.weight"].shape) != (d_sae, d_in) or tuple(weights["W_dec"].shape) != (d_sae, d_in):
+        raise FeatintError(f"{directory}: encoder.weight {tuple(weights['encoder.weight'].shape)} and W_dec "
+                           f"{tuple(weights['W_dec'].shape)} do not match d_in {d_in} and {d_sae} latents.")
+    cfg = {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": int(raw["k"]), "apply_b_dec_to_input": True,
+           "hook_point": directory.name, "sparsify_cfg": raw}
+    return cfg, {"W_enc": weights["encoder.weight"].T.contiguous(), "b_enc": weights["encoder.bias"],
+                 "W_dec": weights["W_dec"], "b_dec": weights["b_dec"]}
+
+
+def sparsify_hook_names(hookpoint: str) -> set[str]:
+    """The transformer-lens hooks a sparsify hookpoint (a module name of the Hugging Face model) reads: the
+    output of decoder layer N (``layers.N``, or ``model.layers.N``, ``gpt_neox.layers.N``, ...) is the residual
+    stream after block N, i.e. ``blocks.N.hook_resid_post`` = ``blocks.{N+1}.hook_resid_pre``; ``layers.N.mlp``
+    is ``blocks.N.hook_mlp_out``. Another hookpoint maps to nothing (set ``sae.hook_name``)."""
+    match = re.fullmatch(r"(?:.*\.)?(?:layers|h)\.(\d+)(\.mlp)?", hookpoint)
+    if match is None:
+        return set()
+    layer = int(match.group(1))
+    if match.group(2):
+        return {f"blocks.{layer}.hook_mlp_out"}
+    return {f"blocks.{layer}.hook_resid_post", f"blocks.{layer + 1}.hook_resid_pre"}
+
+
 def saelens_hook_name(cfg: dict[str, Any]) -> str | None:
     """The hook a SAELens config names: ``metadata.hook_name`` (format 6.x) or ``hook_name`` / ``hook_point``
     at the top level (earlier releases), as SAELens's own loader reads them."""
@@ -167,9 +227,10 @@ def unfolded_sae(cfg: dict[str, Any], weights: dict[str, torch.Tensor], normalis
     return sae
 
 
-def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: str | Path, seed: int,
-                   n_features: int, k: int) -> dict[str, Any]:
-    """Stage entry point: the SAELens SAE at ``directory`` as the run's ``standard`` model of ``seed``:
+def import_sae(directory: str | Path, activations_dir: str | Path, out_dir: str | Path, seed: int,
+               n_features: int, k: int, source: str = "saelens", hook_name: str | None = None) -> dict[str, Any]:
+    """Stage entry point: the SAELens SAE (``source`` saelens) or sparsify folder (sparsify) at ``directory``
+    as the run's ``standard`` model of ``seed``; ``hook_name`` overrides the hook its files name:
     ``weights.safetensors`` (and the same weights as ``init.safetensors``: an imported SAE has no step 0) and
     ``parameters.parquet`` in ``out_dir``. Stops with a clear message when its input width, hook, width or k
     do not match the run's activations and config (the other kinds are sized by ``sae.n_features`` and
@@ -179,24 +240,37 @@ def import_saelens(directory: str | Path, activations_dir: str | Path, out_dir: 
     from featint.activations import ActivationStore
     from featint.models import FeatureModel, save_model
 
-    cfg, weights = read_saelens(directory)
+    readers = {"saelens": read_saelens, "sparsify": read_sparsify}
+    if source not in readers:
+        raise FeatintError(f"sae.source {source!r}: featint imports {sorted(readers)} SAEs.")
+    cfg, weights = readers[source](directory)
     activations, out = ActivationsFolder(activations_dir), ModelFolder(out_dir)
     normaliser = Normaliser.load(activations.normaliser)
     store = ActivationStore(activations.split("test"))
-    hook = saelens_hook_name(cfg)
+    if hook_name is not None:
+        hooks = {hook_name}
+    elif source == "sparsify":
+        hooks = sparsify_hook_names(cfg["hook_point"])
+        if not hooks:
+            raise FeatintError(f"{directory}: hookpoint {cfg['hook_point']!r} (the folder's name) maps to no "
+                               "transformer-lens hook featint knows; set sae.hook_name to the hook it reads.")
+    else:
+        hooks = {saelens_hook_name(cfg)} - {None}  # type: ignore[arg-type]
     if int(cfg["d_in"]) != store.meta.d_model:
         raise FeatintError(f"{directory}: d_in = {cfg['d_in']} but the run's activations ({store.directory}) have "
                            f"d = {store.meta.d_model}; import an SAE trained on this model's residual stream.")
-    if hook is not None and hook != normaliser.hook_name:
-        raise FeatintError(f"{directory}: hook {hook!r} but the run's activations are at {normaliser.hook_name!r}; "
-                           "set hook.layer / hook.site to the SAE's hook or import an SAE of this hook.")
+    if hooks and normaliser.hook_name not in hooks:
+        raise FeatintError(f"{directory}: the SAE reads {' = '.join(sorted(hooks))} but the run's activations are at "
+                           f"{normaliser.hook_name!r}; set hook.layer / hook.site to the SAE's hook, import an SAE of "
+                           "this hook, or set sae.hook_name if you know the SAE reads this one.")
     if (int(cfg["d_sae"]), int(cfg["k"])) != (n_features, k):
         raise FeatintError(f"{directory}: d_sae = {cfg['d_sae']}, k = {cfg['k']} but the config has "
                            f"sae.n_features = {n_features}, sae.k = {k}; set them to the SAE's (the other kinds are "
                            "sized by them).")
     model = FeatureModel("standard", unfolded_sae(cfg, weights, normaliser)).eval()
     extra = {"hook_name": normaliser.hook_name, "normaliser_kind": normaliser.kind, "seed": seed, "lr": None,
-             "tokens": 0, "imported_from": str(Path(directory).resolve()), "saelens_cfg": cfg}
+             "tokens": 0, "imported_from": str(Path(directory).resolve()), "imported_source": source,
+             "saelens_cfg": cfg}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_model(model, out.init, extra)
     counts = model.parameter_counts()

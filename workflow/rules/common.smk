@@ -95,11 +95,11 @@ SEEDS = config["training"]["seeds"]
 #: every (kind, seed) trained: `models` on every seed, `single_seed_models` on the first
 MODEL_INSTANCES = SETTINGS.model_instances()
 #: the kinds whose LR is chosen on the validation split (kinds sharing a choice point at their source)
-#: the standard SAE is imported (sae.source: saelens), not trained: no LR choice, no train job for it
-SAE_IMPORTED = config["sae"]["source"] == "saelens"
+#: the standard SAE is imported (sae.source: saelens or sparsify), not trained: no LR choice, no train job for it
+SAE_IMPORTED = config["sae"]["source"] != "featint"
 if SAE_IMPORTED and "standard" in SETTINGS.convergence.models:
     raise featint.config.ConfigError(
-        "workflow config: sae.source is 'saelens': the imported standard SAE is not retrained, so "
+        f"workflow config: sae.source is {config['sae']['source']!r}: the imported standard SAE is not retrained, so "
         "convergence.models (default [standard, joint]) must not list 'standard'; set it, e.g. [joint]."
     )
 #: the kinds the train rule trains

@@ -158,7 +158,7 @@ rule train:
 
 if SAE_IMPORTED:
 
-    rule import_saelens:
+    rule import_sae:
         input:
             **ACTIVATION_FILES,
             sae=config["sae"]["path"],
@@ -167,7 +167,7 @@ if SAE_IMPORTED:
             init=LAYOUT.model("standard", "{seed}").init,
             parameters=LAYOUT.model("standard", "{seed}").parameters,
         log:
-            f"{LOGS}/import_saelens_seed~{{seed}}.log",
+            f"{LOGS}/import_sae_seed~{{seed}}.log",
         wildcard_constraints:
             seed=r"\d+",
         conda:
@@ -178,10 +178,10 @@ if SAE_IMPORTED:
             runtime=10,
         params:
             acts=activations_dir,
-            config=stage_config("import-saelens"),
+            config=stage_config("import-sae"),
             out=parent_dir(1, "weights"),
         shell:
-            "python -m featint import-saelens --config-json {params.config:q} --activations {params.acts}"
+            "python -m featint import-sae --config-json {params.config:q} --activations {params.acts}"
             " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
 
 
