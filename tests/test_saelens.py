@@ -123,7 +123,7 @@ def test_an_imported_saelens_sae_reconstructs_raw_activations_as_saelens_does(tm
 
 @pytest.mark.parametrize(("change", "message"), [
     ("hook", "set hook.layer / hook.site"), ("width", "sae.n_features"), ("d_in", "d_in"),
-    ("architecture", "TopK SAEs only"), ("missing", "has no cfg.json")])
+    ("architecture", "architecture is 'jumprelu'; featint imports TopK SAEs"), ("missing", "has no cfg.json")])
 def test_a_mismatched_saelens_sae_stops_with_a_clear_message(change: str, message: str, tmp_path: Path) -> None:
     _, _, acts = _run_with_sae(tmp_path, hook="blocks.5.hook_resid_pre" if change == "hook" else
                                "blocks.3.hook_resid_pre")
@@ -365,3 +365,33 @@ def test_sparsify_hookpoints_map_to_the_residual_stream_they_read() -> None:
     assert sparsify_hook_names("transformer.h.5") == {"blocks.5.hook_resid_post", "blocks.6.hook_resid_pre"}
     assert sparsify_hook_names("layers.4.mlp") == {"blocks.4.hook_mlp_out"}
     assert sparsify_hook_names("layers.4.self_attn") == set()
+
+
+def test_a_pre_6_saelens_config_is_read_as_saelens_reads_it(tmp_path: Path) -> None:
+    """A config written before SAELens 6 (``hook_point``, k in ``activation_fn_kwargs``, no ``architecture``
+    meaning ``standard``, a bool ``normalize_activations``) imports when it is a TopK SAE; gpt2-small-res-jb's
+    form (a standard ReLU SAE) stops naming its architecture."""
+    from featint.saelens import saelens_config
+
+    raw, normaliser, acts = _run_with_sae(tmp_path)
+    folder = tmp_path / "sae"
+    cfg = json.loads((folder / CONFIG).read_text())
+    pre_6 = {"architecture": "topk", "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "dtype": "float32",
+             "hook_point": "blocks.3.hook_resid_pre", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 8},
+             "apply_b_dec_to_input": cfg["apply_b_dec_to_input"], "normalize_activations": False,
+             "sae_lens_training_version": "3.13.0"}
+    expected = saelens_reconstruction(folder, raw)  # SAELens's TopK forward of the 6.x form of these weights
+    (folder / CONFIG).write_text(json.dumps(pre_6))
+    read = saelens_config(pre_6)
+    assert (read["hook_name"], read["k"], read["normalize_activations"]) == ("blocks.3.hook_resid_pre", 8, "none")
+    import_sae(folder, acts, tmp_path / "standard", seed=0, n_features=F_, k=8)
+    model, _ = load_model(tmp_path / "standard" / "weights.safetensors")
+    with torch.no_grad():
+        ours = normaliser.invert(model(normaliser.apply(raw)).total)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    jb = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "hook_point": "blocks.3.hook_resid_pre", "dtype": "float32",
+          "activation_fn_str": "relu", "normalize_activations": "none", "sae_lens_training_version": None}
+    assert saelens_config(jb)["architecture"] == "standard"
+    (folder / CONFIG).write_text(json.dumps(jb))
+    with pytest.raises(FeatintError, match="architecture is 'standard'; featint imports TopK SAEs"):
+        import_sae(folder, acts, tmp_path / "again", seed=0, n_features=F_, k=8)

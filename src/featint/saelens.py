@@ -132,10 +132,14 @@ def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch
         if not (directory / name).is_file():
             raise FeatintError(f"{directory} has no {name}; sae.path must be a SAELens SAE folder "
                                f"({CONFIG} + {WEIGHTS}), e.g. one written by `featint export-saelens`.")
-    cfg = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-    architecture = cfg.get("architecture")
+    cfg = saelens_config(json.loads((directory / CONFIG).read_text(encoding="utf-8")))
+    architecture = cfg["architecture"]
     if architecture != "topk":
-        raise FeatintError(f"{directory / CONFIG}: architecture is {architecture!r}; featint imports TopK SAEs only.")
+        raise FeatintError(f"{directory / CONFIG}: architecture is {architecture!r}; featint imports TopK SAEs "
+                           "(architecture topk) only: SAELens's standard (ReLU) and jumprelu SAEs activate a varying "
+                           "number of latents per token, which featint's codes do not hold yet.")
+    if "k" not in cfg:
+        raise FeatintError(f"{directory / CONFIG}: a topk SAE without k (nor activation_fn_kwargs.k).")
     for key in ("normalize_activations", "reshape_activations"):
         if cfg.get(key) not in (None, "none"):
             raise FeatintError(f"{directory / CONFIG}: {key} is {cfg[key]!r}; featint imports SAEs that read raw "
@@ -149,6 +153,31 @@ def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch
         raise FeatintError(f"{directory}: weight shapes W_enc {tuple(weights['W_enc'].shape)}, W_dec "
                            f"{tuple(weights['W_dec'].shape)} do not match d_in {d_in}, d_sae {d_sae} of {CONFIG}.")
     return cfg, weights
+
+
+#: the keys SAELens 6 renamed (its ``handle_pre_6_0_config``)
+_PRE_6_RENAMES = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
+                  "activation_fn_str": "activation_fn"}
+
+
+def saelens_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A SAELens ``cfg.json`` in the 6.x form, as SAELens's own loader reads it: a config written before 6.0
+    (no ``sae_lens_version`` of 6 or later, at the top level or in ``metadata``) has ``hook_point`` for
+    ``hook_name``, defaults ``architecture`` to ``standard`` and ``apply_b_dec_to_input`` to true, gives a
+    topk SAE's k in ``activation_fn_kwargs``, and may store ``normalize_activations`` as a bool (false =
+    ``none``, true = ``expected_average_only_in``)."""
+    cfg = dict(raw)
+    version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
+    if version is None or int(str(version).split(".")[0]) < 6:
+        cfg = {_PRE_6_RENAMES.get(key, key): value for key, value in cfg.items()}
+        cfg.setdefault("architecture", "standard")
+        cfg.setdefault("apply_b_dec_to_input", True)
+        if cfg["architecture"] == "topk" and "k" not in cfg and "k" in (cfg.get("activation_fn_kwargs") or {}):
+            cfg["k"] = cfg["activation_fn_kwargs"]["k"]
+    if isinstance(cfg.get("normalize_activations"), bool):
+        cfg["normalize_activations"] = "expected_average_only_in" if cfg["normalize_activations"] else "none"
+    cfg.setdefault("architecture", "standard")
+    return cfg
 
 
 def read_sparsify(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
