@@ -125,7 +125,6 @@ def saelens_reconstruction(directory: str | Path, x: torch.Tensor) -> torch.Tens
 
 def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(cfg.json, float32 weights) of a SAELens SAE folder, checked to be a TopK SAE on raw activations."""
-    from safetensors.torch import load_file
 
     directory = Path(directory)
     for name in (CONFIG, WEIGHTS):
@@ -144,15 +143,23 @@ def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch
         if cfg.get(key) not in (None, "none"):
             raise FeatintError(f"{directory / CONFIG}: {key} is {cfg[key]!r}; featint imports SAEs that read raw "
                                "activations (\"none\") and applies its own normaliser around them.")
-    weights = {name: tensor.float() for name, tensor in load_file(str(directory / WEIGHTS)).items()}
-    missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(weights)
-    if missing:
-        raise FeatintError(f"{directory / WEIGHTS} lacks {sorted(missing)}.")
+    weights = _float_weights(directory / WEIGHTS, ("W_enc", "W_dec", "b_enc", "b_dec"))
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     if tuple(weights["W_enc"].shape) != (d_in, d_sae) or tuple(weights["W_dec"].shape) != (d_sae, d_in):
         raise FeatintError(f"{directory}: weight shapes W_enc {tuple(weights['W_enc'].shape)}, W_dec "
                            f"{tuple(weights['W_dec'].shape)} do not match d_in {d_in}, d_sae {d_sae} of {CONFIG}.")
     return cfg, weights
+
+
+def _float_weights(path: Path, required: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path`` in float32; one lacking any of ``required`` is an error."""
+    from safetensors.torch import load_file
+
+    weights = {name: tensor.float() for name, tensor in load_file(str(path)).items()}
+    missing = set(required) - set(weights)
+    if missing:
+        raise FeatintError(f"{path} lacks {sorted(missing)}.")
+    return weights
 
 
 #: the keys SAELens 6 renamed (its ``handle_pre_6_0_config``)
@@ -186,7 +193,6 @@ def read_sparsify(directory: str | Path) -> tuple[dict[str, Any], dict[str, torc
     ``apply_b_dec_to_input`` and ``hook_point`` = the folder's name; float32 ``W_enc`` [d_in, F], ``b_enc``,
     ``W_dec`` [F, d_in], ``b_dec``). sparsify's TopK encodes ``TopK(ReLU((x - b_dec) W^T + b))``: the same
     reconstruction as featint's ``ReLU(TopK(...))``. Only TopK SAEs on their own input are read."""
-    from safetensors.torch import load_file
 
     directory = Path(directory)
     for name in (SPARSIFY_CONFIG, SPARSIFY_WEIGHTS):
@@ -203,10 +209,7 @@ def read_sparsify(directory: str | Path) -> tuple[dict[str, Any], dict[str, torc
         if raw.get(key):
             raise FeatintError(f"{where}: {key} is true: {what} is not an SAE of one activation; featint imports "
                                "plain TopK SAEs.")
-    weights = {name: tensor.float() for name, tensor in load_file(str(directory / SPARSIFY_WEIGHTS)).items()}
-    missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(weights)
-    if missing:
-        raise FeatintError(f"{directory / SPARSIFY_WEIGHTS} lacks {sorted(missing)}.")
+    weights = _float_weights(directory / SPARSIFY_WEIGHTS, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"))
     d_in = int(raw["d_in"])
     d_sae = int(raw.get("num_latents") or d_in * int(raw["expansion_factor"]))
     if tuple(weights["encoder.weight"].shape) != (d_sae, d_in) or tuple(weights["W_dec"].shape) != (d_sae, d_in):
