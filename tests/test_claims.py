@@ -12,10 +12,11 @@ from featint.claims import REQUIRED_TABLES, TABLES, Artefacts, ClaimsError
 
 
 def _tables(tmp_path: Path, names: tuple[str, ...]) -> dict[str, Path]:
-    paths = {}
+    """The made-up tables ``names`` written to ``tmp_path`` (an empty one where none is made up)."""
+    made_up, paths = _made_up(), {}
     for name in names:
         paths[name] = tmp_path / f"{name}.parquet"
-        pd.DataFrame({"model": ["standard"], "value": [float(len(name))]}).to_parquet(paths[name])
+        made_up.get(name, pd.DataFrame({"model": pd.Series(dtype="str")})).to_parquet(paths[name])
     return paths
 
 
@@ -25,12 +26,12 @@ def test_the_claims_read_only_the_tables_handed_over(tmp_path: Path) -> None:
     paths = _tables(tmp_path, REQUIRED_TABLES)
     stale = tmp_path / "convergence" / "summary.parquet"
     stale.parent.mkdir()
-    pd.DataFrame({"model": ["joint"], "value": [1.0]}).to_parquet(stale)
+    _made_up()["convergence"].to_parquet(stale)
     artefacts = Artefacts.load(paths)
     assert artefacts.convergence.empty and artefacts.budget.empty
-    assert artefacts.geometry["value"].item() == len("geometry")
+    assert artefacts.geometry.equals(_made_up()["geometry"])
     handed = Artefacts.load({**paths, "convergence": stale})
-    assert handed.convergence["model"].item() == "joint"
+    assert handed.convergence["model"].tolist() == ["standard", "joint"]
     assert set(TABLES) == {f.name for f in Artefacts.__dataclass_fields__.values()}  # type: ignore[attr-defined]
 
 
@@ -43,6 +44,15 @@ def test_a_missing_claims_input_is_named_with_its_flag_and_writer(tmp_path: Path
         Artefacts.load({**_tables(tmp_path, REQUIRED_TABLES), "budget": tmp_path / "budget.parquet"})
     with pytest.raises(ClaimsError, match="unknown claims inputs"):
         Artefacts.load({**_tables(tmp_path, REQUIRED_TABLES), "convergnce": tmp_path / "x.parquet"})
+
+
+def test_a_table_an_earlier_version_wrote_stops_with_the_table_file_and_column(tmp_path: Path) -> None:
+    from featint.tables import TableError
+
+    paths = _tables(tmp_path, REQUIRED_TABLES)
+    pd.read_parquet(paths["reconstruction_summary"]).drop(columns="interval").to_parquet(paths["reconstruction_summary"])
+    with pytest.raises(TableError, match=r"reconstruction summary table .*missing \['interval'\].*rerun the rule"):
+        Artefacts.load(paths)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,8 +76,10 @@ def _made_up() -> dict[str, pd.DataFrame]:
     reconstruction = pd.DataFrame([{**test, "model": m, "seed": s, "component": c, "metric": k, "reference": ref,
                                     "value": v + s / 100} for m, c, k, ref, v in recon for s in SEEDS])
     summary = pd.DataFrame([{**test, "model": m, "component": "model", "metric": "improvement_mse",
-                             "reference": "standard", "mean": v, "ci_low": v - 0.01, "ci_high": v + 0.01,
-                             "n_seeds": 2, "n_documents": 120, "n_tokens": 34567}
+                             "reference": "standard", "mean": v, "sd": 0.01, "n_seeds": 2, "minimum": v - 0.01,
+                             "maximum": v + 0.01, "ci_low": v - 0.01, "ci_high": v + 0.01,
+                             "interval": "95% bootstrap over test documents, mean over seeds",
+                             "n_documents": 120, "n_tokens": 34567}
                             for m, v in (("sequential", 0.05), ("joint", 0.02))])
     behaviour_rows = [
         ("standard", "sae", "pathology_ratio", "epsilon_own_norm", 3.0),
@@ -85,11 +97,13 @@ def _made_up() -> dict[str, pd.DataFrame]:
         ("joint", "full", "mean_kl", None, 0.30),
         ("joint_no_interaction", "full", "mean_kl", None, 0.35),
     ]
-    behaviour = pd.DataFrame([{"model": m, "condition": c, "metric": k, "reference": ref, "seed": pd.NA,
-                               "method": "document_window_bootstrap", "estimate": v, "ci_low": v - 0.01,
-                               "ci_high": v + 0.01, "n_seeds": 2, "n_documents": 60, "n_windows": 90,
-                               "n_tokens": 11520} for m, c, k, ref, v in behaviour_rows])
-    parameters = pd.DataFrame([{"model": "joint", "seed": s, "component": c, "parameters": n} for s in SEEDS
+    behaviour = pd.DataFrame([{"run": "r", "n_documents": 60, "n_windows": 90, "n_tokens": 11520,
+                               "method": "document_window_bootstrap", "ci_level": 0.95, "model": m, "seed": pd.NA,
+                               "n_seeds": 2, "condition": c, "metric": k, "reference": ref, "estimate": v,
+                               "ci_low": v - 0.01, "ci_high": v + 0.01, "se": 0.005, "p_value": np.nan,
+                               "description": "made up"} for m, c, k, ref, v in behaviour_rows])
+    parameters = pd.DataFrame([{"model": "joint", "seed": s, "component": c, "parameters": n, "share": n / 1000,
+                                "trainable": 1000} for s in SEEDS
                                for c, n in (("sae", 500), ("linear", 300), ("nfm_embeddings", 150),
                                             ("nfm_interaction_mlp", 50), ("total", 1000))])
     geometry_rows = [
@@ -104,28 +118,36 @@ def _made_up() -> dict[str, pd.DataFrame]:
         ("joint", "verdict_bimodal", "all", 1.0),
         ("standard", "verdict_bimodal", "all", 0.0),
     ]
-    geometry = pd.DataFrame([{"model": m, "metric": k, "subset": sub, "seed": s, "value": v + s / 100}
-                             for m, k, sub, v in geometry_rows for s in SEEDS])
+    geometry = pd.DataFrame([{"run": "r", "model": m, "seed": s, "metric": k, "value": v + s / 100,
+                              "definition": "corrected", "subset": sub} for m, k, sub, v in geometry_rows
+                             for s in SEEDS])
     interventions = pd.DataFrame([{"model": "sequential", "quantity": "secondary_F", "role": "top_ranked",
                                    "sentences": sentences, "effect": "formality:emotion", "seed": s,
                                    "value": v + s} for sentences, v in (("select", 12.0), ("test", 2.0))
                                   for s in SEEDS])
-    clamps = pd.DataFrame([{"model": "sequential", "role": "selected_secondary", "mode": "multiply", "value": value,
+    unused = dict.fromkeys(("max_abs_delta", "sum_sq", "df", "partial_eta_sq", "coefficient", "se", "t", "p_wald_z",
+                            "prompt_var", "word_var", "residual_var"), np.nan)
+    clamps = pd.DataFrame([{"run": "r", "model": "sequential", "seed": s, "role": "selected_secondary",
+                            "space": "secondary", "feature": 3, "mode": "multiply", "value": value,
                             "reference": "delta_vs_pipeline", "test": test_name,
-                            "effect": "word_formality:word_emotion", "seed": s, "F": f + s + value, "p": p + s / 100,
-                            "q": p + s / 10, "interaction_contrast": -(f + s) / 1000}
+                            "effect": "word_formality:word_emotion", **unused, "F": f + s + value, "p": p + s / 100,
+                            "interaction_contrast": -(f + s) / 1000, "converged": None, "q": p + s / 10,
+                            "significant_fdr": False}
                            for test_name, f, p in (("paper_difference_score_F", 5.0, 0.03),
                                                    ("mixedlm_crossed_prompt_word", 1.0, 0.40))
                            for s in SEEDS for value in (-4.0, 4.0)])
     comparisons = pd.DataFrame([{**test, "model": m, "reference": "sequential_linear_input", "seed": pd.NA,
                                  "n_seeds": 2, "metric": "improvement_mse", "estimate": v, "ci_low": v - 0.01,
-                                 "ci_high": v + 0.01, "model_parameters": 900, "reference_parameters": 880}
+                                 "ci_high": v + 0.01, "model_parameters": 900, "reference_parameters": 880,
+                                 "n_documents": 120, "n_tokens": 34567}
                                 for m, v in (("sequential", 0.01), ("sequential_mlp", 0.03))])
     convergence = pd.DataFrame([
-        {"model": "standard", "quantity": "test_fvu", "reference": None, "change": -0.03, "threshold": 0.02,
-         "passes": False, "tokens_default": 1000, "tokens_longer": 2000},
-        {"model": "joint", "quantity": "improvement_mse", "reference": "standard", "change": 0.001,
-         "threshold": 0.002, "passes": True, "tokens_default": 1000, "tokens_longer": 2000}])
+        {"seed": 0, "tokens_default": 1000, "tokens_longer": 2000, "quantity": "test_fvu", "model": "standard",
+         "reference": None, "default": 0.25, "longer": 0.2425, "change": -0.03, "change_kind": "relative",
+         "threshold": 0.02, "threshold_definition": "max_relative_fvu_change", "passes": False},
+        {"seed": 0, "tokens_default": 1000, "tokens_longer": 2000, "quantity": "improvement_mse", "model": "joint",
+         "reference": "standard", "default": 0.02, "longer": 0.021, "change": 0.001, "change_kind": "absolute",
+         "threshold": 0.002, "threshold_definition": "sd over 2 seeds", "passes": True}])
     budget = pd.DataFrame([
         {"quantity": "l_inf_improvement", "model": "joint", "reference": "standard", "factor": pd.NA,
          "estimate": 0.01, "ci_low": -0.02, "ci_high": 0.04, "n_seeds": 3, "at_edge": False},
@@ -133,9 +155,11 @@ def _made_up() -> dict[str, pd.DataFrame]:
          "ci_low": 0.1, "ci_high": 0.2, "n_seeds": 3, "at_edge": False},
         {"quantity": "fvu", "model": "joint", "reference": None, "factor": 2.0, "estimate": 0.2,
          "ci_low": 0.19, "ci_high": 0.21, "n_seeds": 3, "at_edge": False}])
-    integration = pd.DataFrame({"model": "standard", "seed": [0, 1, 0, 1], "target": "residual",
-                                "data": ["data", "data", "surrogate", "surrogate"], "pairs_tested": 400.0,
-                                "flagged_share": [0.0, 0.02, 0.01, 0.0], "flagged_explained_share": 1e-4})
+    integration = pd.DataFrame({"model": "standard", "seed": [0, 1, 0, 1],
+                                "data": ["data", "data", "surrogate", "surrogate"], "target": "residual",
+                                "pairs_tested": 400.0, "pairs_flagged": [0.0, 8.0, 4.0, 0.0],
+                                "flagged_share": [0.0, 0.02, 0.01, 0.0], "median_z": 0.1,
+                                "flagged_median_estimate": np.nan, "flagged_explained_share": 1e-4})
     return {"reconstruction": reconstruction, "reconstruction_summary": summary, "parameters": parameters,
             "comparisons": comparisons, "geometry": geometry, "behaviour": behaviour,
             "interventions": interventions, "clamps": clamps, "convergence": convergence, "budget": budget,

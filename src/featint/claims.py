@@ -23,12 +23,22 @@ from featint.io import atomic_path, write_parquet
 from featint.kinds import COMPARISONS
 from featint.layout import ReportFolder
 from featint.tables import (
+    BEHAVIOUR_SUMMARY,
+    CLAMP_STATISTICS,
+    COMPARISON_TABLE,
+    CONVERGENCE_SUMMARY,
     DELTA_VS_PIPELINE,
     DOCUMENT_WINDOW_BOOTSTRAP,
+    GEOMETRY_SUMMARY,
+    INTEGRATION_SUMMARY,
     KINDS_BY_PARAMETERS,
+    PARAMETERS,
+    RECONSTRUCTION,
+    RECONSTRUCTION_SUMMARY,
     SELECTED_SECONDARY,
     SENTENCE_INTERACTION,
     WORD_INTERACTION,
+    read_table,
     write_table,
 )
 
@@ -54,6 +64,12 @@ TABLES = {
     "planted_power": "a planted control's integration_power.parquet (integration.planted_power)",
     "budget": "budget_summary: budget/summary.parquet (the claims row budget_extrapolated)",
 }
+#: the inputs whose columns featint.tables declares: checked on reading, so a table an earlier version wrote
+#: stops with the table, file and column named instead of a KeyError deep in an extractor
+DECLARED = {"reconstruction": RECONSTRUCTION, "reconstruction_summary": RECONSTRUCTION_SUMMARY,
+            "parameters": PARAMETERS, "comparisons": COMPARISON_TABLE, "geometry": GEOMETRY_SUMMARY,
+            "behaviour": BEHAVIOUR_SUMMARY, "clamps": CLAMP_STATISTICS, "convergence": CONVERGENCE_SUMMARY,
+            "integration": INTEGRATION_SUMMARY}
 REQUIRED_TABLES = ("reconstruction", "reconstruction_summary", "parameters", "comparisons", "geometry", "behaviour",
                    "interventions", "clamps")
 
@@ -95,7 +111,7 @@ class Artefacts:
             if not Path(path).is_file():
                 raise ClaimsError(f"{path} does not exist; run the rule that writes it ({source}) or leave it "
                                   "out if it is optional.")
-            frames[name] = pd.read_parquet(path)
+            frames[name] = read_table(path, DECLARED[name]) if name in DECLARED else pd.read_parquet(path)
         return cls(**frames)
 
 
