@@ -298,8 +298,11 @@ def whole_loop(default: Settings, d: int, n_features: int, k: int) -> LoopTiming
         # loop's steps are compared with these
         torch.manual_seed(0)
         model = FeatureModel("standard", TopKSAE(d, n_features, k))
-        bare_step = interleaved_seconds({"bare": training_step(model, first_batches)}, rounds=3,
-                                        repeats=len(first_batches))["bare"]
+        # under the loop's own autocast (training.bf16_autocast: auto is bf16 on a CPU that has it; a float32 bare
+        # step made the loop look faster than its steps)
+        bare_step = interleaved_seconds({"bare": training_step(model, first_batches,
+                                                               bf16=settings.training.bf16("cpu"))},
+                                        rounds=3, repeats=len(first_batches))["bare"]
         model = FeatureModel("standard", TopKSAE(d, n_features, k))
         validation = load_selected(data.validation, data.normaliser, training.validation_tokens)
         validations = steps // training.validate_every + (steps % training.validate_every != 0)
