@@ -8,6 +8,7 @@ every key. Snakemake validates the workflow config against it at DAG start; the 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -50,8 +51,10 @@ def _fill_kind_enums(node: Any) -> None:
             _fill_kind_enums(value)
 
 
+@functools.cache
 def load_schema() -> dict[str, Any]:
-    """The schema, its kind lists filled from the kinds table."""
+    """The schema, its kind lists filled from the kinds table: read once per process and shared (the settings
+    classes' docstrings and every validation read it; callers must not modify it)."""
     with open(schema_path(), encoding="utf-8") as handle:
         schema = yaml.safe_load(handle)
     _fill_kind_enums(schema)
@@ -204,7 +207,7 @@ def section(path: str) -> Callable[[type], type]:
 
     def document(cls: type) -> type:
         SECTIONS[cls] = path
-        properties = schema_node(path, _DOC_SCHEMA).get("properties", {})
+        properties = schema_node(path).get("properties", {})
         lines = [cls.__doc__.strip(), ""] if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else []
         lines += [f"Config section ``{path or '(top level)'}``; fields, as the schema describes them:", ""]
         lines += [f"* ``{name}``: {spec.get('description', '')}" for name, spec in properties.items()]
@@ -213,8 +216,6 @@ def section(path: str) -> Callable[[type], type]:
 
     return document
 
-
-_DOC_SCHEMA = load_schema()
 
 
 @section("model")

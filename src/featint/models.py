@@ -13,6 +13,7 @@ builds any entry of it. All kinds are trained with one loss ``MSE(x, sae + linea
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import warnings
@@ -279,7 +280,7 @@ class HeadOutput:
     embedding: torch.Tensor | None  # [N, K], NFM only: post-first-Linear, pre-ReLU ("interaction embedding")
 
 
-class Head(nn.Module):
+class Head(nn.Module, abc.ABC):
     """The linear term on the codes every head shares (W_lin f + b_lin, W_lin ~ N(0, linear_std^2)) and the
     interface of a head: ``forward(code, x) -> HeadOutput`` (``x`` the SAE's input, which only
     :class:`LinearInputHead` reads) and ``parameter_groups()`` (parameters per named part and term)."""
@@ -305,16 +306,16 @@ class Head(nn.Module):
         return {"type": self.kind_name, "use_linear": self.use_linear, "use_interaction": self.use_interaction}
 
     @classmethod
+    @abc.abstractmethod
     def fresh(cls, n_features: int, d_model: int, nfm: NFMSettings, use_linear: bool,
               use_interaction: bool) -> Head:
         """A freshly initialised head of this type (seed the RNG first); a rival sized to the NFM interaction
         pathway's parameter count at these sizes."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def from_config(cls, n_features: int, d_model: int, config: dict[str, Any]) -> Head:
         """The head :meth:`config` describes, its weights to be loaded."""
-        raise NotImplementedError
 
 
 class NFM(Head):
