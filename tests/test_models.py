@@ -18,6 +18,8 @@ from featint.models import (
     NFM,
     FeatureModel,
     PolyHead,
+    SparseCode,
+    ThresholdSAE,
     TopKSAE,
     build_model,
     exact_topk,
@@ -397,3 +399,77 @@ def test_linear_input_head_fits_an_error_that_is_linear_in_x() -> None:
     with torch.no_grad():
         residual = ((target - standard(x).total) ** 2).mean()
     assert float(loss.detach()) < 0.02 * float(residual)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Threshold SAEs (imported ReLU / JumpReLU): a varying number of active latents per token
+
+
+def _jumprelu(activation: str = "jumprelu", d: int = 12, n_features: int = 48) -> ThresholdSAE:
+    torch.manual_seed(5)
+    sae = ThresholdSAE(d, n_features, activation)
+    with torch.no_grad():
+        sae.b_enc.normal_(std=0.2)
+        sae.b_dec.normal_(std=0.3)
+        sae.threshold.uniform_(0.0, 0.4)
+    return sae
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_a_threshold_sae_codes_every_active_latent_and_pads_with_zeros(activation: str) -> None:
+    sae = _jumprelu(activation)
+    x = torch.randn(200, 12)
+    pre = sae.pre_activations(x)
+    expected = torch.relu(pre) * ((pre > sae.threshold) if activation == "jumprelu" else 1)
+    with torch.no_grad():
+        code, aux = sae.encode(x)
+    assert aux is None
+    assert torch.equal(code.dense(48), expected.detach())  # every active latent, exactly
+    l0 = (expected > 0).sum(1)
+    assert l0.min() < l0.max() and code.width == int(l0.max())  # varying; padded to the batch's most
+    active = code.values > 0
+    assert torch.equal(active.sum(1), l0) and not (active[:, 1:] & ~active[:, :-1]).any()  # active first
+    assert all(len(set(row)) == code.width for row in code.indices.tolist())  # distinct latents: dense() is exact
+    torch.testing.assert_close(sae.decode(code), expected.detach() @ sae.W_dec.detach() + sae.b_dec.detach())
+    capped, _ = sae.encode(x, 3)  # a smaller k keeps each token's 3 largest (sequential_truncated)
+    assert capped.width == 3 and torch.equal(capped.dense(48), code.top(3).dense(48))
+
+
+def test_zero_valued_entries_change_no_head_nor_the_decoder() -> None:
+    """Padding a code (or concatenating codes of different widths) leaves the decoder, the NFM's bi-interaction
+    and the whole NFM head unchanged: a zero entry adds nothing to sum f_i v_i nor to sum f_i^2 v_i^2."""
+    sae = _jumprelu()
+    torch.manual_seed(6)
+    nfm = NFM(48, 12, embed_dim=5).eval()
+    with torch.no_grad():
+        code, _ = sae.encode(torch.randn(64, 12))
+        padded = code.pad(code.width + 7, 48)
+        assert padded.width == code.width + 7 and torch.equal(padded.dense(48), code.dense(48))
+        assert torch.equal(sae.decode(padded), sae.decode(code))
+        assert torch.equal(nfm.bi_interaction(padded), nfm.bi_interaction(code))
+        torch.testing.assert_close(nfm.bi_interaction(code), nfm.bi_interaction_dense(code.dense(48)))
+        for left, right in zip(vars(nfm(padded)).values(), vars(nfm(code)).values()):
+            assert torch.equal(left, right)
+        halves = SparseCode.cat([sae.encode(torch.randn(10, 12) * 0.1)[0], code], 48)
+        assert halves.width == max(code.width, 1) and torch.equal(halves.dense(48)[10:], code.dense(48))
+
+
+def test_a_threshold_sae_saves_loads_and_the_frozen_kinds_build_on_it(tmp_path: Path) -> None:
+    sae = _jumprelu()
+    standard = FeatureModel("standard", sae)
+    save_model(standard, tmp_path / "w.safetensors", {})
+    loaded, _ = load_model(tmp_path / "w.safetensors")
+    assert isinstance(loaded.sae, ThresholdSAE) and loaded.sae.activation == "jumprelu"
+    assert torch.equal(loaded.sae.threshold, sae.threshold)
+    x = torch.randn(30, 12)
+    shapes = Settings.from_dict({"sae": {"n_features": 48, "k": 4}, "nfm": {"embed_dim": 4, "truncated_k": 2}})
+    with torch.no_grad():
+        assert torch.equal(loaded(x).total, standard(x).total)
+        sequential = build_model("sequential", 12, shapes.sae, shapes.nfm, standard=loaded)
+        assert torch.equal(sequential(x).sae, standard(x).total)  # every active latent, not sae.k of them
+        truncated = build_model("sequential_truncated", 12, shapes.sae, shapes.nfm, standard=loaded)
+        assert truncated(x).code.width == 2
+        refit = build_model("standard_refit", 12, shapes.sae, shapes.nfm, standard=loaded)
+        assert not refit.sae.pre_encoder_bias and torch.equal(refit(x).code.dense(48) > 0,
+                                                              standard(x).code.dense(48) > 0)
+    assert standard.parameter_counts()["total"] == ThresholdSAE.n_parameters_for(12, 48)

@@ -123,7 +123,10 @@ def test_an_imported_saelens_sae_reconstructs_raw_activations_as_saelens_does(tm
 
 @pytest.mark.parametrize(("change", "message"), [
     ("hook", "set hook.layer / hook.site"), ("width", "sae.n_features"), ("d_in", "d_in"),
-    ("architecture", "architecture is 'jumprelu'; featint imports TopK SAEs"), ("missing", "has no cfg.json")])
+    ("architecture", "architecture is 'gated'; featint imports SAELens topk, standard, jumprelu SAEs"),
+    ("no-threshold", "a jumprelu SAE without a threshold"), ("layer-norm", "normalize_activations is 'layer_norm'"),
+    ("average-norm", "add its norm_scaling_factor"), ("rescale", "rescale_acts_by_decoder_norm is true"),
+    ("missing", "has no cfg.json")])
 def test_a_mismatched_saelens_sae_stops_with_a_clear_message(change: str, message: str, tmp_path: Path) -> None:
     _, _, acts = _run_with_sae(tmp_path, hook="blocks.5.hook_resid_pre" if change == "hook" else
                                "blocks.3.hook_resid_pre")
@@ -131,8 +134,10 @@ def test_a_mismatched_saelens_sae_stops_with_a_clear_message(change: str, messag
     cfg = json.loads((folder / CONFIG).read_text())
     if change == "d_in":
         cfg["d_in"] = D + 1
-    if change == "architecture":
-        cfg["architecture"] = "jumprelu"
+    cfg.update({"architecture": {"architecture": "gated", "no-threshold": "jumprelu"}.get(change, "topk"),
+                "normalize_activations": {"layer-norm": "layer_norm",
+                                          "average-norm": "expected_average_only_in"}.get(change, "none"),
+                "rescale_acts_by_decoder_norm": change == "rescale"})
     (folder / CONFIG).write_text(json.dumps(cfg))
     if change == "missing":
         (folder / CONFIG).unlink()
@@ -389,9 +394,159 @@ def test_a_pre_6_saelens_config_is_read_as_saelens_reads_it(tmp_path: Path) -> N
     with torch.no_grad():
         ours = normaliser.invert(model(normaliser.apply(raw)).total)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    # gpt2-small-res-jb's form: a standard ReLU SAE with a pre-6 config
     jb = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "hook_point": "blocks.3.hook_resid_pre", "dtype": "float32",
           "activation_fn_str": "relu", "normalize_activations": "none", "sae_lens_training_version": None}
     assert saelens_config(jb)["architecture"] == "standard"
     (folder / CONFIG).write_text(json.dumps(jb))
-    with pytest.raises(FeatintError, match="architecture is 'standard'; featint imports TopK SAEs"):
-        import_sae(folder, acts, tmp_path / "again", seed=0, n_features=F_, k=8)
+    expected = saelens_reconstruction(folder, raw)
+    import_sae(folder, acts, tmp_path / "relu", seed=0, n_features=F_, k=8)
+    model, _ = load_model(tmp_path / "relu" / "weights.safetensors")
+    assert model.sae.activation == "relu"
+    with torch.no_grad():
+        ours = normaliser.invert(model(normaliser.apply(raw)).total)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def _threshold_folder(folder: Path, architecture: str, form: str = "threshold") -> Path:
+    """``folder`` (a SAELens TopK folder) rewritten as a ``standard`` or ``jumprelu`` SAE of the same weights;
+    a JumpReLU threshold stored as ``form``: a per-latent ``threshold``, ``log_threshold``, one ``scalar``
+    tensor, or the config's ``jump_relu_threshold``; ``scaled``: with a norm scaling factor to fold."""
+    from safetensors.torch import save_file
+
+    cfg = json.loads((folder / CONFIG).read_text())
+    weights = load_file(str(folder / WEIGHTS))
+    cfg["architecture"] = architecture
+    del cfg["k"]
+    if architecture == "jumprelu":
+        threshold = torch.linspace(0.2, 1.2, cfg["d_sae"])
+        if form == "log_threshold":
+            weights["log_threshold"] = threshold.log()
+        elif form == "scalar":
+            weights["threshold"] = torch.tensor(0.7)
+        elif form == "config":
+            cfg["jump_relu_threshold"] = 0.7
+        else:
+            weights["threshold"] = threshold
+    if form == "scaled":
+        cfg.update(normalize_activations="expected_average_only_in", norm_scaling_factor=1.7)
+    save_file(weights, str(folder / WEIGHTS))
+    (folder / CONFIG).write_text(json.dumps(cfg))
+    return folder
+
+
+def _scaled_reference(folder: Path, raw: torch.Tensor, factor: float) -> torch.Tensor:
+    """SAELens's forward of a folder with ``expected_average_only_in`` at scaling factor c: the SAE reads
+    ``x c`` and its output is divided by c."""
+    cfg = json.loads((folder / CONFIG).read_text())
+    (folder / CONFIG).write_text(json.dumps({**cfg, "normalize_activations": "none"}))
+    out = saelens_reconstruction(folder, raw * factor) / factor
+    (folder / CONFIG).write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.mark.parametrize(("architecture", "form"), [
+    ("standard", "threshold"), ("jumprelu", "threshold"), ("jumprelu", "log_threshold"), ("jumprelu", "scalar"),
+    ("jumprelu", "config"), ("jumprelu", "scaled")])
+def test_threshold_saes_import_and_reconstruct_as_saelens_does(architecture: str, form: str,
+                                                                tmp_path: Path) -> None:
+    """A SAELens ReLU or JumpReLU SAE (every form its threshold takes) imports as a threshold SAE whose varying
+    number of active latents reconstructs raw activations as SAELens's forward; sized only by its width (its
+    sparsity is its own: sae.k sizes the SAEs trained beside it); exported again, it is the same SAELens SAE."""
+    raw, normaliser, acts = _run_with_sae(tmp_path)
+    folder = _threshold_folder(tmp_path / "sae", architecture, form)
+    expected = _scaled_reference(folder, raw, 1.7) if form == "scaled" else saelens_reconstruction(folder, raw)
+    import_sae(folder, acts, tmp_path / "standard", seed=0, n_features=F_, k=3)
+    model, extra = load_model(tmp_path / "standard" / "weights.safetensors")
+    assert model.sae.activation == {"standard": "relu", "jumprelu": "jumprelu"}[architecture]
+    with torch.no_grad():
+        z = normaliser.apply(raw)
+        rec = model(z)
+        ours = normaliser.invert(rec.total)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    l0 = rec.code.l0
+    assert l0.min() < l0.max() and rec.code.width == l0.max()  # a varying number of active latents, padded
+    assert extra["test_l0_max"] >= extra["test_l0_mean"] > 0
+    parameters = pd.read_parquet(tmp_path / "standard" / "parameters.parquet").set_index("component")
+    assert parameters.loc["total", "parameters"] == 2 * D * F_ + 2 * F_ + D  # the threshold is a parameter too
+    if form != "scaled":
+        export_saelens(tmp_path / "standard" / "weights.safetensors", acts / "normaliser.safetensors",
+                       tmp_path / "again", "m")
+        assert json.loads((tmp_path / "again" / CONFIG).read_text())["architecture"] == architecture
+        torch.testing.assert_close(saelens_reconstruction(tmp_path / "again", raw), expected, rtol=1e-4, atol=1e-4)
+
+
+SAVE_WITH_SAELENS = """import json, sys, torch
+from safetensors.torch import load_file, save_file
+from sae_lens import (SAE, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE,
+                      TopKSAEConfig)
+from sae_lens.saes.sae import SAEMetadata
+raw = load_file(sys.argv[1])["raw"]
+d_sae, k, hook, out = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], {}
+torch.manual_seed(11)
+for name, cls, config, extra in (("standard", StandardSAE, StandardSAEConfig, {}),
+                                 ("jumprelu", JumpReLUSAE, JumpReLUSAEConfig, {}),
+                                 ("topk", TopKSAE, TopKSAEConfig, {"k": k})):
+    cfg = config(d_in=raw.shape[1], d_sae=d_sae, apply_b_dec_to_input=name != "topk",
+                 metadata=SAEMetadata(hook_name=hook, model_name="smollm2-135m-instruct"), **extra)
+    sae = cls(cfg)
+    with torch.no_grad():  # trained-looking: nonzero biases, decoder rows of varied norms, varied thresholds
+        sae.W_enc.normal_(std=raw.shape[1] ** -0.5)
+        sae.W_dec.copy_(torch.randn_like(sae.W_dec) * torch.rand(d_sae, 1))
+        sae.b_enc.normal_(std=0.1)
+        sae.b_dec.copy_(raw.mean(0) + 0.1 * torch.randn(raw.shape[1]))
+        if name == "jumprelu":
+            sae.threshold.copy_(torch.rand(d_sae) * 0.8)
+    folder = f"{sys.argv[2]}/{name}"
+    sae.save_model(folder)
+    again = SAE.load_from_disk(folder, device="cpu")
+    with torch.no_grad():
+        out[name] = again(raw).contiguous()
+        out[name + ".l0"] = (again.encode(raw) > 0).sum(-1).float().contiguous()
+# gpt2-small-res-jb's form: the standard SAE's weights under a config written before SAELens 6
+import shutil
+pre6 = f"{sys.argv[2]}/standard_pre6"
+shutil.copytree(f"{sys.argv[2]}/standard", pre6)
+json.dump({"d_in": raw.shape[1], "d_sae": d_sae, "hook_point": hook, "hook_point_layer": 3, "dtype": "float32",
+           "model_name": "smollm2-135m-instruct", "activation_fn_str": "relu", "normalize_activations": "none",
+           "apply_b_dec_to_input": True, "context_size": 128, "sae_lens_training_version": None},
+          open(f"{pre6}/cfg.json", "w"))
+again = SAE.load_from_disk(pre6, device="cpu")
+with torch.no_grad():
+    out["standard_pre6"] = again(raw).contiguous()
+save_file(out, sys.argv[6])
+print(json.dumps({"saved": True}))
+"""
+
+
+@pytest.mark.slow
+def test_saes_saelens_itself_saved_import_and_reconstruct_as_saelens_does(tmp_path: Path) -> None:
+    """SAELens (release :data:`SAELENS_VERSION`, in its own environment) builds a standard (ReLU), a JumpReLU and
+    a TopK SAE on this run's d_in, saves each with its own ``save_model`` and writes one more folder with a
+    config from before SAELens 6 (gpt2-small-res-jb's form); featint imports every folder, and its
+    reconstruction of the run's raw activations equals SAELens's own forward of the folder to 1e-5 (relative),
+    with the SAE's own number of active latents per token."""
+    from safetensors.torch import save_file
+
+    raw, normaliser, acts = _run_with_sae(tmp_path)
+    save_file({"raw": raw.contiguous()}, str(tmp_path / "raw.safetensors"))
+    script = tmp_path / "save_with_saelens.py"
+    script.write_text(SAVE_WITH_SAELENS)
+    saved = subprocess.run([str(_saelens_python()), str(script), str(tmp_path / "raw.safetensors"),
+                            str(tmp_path / "saes"), str(F_), "8", "blocks.3.hook_resid_pre",
+                            str(tmp_path / "theirs.safetensors")], capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    theirs = load_file(str(tmp_path / "theirs.safetensors"))
+    for name, activation in (("standard", "relu"), ("jumprelu", "jumprelu"), ("topk", "topk"),
+                             ("standard_pre6", "relu")):
+        import_sae(tmp_path / "saes" / name, acts, tmp_path / name, seed=0, n_features=F_, k=8)
+        model, _ = load_model(tmp_path / name / "weights.safetensors")
+        assert model.sae.activation == activation, name
+        with torch.no_grad():
+            rec = model(normaliser.apply(raw))
+            ours = normaliser.invert(rec.total)
+        error = float((ours - theirs[name]).norm() / theirs[name].norm())
+        assert error < 1e-5, (name, error)
+        if name in ("standard", "jumprelu", "topk"):
+            assert torch.equal(rec.code.l0.float(), theirs[name + ".l0"]), name

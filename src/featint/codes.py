@@ -4,8 +4,10 @@
 code of every train token is the same at every step and every epoch. Re-running the encoder product and top-k
 for each batch costs more than everything these kinds train (the NFM, or the decoder's k gathered rows). The
 cache holds, per activation shard, the (indices, values) of the selected rows in row order: int32 and float32
-arrays of ``[rows, k]`` in safetensors files, each with its sha256 in ``manifest.parquet``, whose metadata names
-the SAE (sha256 of its weights file) and the batch size the codes were computed at.
+arrays of ``[rows, k]`` in safetensors files (an imported ReLU or JumpReLU SAE's: ``[rows, w]``, w the most
+latents active on any train token, each token's active latents first and the rest zero-valued padding), each
+with its sha256 in ``manifest.parquet``, whose metadata names the SAE (sha256 of its weights file) and the batch
+size the codes were computed at.
 
 Codes are computed in chunks of exactly ``batch_size`` rows (the last chunk padded), the shape every training
 batch has, so the encoder takes the same kernel path as in a training step and the cached codes equal the
@@ -45,12 +47,13 @@ class CodeCacheMeta:
     """What a cache was computed from (the manifest's metadata)."""
 
     weights_sha256: str  #: sha256 of the SAE weights file that encoded the tokens
-    k: int  #: codes per token (the SAE's own k)
+    k: int  #: codes per token (the SAE's own k; a threshold SAE's most active latents on a token, the rest padded)
     n_features: int  #: the SAE's width
     batch_size: int  #: rows per encoder call (the training batch size: same kernel path as a training step)
     hook_name: str  #: the activations' hook
     n_rows: int  #: selected train rows covered
     bf16_autocast: bool = False  #: encoded under the training step's bf16 autocast (as training re-encodes)
+    activation: str = "topk"  #: the SAE's activation; a threshold SAE's cache holds every active latent (k = the most)
 
 
 def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_dir: str | Path,
@@ -69,26 +72,48 @@ def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_
         for index in tqdm(range(len(store.manifest)), desc="cache codes", unit="shard", mininterval=10):
             _, vectors = store.read_shard_rows(index, mask)
             x = normaliser.apply(vectors).to(device)
-            indices = torch.empty(x.shape[0], sae.k, dtype=torch.int32)
-            values = torch.empty(x.shape[0], sae.k, dtype=torch.float32)
+            parts = []
             for start in range(0, x.shape[0], batch_size):
                 chunk = x[start : start + batch_size]
                 n = chunk.shape[0]
                 if n < batch_size:  # pad: every encoder call sees a full batch, as in training
                     chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, chunk.shape[1])])
                 code, _ = sae.encode(chunk)
-                indices[start : start + n] = code.indices[:n].to(torch.int32).cpu()
-                values[start : start + n] = code.values[:n].float().cpu()
+                parts.append(_real_rows(code, n, sae.activation != "topk"))
+            code = SparseCode.cat(parts, sae.n_features) if parts else \
+                SparseCode(torch.empty(0, sae.k, dtype=torch.long), torch.empty(0, sae.k))
             name = CodeCacheFolder.shard_name(index)
-            save_file({"indices": indices.contiguous(), "values": values.contiguous()}, str(partial / name))
-            rows.append({"shard": index, "file": name, "rows": int(x.shape[0]),
-                         "bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)})
+            rows.append({"shard": index, "file": name, "rows": int(x.shape[0])})
+            _write_shard(code, partial / name, rows[-1])
             n_rows += int(x.shape[0])
-        meta = CodeCacheMeta(sha256_file(weights_path), sae.k, sae.n_features, batch_size,
-                             normaliser.hook_name, n_rows, bf16_autocast)
-        write_parquet(pd.DataFrame(rows), partial / MANIFEST, metadata=meta.__dict__)
-    log.info("cached the codes of %d train tokens (k = %d) of %s in %s", n_rows, sae.k, weights_path, out_dir)
+        width = max((row["width"] for row in rows), default=sae.k)
+        for row in rows:  # a threshold SAE's shards differ in width: every one padded to the widest
+            if row["width"] < width:
+                tensors = load_file(str(partial / row["file"]))
+                code = SparseCode(tensors["indices"].long(), tensors["values"]).pad(width, sae.n_features)
+                _write_shard(code, partial / row["file"], row)
+        meta = CodeCacheMeta(sha256_file(weights_path), width, sae.n_features, batch_size,
+                             normaliser.hook_name, n_rows, bf16_autocast, sae.activation)
+        write_parquet(pd.DataFrame(rows).drop(columns="width"), partial / MANIFEST, metadata=meta.__dict__)
+    log.info("cached the codes of %d train tokens (width %d) of %s in %s", n_rows, width, weights_path, out_dir)
     return meta
+
+
+def _real_rows(code: SparseCode, n: int, threshold: bool) -> SparseCode:
+    """The code of a chunk's first ``n`` (real, not padding) rows; a threshold SAE's narrowed to the most active
+    latents of those rows (its codes list the active latents first, so the columns after that are all zero)."""
+    code = SparseCode(code.indices[:n], code.values[:n])
+    if threshold and n:
+        width = max(1, int(code.l0.max()))
+        code = SparseCode(code.indices[:, :width], code.values[:, :width])
+    return code
+
+
+def _write_shard(code: SparseCode, path: Path, row: dict) -> None:
+    """One shard's codes (int32 indices, float32 values) at ``path``; its width, size and sha256 into ``row``."""
+    save_file({"indices": code.indices.to(torch.int32).cpu().contiguous(),
+               "values": code.values.float().cpu().contiguous()}, str(path))
+    row.update(width=code.width, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
 class CodeCache:
@@ -118,7 +143,7 @@ class CodeCache:
             raise ShardError(f"the code cache {self.directory} was encoded with bf16 autocast "
                              f"{'on' if self.meta.bf16_autocast else 'off'}, but training.bf16_autocast is "
                              f"{bf16_autocast}; {fix}")
-        if self.meta.k < k:
+        if self.meta.activation == "topk" and self.meta.k < k:
             raise ShardError(f"the code cache {self.directory} holds {self.meta.k} codes per token, fewer than the "
                              f"{k} this model needs; {fix}")
 

@@ -88,13 +88,12 @@ def encode(model: FeatureModel, x: torch.Tensor, chunk: int = 4096) -> tuple[Spa
     """(code, reconstruction) of the SAE of ``model`` on ``x``, computed where the model lives, returned on the
     CPU."""
     device = model.sae.W_enc.device
-    indices, values, hats = [], [], []
+    codes, hats = [], []
     for start in range(0, x.shape[0], chunk):
         code, _ = model.sae.encode(x[start : start + chunk].to(device), model.infer_k)
         hats.append(model.sae.decode(code).cpu())
-        indices.append(code.indices.cpu())
-        values.append(code.values.cpu())
-    return SparseCode(torch.cat(indices), torch.cat(values)), torch.cat(hats)
+        codes.append(code.to("cpu"))
+    return SparseCode.cat(codes, model.sae.n_features), torch.cat(hats)
 
 
 def read_split(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,

@@ -61,6 +61,42 @@ class SparseCode:
     def to(self, device: torch.device | str) -> SparseCode:
         return SparseCode(self.indices.to(device), self.values.to(device))
 
+    @property
+    def width(self) -> int:
+        """Entries per token: k for a TopK SAE; for a threshold SAE the most active latents of any token, the
+        others padded with zero values (a zero entry adds nothing to the decoder, the heads or any count)."""
+        return int(self.indices.shape[1])
+
+    def pad(self, width: int, n_features: int) -> SparseCode:
+        """The same code ``width`` entries wide: zero values appended at each token's lowest-numbered latents
+        it does not use (distinct from its own, so :meth:`dense` stays exact)."""
+        extra = width - self.width
+        if extra <= 0:
+            return self
+        used = torch.zeros(self.indices.shape[0], n_features, dtype=torch.uint8, device=self.indices.device)
+        used.scatter_(1, self.indices, 1)
+        free = used.sort(dim=1, stable=True).indices[:, :extra]
+        return SparseCode(torch.cat([self.indices, free], dim=1),
+                          torch.cat([self.values, self.values.new_zeros(free.shape)], dim=1))
+
+    @staticmethod
+    def cat(codes: list[SparseCode], n_features: int) -> SparseCode:
+        """The codes of consecutive token blocks as one, padded to the widest (threshold SAEs' blocks differ)."""
+        width = max(code.width for code in codes)
+        padded = [code.pad(width, n_features) for code in codes]
+        return SparseCode(torch.cat([c.indices for c in padded]), torch.cat([c.values for c in padded]))
+
+
+def active_code(acts: torch.Tensor) -> SparseCode:
+    """The code of dense activations ``acts`` [N, F] (>= 0): each token's active latents in ascending order, then
+    zero-valued padding up to the batch's largest count (at least one entry)."""
+    width = max(1, int((acts > 0).sum(dim=1).max())) if acts.shape[0] else 1
+    values, indices = acts.topk(width, dim=-1, sorted=False)
+    inactive = values <= 0
+    order = torch.where(inactive, indices + acts.shape[1], indices).argsort(dim=1)
+    values = values.gather(1, order).masked_fill(inactive.gather(1, order), 0.0)
+    return SparseCode(indices.gather(1, order), values)
+
 
 def gather_sum(table: torch.Tensor, code: SparseCode) -> torch.Tensor:
     """sum_i values_i * table[indices_i]: the k active rows of ``table`` [F, m] -> [N, m]. The values take the
@@ -267,6 +303,94 @@ class TopKSAE(nn.Module):
     @staticmethod
     def n_parameters_for(d_model: int, n_features: int) -> int:
         return 2 * d_model * n_features + n_features + d_model
+
+    def copy_as(self, decoder_norm: str, pre_encoder_bias: bool) -> TopKSAE:
+        """An SAE of the same type, sizes and weights (on the same device) with another decoder constraint
+        or pre-encoder bias setting (the caller adjusts ``b_enc`` when it changes the latter)."""
+        copy = TopKSAE(self.d_model, self.n_features, self.k, decoder_norm, pre_encoder_bias)
+        copy.to(self.W_enc.device).load_state_dict(self.state_dict())
+        return copy
+
+    def metadata(self) -> dict[str, Any]:
+        """What :func:`sae_from_metadata` needs to rebuild this SAE (saved in the weights' metadata; a TopK
+        SAE's has no ``activation``, as before threshold SAEs existed, so its files stay byte for byte)."""
+        return {"d_model": self.d_model, "n_features": self.n_features, "k": self.k,
+                "decoder_norm": self.decoder_norm, "pre_encoder_bias": self.pre_encoder_bias}
+
+
+#: SAE activations: ``topk`` (featint's own and every kind it trains) and the threshold activations of SAEs
+#: researchers import (SAELens ``standard`` = ReLU, ``jumprelu``), whose number of active latents varies per token
+ACTIVATIONS = ("topk", "relu", "jumprelu")
+
+
+class ThresholdSAE(TopKSAE):
+    """An imported ReLU or JumpReLU SAE: ``f = ReLU(pre)`` (``relu``) or ``f = ReLU(pre) * (pre > threshold)``
+    (``jumprelu``, a per-latent threshold) with ``pre = W_enc (x - b_dec) + b_enc``; decoding as the TopK SAE.
+
+    A token's number of active latents varies, so its code (:func:`active_code`) lists the active latents of
+    each token and pads with zero values to the batch's largest count: the decoder, every head (the NFM's
+    bi-interaction included: a zero entry adds nothing to either sum) and every count read the same code as
+    for a TopK SAE. ``k`` is the cap on a code's width (``n_features``: none); ``encode(x, k)`` with a smaller
+    k keeps each token's k largest activations, as ``sequential_truncated`` asks of any SAE. featint never
+    trains one (the threshold is frozen: it is imported, and the kinds built on it freeze the encoder)."""
+
+    activation: str
+
+    def __init__(self, d_model: int, n_features: int, activation: str = "jumprelu", decoder_norm: str = "free",
+                 pre_encoder_bias: bool = True) -> None:
+        if activation not in ("relu", "jumprelu"):
+            raise ValueError(f"a threshold SAE's activation is relu or jumprelu, not {activation!r}")
+        super().__init__(d_model, n_features, n_features, decoder_norm, pre_encoder_bias)
+        self.activation = activation
+        self.threshold = nn.Parameter(torch.zeros(n_features), requires_grad=False)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense activations f [N, F]."""
+        pre = self.pre_activations(x)
+        acts = F.relu(pre)
+        if self.activation == "jumprelu":
+            acts = acts * (pre > self.threshold.to(pre.dtype))
+        return acts
+
+    def encode(self, x: torch.Tensor, k: int | None = None, aux_mask: torch.Tensor | None = None,
+               k_aux: int = 0) -> tuple[SparseCode, SparseCode | None]:
+        """The active latents of each token (no AuxK: a threshold SAE is never trained here)."""
+        code = active_code(self.activations(x))
+        if k is not None and k < code.width:
+            code = active_code(code.top(k).dense(self.n_features))
+        return code, None
+
+    def encode_dense_reference(self, x: torch.Tensor, k: int | None = None) -> SparseCode:
+        return self.encode(x, k)[0]
+
+    def copy_as(self, decoder_norm: str, pre_encoder_bias: bool) -> ThresholdSAE:
+        copy = ThresholdSAE(self.d_model, self.n_features, self.activation, decoder_norm, pre_encoder_bias)
+        copy.to(self.W_enc.device).load_state_dict(self.state_dict())
+        return copy
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "activation": self.activation}
+
+    @staticmethod
+    def n_parameters_for(d_model: int, n_features: int) -> int:
+        return 2 * d_model * n_features + 2 * n_features + d_model
+
+
+TopKSAE.activation = "topk"  # type: ignore[attr-defined]
+
+
+def sae_from_metadata(meta: dict[str, Any]) -> TopKSAE:
+    """The SAE (weights to be loaded) that :meth:`TopKSAE.metadata` describes; weights written before
+    threshold SAEs existed are TopK."""
+    activation = meta.get("activation", "topk")
+    if activation not in ACTIVATIONS:
+        raise ShardError(f"unknown SAE activation {activation!r} in the weights' metadata; this version reads "
+                         f"{ACTIVATIONS}")
+    if activation == "topk":
+        return TopKSAE(meta["d_model"], meta["n_features"], meta["k"], meta["decoder_norm"],
+                       meta["pre_encoder_bias"])
+    return ThresholdSAE(meta["d_model"], meta["n_features"], activation, meta["decoder_norm"],
+                        meta["pre_encoder_bias"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -715,18 +839,15 @@ def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
         if standard is None:
             raise ValueError(f"{kind} starts from a trained standard SAE")
         base = standard.sae
-        device = base.W_enc.device  # the copy lives where the standard SAE does (its state is copied in place)
         if entry.trains == "decoder":
             # Fold the pre-encoder bias into b_enc (b_enc - W_enc b_dec) so that training b_dec refits the
             # decoder without moving the frozen encoder's input: the codes stay exactly the standard SAE's.
-            copy = TopKSAE(d_model, base.n_features, base.k, "free", pre_encoder_bias=False).to(device)
-            copy.load_state_dict(base.state_dict())
+            copy = base.copy_as("free", pre_encoder_bias=False)
             if base.pre_encoder_bias:
                 with torch.no_grad():
                     copy.b_enc -= base.W_enc @ base.b_dec
             return FeatureModel(kind, copy)
-        copy = TopKSAE(d_model, base.n_features, base.k, base.decoder_norm, base.pre_encoder_bias).to(device)
-        copy.load_state_dict(base.state_dict())
+        copy = base.copy_as(base.decoder_norm, base.pre_encoder_bias)
         for parameter in copy.parameters():
             parameter.requires_grad_(False)
         infer_k = nfm.truncated_k if entry.infer_k == "truncated" else base.k
@@ -744,9 +865,7 @@ def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
 
 def model_metadata(model: FeatureModel) -> dict[str, Any]:
     return {
-        "kind": model.kind, "d_model": model.sae.d_model, "n_features": model.sae.n_features, "k": model.sae.k,
-        "infer_k": model.infer_k, "decoder_norm": model.sae.decoder_norm,
-        "pre_encoder_bias": model.sae.pre_encoder_bias,
+        "kind": model.kind, **model.sae.metadata(), "infer_k": model.infer_k,
         "head": model.head.config() if model.head is not None else None,
     }
 
@@ -781,7 +900,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Fe
         raw = handle.metadata() or {}
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     meta = json.loads(raw["featint_model"])
-    sae = TopKSAE(meta["d_model"], meta["n_features"], meta["k"], meta["decoder_norm"], meta["pre_encoder_bias"])
+    sae = sae_from_metadata(meta)
     model = FeatureModel(meta["kind"], sae, _head_from_metadata(meta), infer_k=meta["infer_k"])
     if "head" not in meta:  # weights written before the heads were generalised keep the NFM under "nfm."
         tensors = {("head." + name[4:] if name.startswith("nfm.") else name): t for name, t in tensors.items()}

@@ -1,5 +1,6 @@
 """SAELens's on-disk format: export a trained TopK SAE with the normaliser folded into its weights, and import a
-SAELens TopK SAE as a run's standard model (the fold undone for the run's normaliser).
+SAELens SAE (``topk``, ``standard`` = ReLU or ``jumprelu``; configs of SAELens 6 and earlier) or an EleutherAI
+sparsify TopK folder as a run's standard model (the fold undone for the run's normaliser).
 
 SAELens (v6) saves an SAE as a folder holding ``sae_weights.safetensors`` (``W_enc`` [d_in, d_sae], ``W_dec``
 [d_sae, d_in], ``b_enc`` [d_sae], ``b_dec`` [d_in]) and ``cfg.json`` (``architecture`` "topk", ``d_in``, ``d_sae``,
@@ -7,7 +8,8 @@ SAELens (v6) saves an SAE as a folder holding ``sae_weights.safetensors`` (``W_e
 ``metadata`` block with ``sae_lens_version``, ``model_name`` and ``hook_name``; a config without a version is read as
 the pre-6.0 format, with those fields at the top level); its TopK SAE computes
 ``f = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc))`` and ``x_hat = f @ W_dec + b_dec`` on raw activations (field names
-and formulas read from SAELens's ``sae_lens/saes/sae.py``, ``topk_sae.py`` and
+and formulas read from SAELens's ``sae_lens/saes/sae.py``, ``topk_sae.py``, ``standard_sae.py``,
+``jumprelu_sae.py`` (``f = ReLU(pre) * (pre > threshold)``) and
 ``loading/pretrained_sae_loaders.py``; the export is loaded by ``SAE.load_from_disk`` of SAELens
 :data:`SAELENS_VERSION` in a test).
 
@@ -21,6 +23,7 @@ activations gives featint's reconstruction, mapped back to raw space (tested).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from safetensors.torch import save_file
 
+from featint.activations import ActivationStore
 from featint.errors import FeatintError
 from featint.io import atomic_directory
 from featint.kinds import SAE_ONLY
@@ -39,9 +43,16 @@ from featint.layout import (
     ActivationsFolder,
     ModelFolder,
 )
-from featint.models import TopKSAE, load_model
+from featint.models import ThresholdSAE, TopKSAE, load_model
 from featint.normaliser import Normaliser
 from featint.tables import PARAMETERS, write_table
+
+log = logging.getLogger(__name__)
+
+#: SAELens architectures featint imports, and the activation each becomes (:data:`featint.models.ACTIVATIONS`)
+SAELENS_ARCHITECTURES = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}
+#: the architecture an SAE of each activation is exported as
+EXPORTED_ARCHITECTURE = {activation: architecture for architecture, activation in SAELENS_ARCHITECTURES.items()}
 
 WEIGHTS, CONFIG = SAELENS_WEIGHTS, SAELENS_CONFIG
 #: The SAELens release whose on-disk format the export writes and whose loader the tests run on it.
@@ -52,7 +63,7 @@ class FoldedSAE(NamedTuple):
     """A trained SAE-only model with the normaliser folded in, as SAELens stores it."""
 
     state: dict[str, torch.Tensor]  #: W_enc [d, F], W_dec [F, d], b_enc, b_dec, float32, raw activation space
-    fields: dict[str, Any]  #: the cfg.json fields that depend on the model (d_in, d_sae, k, apply_b_dec_to_input)
+    fields: dict[str, Any]  #: the model-dependent cfg.json fields (architecture, d_in, d_sae, k, apply_b_dec_to_input)
     kind: str  #: the featint kind it came from
     seed: int | None  #: its training seed
 
@@ -78,7 +89,14 @@ def folded_weights(weights_path: str | Path, normaliser: Normaliser) -> FoldedSA
     else:
         b_enc_raw = b_enc - W_enc @ (scale * mean)
     state = {"W_enc": W_enc_raw, "W_dec": W_dec / scale[None, :], "b_enc": b_enc_raw, "b_dec": b_dec / scale + mean}
-    fields = {"d_in": sae.d_model, "d_sae": sae.n_features, "k": sae.k, "apply_b_dec_to_input": sae.pre_encoder_bias}
+    fields: dict[str, Any] = {"architecture": EXPORTED_ARCHITECTURE[sae.activation], "d_in": sae.d_model,
+                              "d_sae": sae.n_features}
+    if isinstance(sae, ThresholdSAE):  # an imported threshold SAE: its pre-activations are unchanged by the fold
+        if sae.activation == "jumprelu":
+            state["threshold"] = sae.threshold.detach().double()
+    else:
+        fields["k"] = sae.k
+    fields["apply_b_dec_to_input"] = sae.pre_encoder_bias
     return FoldedSAE({name: tensor.float().contiguous() for name, tensor in state.items()}, fields, model.kind,
                      extra.get("seed"))
 
@@ -89,7 +107,7 @@ def export_saelens(weights_path: str | Path, normaliser_path: str | Path, out_di
     normaliser = Normaliser.load(normaliser_path)
     folded = folded_weights(weights_path, normaliser)
     config = {
-        "architecture": "topk", **folded.fields, "dtype": "float32", "device": "cpu", "normalize_activations": "none",
+        **folded.fields, "dtype": "float32", "device": "cpu", "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": None,
                      "model_name": model_name, "hook_name": normaliser.hook_name, "hook_head_index": None,
@@ -105,17 +123,26 @@ def export_saelens(weights_path: str | Path, normaliser_path: str | Path, out_di
 
 
 def saelens_reconstruction(directory: str | Path, x: torch.Tensor) -> torch.Tensor:
-    """SAELens's TopK forward on raw activations ``x``, from the exported files alone (the reference the export
-    is tested against): ``f = ReLU(TopK((x - b_dec * apply) @ W_enc + b_enc))``, ``x_hat = f @ W_dec + b_dec``."""
+    """SAELens's forward on raw activations ``x``, from the folder's files alone (the reference the export and
+    import are tested against; SAELens itself is run on them in the side environment's tests):
+    ``pre = (x - b_dec * apply) @ W_enc + b_enc``; ``f = ReLU(TopK(pre))`` (topk), ``ReLU(pre)`` (standard)
+    or ``ReLU(pre) * (pre > threshold)`` (jumprelu); ``x_hat = f @ W_dec + b_dec``."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    cfg = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    cfg = saelens_config(json.loads((directory / CONFIG).read_text(encoding="utf-8")))
     w = load_file(str(directory / WEIGHTS))
     sae_in = x - w["b_dec"] * float(cfg["apply_b_dec_to_input"])
     pre = sae_in @ w["W_enc"] + w["b_enc"]
-    top = pre.topk(int(cfg["k"]), dim=-1)
-    acts = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    if cfg["architecture"] == "topk":
+        top = pre.topk(int(cfg["k"]), dim=-1)
+        acts = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    else:
+        acts = torch.relu(pre)
+        if cfg["architecture"] == "jumprelu":
+            threshold = w["threshold"] if "threshold" in w else \
+                w["log_threshold"].exp() if "log_threshold" in w else torch.tensor(cfg["jump_relu_threshold"])
+            acts = acts * (pre > threshold)
     return acts @ w["W_dec"] + w["b_dec"]
 
 
@@ -123,32 +150,80 @@ def saelens_reconstruction(directory: str | Path, x: torch.Tensor) -> torch.Tens
 # Import: a SAELens TopK SAE as the run's standard model
 
 
+
+
 def read_saelens(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(cfg.json, float32 weights) of a SAELens SAE folder, checked to be a TopK SAE on raw activations."""
+    """(cfg.json in the 6.x form, float32 weights on raw activations) of a SAELens SAE folder: a ``topk``,
+    ``standard`` (ReLU) or ``jumprelu`` SAE. A JumpReLU SAE's threshold is the ``threshold`` tensor (per latent,
+    or one value for all), ``exp(log_threshold)`` in older files, or the config's scalar ``jump_relu_threshold``
+    (Llama Scope's form); ``normalize_activations: expected_average_only_in`` is folded into the weights when
+    the config carries its ``norm_scaling_factor`` (as SAELens's ``fold_activation_norm_scaling_factor`` does),
+    else refused."""
 
     directory = Path(directory)
     for name in (CONFIG, WEIGHTS):
         if not (directory / name).is_file():
             raise FeatintError(f"{directory} has no {name}; sae.path must be a SAELens SAE folder "
-                               f"({CONFIG} + {WEIGHTS}), e.g. one written by `featint export-saelens`.")
-    cfg = saelens_config(json.loads((directory / CONFIG).read_text(encoding="utf-8")))
+                               f"({CONFIG} + {WEIGHTS}), e.g. one written by `featint export-saelens` or "
+                               "SAELens's save_model.")
+    where = directory / CONFIG
+    cfg = saelens_config(json.loads(where.read_text(encoding="utf-8")))
     architecture = cfg["architecture"]
-    if architecture != "topk":
-        raise FeatintError(f"{directory / CONFIG}: architecture is {architecture!r}; featint imports TopK SAEs "
-                           "(architecture topk) only: SAELens's standard (ReLU) and jumprelu SAEs activate a varying "
-                           "number of latents per token, which featint's codes do not hold yet.")
-    if "k" not in cfg:
-        raise FeatintError(f"{directory / CONFIG}: a topk SAE without k (nor activation_fn_kwargs.k).")
-    for key in ("normalize_activations", "reshape_activations"):
-        if cfg.get(key) not in (None, "none"):
-            raise FeatintError(f"{directory / CONFIG}: {key} is {cfg[key]!r}; featint imports SAEs that read raw "
-                               "activations (\"none\") and applies its own normaliser around them.")
+    if architecture not in SAELENS_ARCHITECTURES:
+        raise FeatintError(f"{where}: architecture is {architecture!r}; featint imports SAELens "
+                           f"{', '.join(SAELENS_ARCHITECTURES)} SAEs (BatchTopK and Matryoshka SAEs are saved as "
+                           "jumprelu, which imports).")
+    if architecture == "topk" and "k" not in cfg:
+        raise FeatintError(f"{where}: a topk SAE without k (nor activation_fn_kwargs.k).")
+    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        raise FeatintError(f"{where}: rescale_acts_by_decoder_norm is true (the top k is taken on activations "
+                           "scaled by the decoder norms); fold the norms first (SAELens's fold_W_dec_norm) and save "
+                           "it again.")
+    if architecture == "standard" and cfg.get("activation_fn", "relu") != "relu":
+        raise FeatintError(f"{where}: a standard SAE with activation_fn {cfg['activation_fn']!r}; featint imports "
+                           "standard SAEs with ReLU.")
+    if cfg.get("reshape_activations") not in (None, "none"):
+        raise FeatintError(f"{where}: reshape_activations is {cfg['reshape_activations']!r}; featint imports SAEs "
+                           "of one residual-stream vector per token (\"none\").")
     weights = _float_weights(directory / WEIGHTS, ("W_enc", "W_dec", "b_enc", "b_dec"))
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     if tuple(weights["W_enc"].shape) != (d_in, d_sae) or tuple(weights["W_dec"].shape) != (d_sae, d_in):
         raise FeatintError(f"{directory}: weight shapes W_enc {tuple(weights['W_enc'].shape)}, W_dec "
                            f"{tuple(weights['W_dec'].shape)} do not match d_in {d_in}, d_sae {d_sae} of {CONFIG}.")
+    if architecture == "jumprelu":
+        weights["threshold"] = _jumprelu_threshold(where, cfg, weights, d_sae)
+    normalisation = cfg.get("normalize_activations") or "none"
+    if normalisation == "expected_average_only_in" and cfg.get("norm_scaling_factor") is not None:
+        factor = float(cfg["norm_scaling_factor"])  # SAELens: W_enc * c, W_dec / c, b_dec / c
+        weights.update(W_enc=weights["W_enc"] * factor, W_dec=weights["W_dec"] / factor,
+                       b_dec=weights["b_dec"] / factor)
+        cfg["normalize_activations"] = "none"
+    elif normalisation != "none":
+        fix = ("add its norm_scaling_factor (sqrt(d_in) / the dataset's mean activation norm, from the release's "
+               "registry entry) to the config" if normalisation == "expected_average_only_in" else
+               "export it with the normalisation folded into its weights")
+        raise FeatintError(f"{where}: normalize_activations is {normalisation!r}; featint imports SAEs that read raw "
+                           f"activations (\"none\") and applies its own normaliser around them: {fix}.")
     return cfg, weights
+
+
+def _jumprelu_threshold(where: Path, cfg: dict[str, Any], weights: dict[str, torch.Tensor],
+                        d_sae: int) -> torch.Tensor:
+    """A JumpReLU SAE's per-latent threshold [d_sae] from wherever its files keep it."""
+    if "threshold" in weights:
+        threshold = weights.pop("threshold")
+    elif "log_threshold" in weights:
+        threshold = weights.pop("log_threshold").exp()
+    elif cfg.get("jump_relu_threshold") is not None:
+        threshold = torch.tensor(float(cfg["jump_relu_threshold"]))
+    else:
+        raise FeatintError(f"{where}: a jumprelu SAE without a threshold (no threshold or log_threshold tensor, no "
+                           "jump_relu_threshold in the config).")
+    if threshold.numel() == 1:
+        threshold = threshold.reshape(()).expand(d_sae).clone()
+    if tuple(threshold.shape) != (d_sae,):
+        raise FeatintError(f"{where}: threshold of shape {tuple(threshold.shape)}, not one value or {d_sae} (d_sae).")
+    return threshold.contiguous()
 
 
 def _float_weights(path: Path, required: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -171,7 +246,8 @@ def saelens_config(raw: dict[str, Any]) -> dict[str, Any]:
     """A SAELens ``cfg.json`` in the 6.x form, as SAELens's own loader reads it: a config written before 6.0
     (no ``sae_lens_version`` of 6 or later, at the top level or in ``metadata``) has ``hook_point`` for
     ``hook_name``, defaults ``architecture`` to ``standard`` and ``apply_b_dec_to_input`` to true, gives a
-    topk SAE's k in ``activation_fn_kwargs``, and may store ``normalize_activations`` as a bool (false =
+    topk SAE's k in ``activation_fn_kwargs`` (``activation_fn`` topk with a k makes a ``standard`` entry a topk
+    SAE), and may store ``normalize_activations`` as a bool (false =
     ``none``, true = ``expected_average_only_in``)."""
     cfg = dict(raw)
     version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
@@ -179,8 +255,12 @@ def saelens_config(raw: dict[str, Any]) -> dict[str, Any]:
         cfg = {_PRE_6_RENAMES.get(key, key): value for key, value in cfg.items()}
         cfg.setdefault("architecture", "standard")
         cfg.setdefault("apply_b_dec_to_input", True)
-        if cfg["architecture"] == "topk" and "k" not in cfg and "k" in (cfg.get("activation_fn_kwargs") or {}):
-            cfg["k"] = cfg["activation_fn_kwargs"]["k"]
+        cfg.setdefault("activation_fn", "relu")
+        kwargs = cfg.get("activation_fn_kwargs") or {}
+        if cfg["activation_fn"] == "topk" and kwargs.get("k") is not None:
+            cfg["architecture"] = "topk"
+        if cfg["architecture"] == "topk" and "k" not in cfg and "k" in kwargs:
+            cfg["k"] = kwargs["k"]
     if isinstance(cfg.get("normalize_activations"), bool):
         cfg["normalize_activations"] = "expected_average_only_in" if cfg["normalize_activations"] else "none"
     cfg.setdefault("architecture", "standard")
@@ -243,20 +323,52 @@ def saelens_hook_name(cfg: dict[str, Any]) -> str | None:
 
 
 def unfolded_sae(cfg: dict[str, Any], weights: dict[str, torch.Tensor], normaliser: Normaliser) -> TopKSAE:
-    """featint's TopK SAE in the normaliser's space computing exactly the SAELens SAE on raw activations: the
+    """featint's SAE in the normaliser's space computing exactly the SAELens SAE on raw activations: the
     inverse of :func:`folded_weights` (``W_dec = W_dec' * s``, ``b_dec = (b_dec' - m) * s``,
-    ``W_enc = (W_enc' / s)^T``; ``b_enc = b_enc'`` with the pre-encoder bias, ``b_enc' + m W_enc'`` without)."""
+    ``W_enc = (W_enc' / s)^T``; ``b_enc = b_enc'`` with the pre-encoder bias, ``b_enc' + m W_enc'`` without).
+    The pre-activations are the same numbers in both spaces, so a JumpReLU threshold carries over unchanged;
+    a ``standard`` or ``jumprelu`` SAE becomes a :class:`~featint.models.ThresholdSAE`."""
     mean, scale = normaliser.mean.double(), normaliser.scale.double()
     W_enc, W_dec = weights["W_enc"].double(), weights["W_dec"].double()
     b_enc, b_dec = weights["b_enc"].double(), weights["b_dec"].double()
     apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
-    sae = TopKSAE(int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["k"]), "free", pre_encoder_bias=apply_b_dec)
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    activation = SAELENS_ARCHITECTURES[cfg["architecture"]]
+    sae: TopKSAE
+    if activation == "topk":
+        sae = TopKSAE(d_in, d_sae, int(cfg["k"]), "free", pre_encoder_bias=apply_b_dec)
+    else:
+        sae = ThresholdSAE(d_in, d_sae, activation, "free", pre_encoder_bias=apply_b_dec)
     with torch.no_grad():
         sae.W_dec.copy_(W_dec * scale[None, :])
         sae.b_dec.copy_((b_dec - mean) * scale)
         sae.W_enc.copy_((W_enc / scale[:, None]).T)
         sae.b_enc.copy_(b_enc if apply_b_dec else b_enc + mean @ W_enc)
+        if isinstance(sae, ThresholdSAE) and activation == "jumprelu":
+            sae.threshold.copy_(weights["threshold"])
     return sae
+
+
+class ActiveLatents(NamedTuple):
+    """How many latents an SAE activates per token of a split."""
+
+    mean: float  #: the mean over the split's selected tokens
+    max: int  #: the most on any token
+
+
+@torch.no_grad()
+def active_latents(sae: TopKSAE, normaliser: Normaliser, store: ActivationStore,
+                   chunk: int = 4096) -> ActiveLatents:
+    """The L0 of ``sae`` on the selected tokens of ``store`` (an imported threshold SAE's sparsity)."""
+    mask = store.selected_mask()
+    total, most, n = 0, 0, 0
+    for index in range(len(store.manifest)):
+        _, vectors = store.read_shard_rows(index, mask)
+        x = normaliser.apply(vectors)
+        for start in range(0, x.shape[0], chunk):
+            l0 = sae.encode(x[start : start + chunk])[0].l0
+            total, most, n = total + int(l0.sum()), max(most, int(l0.max())), n + l0.numel()
+    return ActiveLatents(total / max(n, 1), most)
 
 
 def import_sae(directory: str | Path, activations_dir: str | Path, out_dir: str | Path, seed: int,
@@ -269,7 +381,6 @@ def import_sae(directory: str | Path, activations_dir: str | Path, out_dir: str 
     ``sae.k``)."""
     import pandas as pd
 
-    from featint.activations import ActivationStore
     from featint.models import FeatureModel, save_model
 
     readers = {"saelens": read_saelens, "sparsify": read_sparsify}
@@ -295,14 +406,26 @@ def import_sae(directory: str | Path, activations_dir: str | Path, out_dir: str 
         raise FeatintError(f"{directory}: the SAE reads {' = '.join(sorted(hooks))} but the run's activations are at "
                            f"{normaliser.hook_name!r}; set hook.layer / hook.site to the SAE's hook, import an SAE of "
                            "this hook, or set sae.hook_name if you know the SAE reads this one.")
-    if (int(cfg["d_sae"]), int(cfg["k"])) != (n_features, k):
-        raise FeatintError(f"{directory}: d_sae = {cfg['d_sae']}, k = {cfg['k']} but the config has "
-                           f"sae.n_features = {n_features}, sae.k = {k}; set them to the SAE's (the other kinds are "
-                           "sized by them).")
+    topk = cfg["architecture"] == "topk"
+    if int(cfg["d_sae"]) != n_features or (topk and int(cfg["k"]) != k):
+        raise FeatintError(f"{directory}: d_sae = {cfg['d_sae']}" + (f", k = {cfg['k']}" if topk else "") +
+                           f" but the config has sae.n_features = {n_features}" + (f", sae.k = {k}" if topk else "")
+                           + "; set " + ("them" if topk else "it") + " to the SAE's (the other kinds are sized by "
+                           + ("them)." if topk else "it)."))
     model = FeatureModel("standard", unfolded_sae(cfg, weights, normaliser)).eval()
+    if not topk:
+        l0 = active_latents(model.sae, normaliser, store)
+        log.info("%s: a %s SAE with %.1f active latents per test token on average (the most %d); the kinds "
+                 "trained beside it are TopK SAEs at sae.k = %d", directory, cfg["architecture"], l0.mean, l0.max, k)
+        if not 0.5 <= k / max(l0.mean, 1e-9) <= 2.0:
+            log.warning("sae.k = %d is far from the imported SAE's mean L0 (%.1f): the SAEs trained beside it "
+                        "(joint, param_matched, ...) will not be as sparse as it; set sae.k to about %d for a like "
+                        "for like comparison.", k, l0.mean, round(l0.mean))
     extra = {"hook_name": normaliser.hook_name, "normaliser_kind": normaliser.kind, "seed": seed, "lr": None,
              "tokens": 0, "imported_from": str(Path(directory).resolve()), "imported_source": source,
              "saelens_cfg": cfg}
+    if not topk:
+        extra.update(test_l0_mean=l0.mean, test_l0_max=l0.max)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_model(model, out.init, extra)
     counts = model.parameter_counts()
