@@ -550,3 +550,47 @@ def test_saes_saelens_itself_saved_import_and_reconstruct_as_saelens_does(tmp_pa
         assert error < 1e-5, (name, error)
         if name in ("standard", "jumprelu", "topk"):
             assert torch.equal(rec.code.l0.float(), theirs[name + ".l0"]), name
+
+
+def _hub_cache(root: Path, repo_id: str, folder: Path, name: str) -> str:
+    """The Hugging Face cache layout (``models--<owner>--<repo>/refs/main`` naming a commit, the files under
+    ``snapshots/<commit>/``) holding ``folder`` as ``name``, as a download leaves it; the commit hash."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit / name)
+    return commit
+
+
+def test_an_sae_folder_in_the_local_hugging_face_cache_imports_offline(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sae.path: hf://<owner>/<repo>[@<revision>]/<folder>`` is read from the local Hugging Face cache, never
+    downloaded; a repository or folder not there stops with the command that downloads it."""
+    import huggingface_hub.constants
+
+    from featint.saelens import local_sae_folder
+
+    raw, normaliser, acts = _run_with_sae(tmp_path)
+    cache = tmp_path / "hub"
+    commit = _hub_cache(cache, "someone/smollm2-saes", tmp_path / "sae", "blocks.3.hook_resid_pre")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = "hf://someone/smollm2-saes/blocks.3.hook_resid_pre"
+    assert local_sae_folder(path) == cache / "models--someone--smollm2-saes" / "snapshots" / commit / \
+        "blocks.3.hook_resid_pre"
+    assert local_sae_folder(f"hf://someone/smollm2-saes@{commit}/blocks.3.hook_resid_pre") == local_sae_folder(path)
+    assert local_sae_folder(tmp_path / "sae") == tmp_path / "sae"
+    import_sae(path, acts, tmp_path / "standard", seed=0, n_features=F_, k=8)
+    model, _ = load_model(tmp_path / "standard" / "weights.safetensors")
+    with torch.no_grad():
+        ours = normaliser.invert(model(normaliser.apply(raw)).total)
+    torch.testing.assert_close(ours, saelens_reconstruction(tmp_path / "sae", raw), rtol=1e-4, atol=1e-4)
+    with pytest.raises(FeatintError, match="huggingface-cli download someone/other --include 'layers.3/\\*'"):
+        local_sae_folder("hf://someone/other/layers.3")
+    with pytest.raises(FeatintError, match="has no folder 'blocks.4.hook_resid_pre'"):
+        local_sae_folder("hf://someone/smollm2-saes/blocks.4.hook_resid_pre")
+    with pytest.raises(FeatintError, match="write a Hugging Face folder as"):
+        local_sae_folder("hf://someone/smollm2-saes")

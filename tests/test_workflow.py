@@ -394,6 +394,73 @@ def test_bring_your_own_sae(tiny_run: TinyRun) -> None:
     assert not (workdir / "results" / "tiny_import" / "lr_selection" / "standard.parquet").exists()
 
 
+def jumprelu_folder(topk_folder: Path, activations: Path, out: Path, mean_l0: int) -> Path:
+    """A SAELens JumpReLU SAE folder of ``topk_folder``'s weights (a TopK export, raw-activation space) behind
+    per-latent thresholds: each latent's threshold is its pre-activation quantile on the test split's tokens
+    that lets it fire on about ``mean_l0 / d_sae`` of them, times a factor in [0.8, 1.2], so the SAE activates
+    a varying number of latents per token, about ``mean_l0`` on average (as SAELens saves a JumpReLU SAE:
+    architecture ``jumprelu`` and a ``threshold`` tensor)."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((topk_folder / "cfg.json").read_text())
+    weights = load_file(str(topk_folder / "sae_weights.safetensors"))
+    store = ActivationStore(activations / "test")
+    raw = torch.cat([store.read_shard_rows(i, store.selected_mask())[1] for i in range(len(store.manifest))])
+    pre = (raw - weights["b_dec"] * cfg["apply_b_dec_to_input"]) @ weights["W_enc"] + weights["b_enc"]
+    quantile = torch.quantile(pre, 1 - mean_l0 / cfg["d_sae"], dim=0).clamp_min(1e-3)
+    weights["threshold"] = (quantile * torch.linspace(0.8, 1.2, cfg["d_sae"])).contiguous()
+    cfg["architecture"] = "jumprelu"
+    del cfg["k"]
+    out.mkdir(parents=True)
+    save_file(weights, str(out / "sae_weights.safetensors"))
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.mark.slow
+def test_the_dag_runs_on_an_imported_jumprelu_sae(tiny_run: TinyRun) -> None:
+    """A JumpReLU SAE (a varying number of active latents per token) imported as the standard model: the
+    frozen-SAE kinds train on its cached codes, and evaluation, behaviour, geometry and the pair test run on
+    it; its reconstruction is SAELens's JumpReLU forward of the folder."""
+    from featint.saelens import saelens_reconstruction
+
+    workdir, results = tiny_run.workdir, tiny_run.results
+    run = workdir / "results" / "tiny_jumprelu"
+    for part in ("corpus", "activations"):
+        shutil.copytree(results / part, run / part)
+    folder = jumprelu_folder(results / "models" / "standard" / "seed~0" / "saelens", run / "activations",
+                             workdir / "jumprelu_sae", mean_l0=8)
+    imported = yaml.safe_load((workdir / "config" / "tiny.yaml").read_text())
+    imported.update({"run": "tiny_jumprelu", "models": ["standard", "sequential", "standard_refit"],
+                     "single_seed_models": [], "convergence": {"models": []}})
+    imported["interventions"]["models"] = ["sequential"]
+    imported["integration"]["models"] = ["standard"]
+    imported["sae"].update({"source": "saelens", "path": str(folder)})
+    (workdir / "config" / "tiny_jumprelu.yaml").write_text(yaml.safe_dump(imported))
+    targets = [f"results/tiny_jumprelu/{path}" for path in (
+        "metrics/reconstruction_summary.parquet", "behaviour/summary.parquet", "geometry/summary.parquet",
+        "integration/summary.parquet")]
+    done = snakemake(workdir, *TINY_THREADS, *targets, "--configfile", "config/tiny_jumprelu.yaml")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^import_sae\s+1$", done.stdout + done.stderr, re.MULTILINE)
+    standard, extra = load_model(run / "models" / "standard" / "seed~0" / "weights.safetensors")
+    assert standard.sae.activation == "jumprelu" and 4 < extra["test_l0_mean"] < 16 < extra["test_l0_max"]
+    normaliser = Normaliser.load(run / "activations" / "normaliser.safetensors")
+    store = ActivationStore(run / "activations" / "test")
+    raw = store.read_shard_rows(0, store.selected_mask())[1]
+    with torch.no_grad():
+        ours = normaliser.invert(standard(normaliser.apply(raw)).total)
+    torch.testing.assert_close(ours, saelens_reconstruction(folder, raw), rtol=1e-4, atol=1e-4)
+    metrics = pd.read_parquet(run / "metrics" / "reconstruction.parquet")
+    assert fvu_of(metrics, "sequential") < fvu_of(metrics, "standard")  # the NFM on its codes fits the residual
+    l0 = metrics[(metrics["metric"] == "l0") & (metrics["model"] == "standard")
+                 & (metrics["token_set"] == "selected")]["value"]
+    assert l0.item() == pytest.approx(extra["test_l0_mean"], rel=0.05)
+    geometry = pd.read_parquet(run / "geometry" / "summary.parquet")
+    assert set(geometry["model"]) >= {"sequential"}
+    assert (run / "integration" / "summary.parquet").stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     ("config_text", "message"),
     [

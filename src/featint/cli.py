@@ -252,7 +252,8 @@ def export_saelens(args: argparse.Namespace, settings: Settings) -> None:
              config["k"])
 
 
-@stage("import-sae", "a SAELens or sparsify TopK SAE (sae.source, sae.path) as the run's standard model",
+@stage("import-sae", "a SAELens (topk, standard, jumprelu) or sparsify SAE (sae.source, sae.path) as the run's "
+       "standard model",
        ("sae", "nfm"),
        arg("--activations", required=True, help="the run's activations directory (splits + normaliser)"),
        arg("--seed", type=int, required=True, help="the seed whose standard model it stands for"),
@@ -265,8 +266,8 @@ def import_sae(args: argparse.Namespace, settings: Settings) -> None:
                           "config.")
     cfg = import_sae(settings.sae.path, args.activations, args.out, args.seed, settings.sae.n_features,
                      settings.sae.k, settings.sae.source, settings.sae.hook_name)
-    log.info("imported %s (d_sae %s, k %s) as the standard SAE of seed %d", settings.sae.path, cfg["d_sae"], cfg["k"],
-             args.seed)
+    log.info("imported %s (%s, d_sae %s, k %s) as the standard SAE of seed %d", settings.sae.path, cfg["architecture"],
+             cfg["d_sae"], cfg.get("k", "per token"), args.seed)
 
 
 # ---------------------------------------------------------------------------------------------------------

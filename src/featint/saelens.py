@@ -349,6 +349,44 @@ def unfolded_sae(cfg: dict[str, Any], weights: dict[str, torch.Tensor], normalis
     return sae
 
 
+#: sae.path's prefix naming a folder of a Hugging Face repository, resolved in the local cache
+HUB_PREFIX = "hf://"
+
+
+def local_sae_folder(path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """``sae.path`` as a local folder: a path is itself; ``hf://<owner>/<repo>[@<revision>]/<folder>`` is that
+    folder of the repository as the local Hugging Face cache holds it (``HF_HUB_CACHE`` / ``HF_HOME``, as
+    ``huggingface_hub`` finds them), resolved offline: featint never downloads at run time. A user with network
+    downloads the release first, as usual (``huggingface-cli download <owner>/<repo> --include '<folder>/*'``,
+    or SAELens's / sparsify's own loaders, which fill the same cache); ``cache_dir`` overrides the cache."""
+    text = str(path)
+    if not text.startswith(HUB_PREFIX):
+        return Path(path)
+    parts = text[len(HUB_PREFIX):].strip("/").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise FeatintError(f"sae.path {text!r}: write a Hugging Face folder as {HUB_PREFIX}<owner>/<repo>/<folder> "
+                           f"(optionally <repo>@<revision>), e.g. {HUB_PREFIX}jbloom/GPT2-Small-SAEs-Reformatted/"
+                           "blocks.8.hook_resid_pre.")
+    repo, _, revision = parts[1].partition("@")
+    repo_id, folder = f"{parts[0]}/{repo}", "/".join(parts[2:])
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    fix = (f"download it first (with network): huggingface-cli download {repo_id}"
+           + (f" --revision {revision}" if revision else "") + f" --include '{folder}/*'")
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=f"{folder}/*",
+                                          cache_dir=cache_dir, local_files_only=True))
+    except LocalEntryNotFoundError as exc:
+        raise FeatintError(f"sae.path {text!r}: {repo_id} is not in the local Hugging Face cache "
+                           f"({cache_dir or HF_HUB_CACHE}); "
+                           f"{fix}.") from exc
+    if not (snapshot / folder).is_dir():
+        raise FeatintError(f"sae.path {text!r}: the cached snapshot {snapshot} has no folder {folder!r}; {fix}.")
+    return snapshot / folder
+
+
 class ActiveLatents(NamedTuple):
     """How many latents an SAE activates per token of a split."""
 
@@ -386,6 +424,7 @@ def import_sae(directory: str | Path, activations_dir: str | Path, out_dir: str 
     readers = {"saelens": read_saelens, "sparsify": read_sparsify}
     if source not in readers:
         raise FeatintError(f"sae.source {source!r}: featint imports {sorted(readers)} SAEs.")
+    directory = local_sae_folder(directory)
     cfg, weights = readers[source](directory)
     activations, out = ActivationsFolder(activations_dir), ModelFolder(out_dir)
     normaliser = Normaliser.load(activations.normaliser)

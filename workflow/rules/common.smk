@@ -12,6 +12,7 @@ import featint.interventions as featint_interventions
 import featint.kinds as featint_kinds
 import featint.layout as featint_layout
 import featint.lm
+import featint.saelens
 import featint.runtime
 import featint.training as featint_training
 from featint.cli import STAGE_SECTIONS
@@ -102,6 +103,8 @@ if SAE_IMPORTED and "standard" in SETTINGS.convergence.models:
         f"workflow config: sae.source is {config['sae']['source']!r}: the imported standard SAE is not retrained, so "
         "convergence.models (default [standard, joint]) must not list 'standard'; set it, e.g. [joint]."
     )
+#: the imported SAE's local folder (an ``hf://`` path resolved in the local Hugging Face cache, offline)
+SAE_FOLDER = str(featint.saelens.local_sae_folder(config["sae"]["path"])) if SAE_IMPORTED else None
 #: the kinds the train rule trains
 TRAINED_KINDS = [kind for kind in featint_kinds.MODEL_KINDS if not (SAE_IMPORTED and kind == "standard")]
 LR_KINDS = sorted({featint_kinds.lr_selection_kind(kind) for kind, _ in MODEL_INSTANCES} & set(TRAINED_KINDS))

@@ -161,7 +161,7 @@ if SAE_IMPORTED:
     rule import_sae:
         input:
             **ACTIVATION_FILES,
-            sae=config["sae"]["path"],
+            sae=SAE_FOLDER,
         output:
             weights=LAYOUT.model("standard", "{seed}").weights,
             init=LAYOUT.model("standard", "{seed}").init,
