@@ -180,16 +180,18 @@ def _saelens_python() -> Path:
     return _side_python(SAELENS_ENV, f"sae-lens=={SAELENS_VERSION}")
 
 
-def _side_python(env: Path, requirement: str) -> Path:
-    """The interpreter of a side environment holding ``requirement`` beside the local CPU torch wheel (built
-    once and kept; a library pinning what featint cannot share runs there)."""
+def _side_python(env: Path, requirement: str, base: tuple[str, ...] = ("torch==2.13.0",),
+                 no_deps: bool = False) -> Path:
+    """The interpreter of a side environment holding ``requirement`` beside ``base`` (the local CPU torch wheel
+    unless told; with ``no_deps``, ``requirement`` alone, its dependencies being ``base``), built once and kept:
+    a library pinning what featint cannot share runs there."""
     python = env / "bin" / "python"
     if python.exists():
         return python
     building = env.with_name(env.name + ".building")
-    steps = [[sys.executable, "-m", "venv", "--clear", str(building)],
-             [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", "torch==2.13.0"],
-             [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", requirement]]
+    pip = [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    steps = [[sys.executable, "-m", "venv", "--clear", str(building)], [*pip, *base],
+             [*pip, *(["--no-deps"] if no_deps else []), requirement]]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
         if done.returncode != 0:

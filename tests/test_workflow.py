@@ -394,6 +394,32 @@ def test_bring_your_own_sae(tiny_run: TinyRun) -> None:
     assert not (workdir / "results" / "tiny_import" / "lr_selection" / "standard.parquet").exists()
 
 
+@pytest.mark.slow
+def test_every_sae_only_model_has_a_saebench_core_file_that_agrees_with_the_runs_tables(tiny_run: TinyRun) -> None:
+    """The default target writes SAEBench's core eval JSON for every SAE-only model; its explained variance is
+    the run's raw-space test FVU complement, its MSE the per-dimension MSE times d, its CE score the behaviour
+    stage's CE loss recovered."""
+    from featint.kinds import SAE_ONLY
+
+    behaviour = pd.read_parquet(tiny_run.results / "behaviour" / "summary.parquet")
+    metrics_table = tiny_run.metrics
+    for kind in sorted(set(SAE_ONLY) & tiny_run.kinds):
+        core = json.loads((tiny_run.results / "models" / kind / "seed~0" / "saebench_core.json").read_text())
+        metrics = core["eval_result_metrics"]
+        rows = metrics_table[(metrics_table["model"] == kind) & (metrics_table["seed"] == 0)
+                             & (metrics_table["token_set"] == "selected") & (metrics_table["component"] == "sae")]
+        value = rows.set_index("metric")["value"]
+        quality = metrics["reconstruction_quality"]
+        assert quality["explained_variance"] == pytest.approx(1 - value["fvu_raw"], rel=1e-5)
+        d = ActivationStore(tiny_run.results / "activations" / "test").meta.d_model
+        assert quality["mse"] == pytest.approx(value["mse_raw"] * d, rel=1e-5)
+        recovered = behaviour[(behaviour["model"] == kind) & (behaviour["seed"] == 0)
+                              & (behaviour["condition"] == "sae") & (behaviour["metric"] == "ce_loss_recovered")
+                              & (behaviour["method"] == "document_window_bootstrap")]["estimate"]
+        assert metrics["model_performance_preservation"]["ce_loss_score"] == pytest.approx(recovered.item(), rel=1e-9)
+        assert core["eval_result_unstructured"]["model"] == kind and len(core["eval_result_details"]) > 0
+
+
 def jumprelu_folder(topk_folder: Path, activations: Path, out: Path, mean_l0: int) -> Path:
     """A SAELens JumpReLU SAE folder of ``topk_folder``'s weights (a TopK export, raw-activation space) behind
     per-latent thresholds: each latent's threshold is its pre-activation quantile on the test split's tokens

@@ -248,8 +248,23 @@ def export_saelens(args: argparse.Namespace, settings: Settings) -> None:
 
     config = export_saelens(args.weights, args.normaliser, args.out, settings.model.name or model_key(settings.model),
                             context_size=settings.extraction.context_length)
-    log.info("SAELens TopK SAE written to %s (d_in %d, d_sae %d, k %d)", args.out, config["d_in"], config["d_sae"],
-             config["k"])
+    log.info("SAELens %s SAE written to %s (d_in %d, d_sae %d, k %s)", config["architecture"], args.out, config["d_in"],
+             config["d_sae"], config.get("k", "per token"))
+
+
+@stage("saebench-core", "an SAE-only model's core metrics as SAEBench's core eval JSON",
+       ("model", "extraction", "corpus"),
+       WEIGHTS, ACTIVATIONS, RUN,
+       arg("--behaviour", required=True, help="the gathered behaviour summary (its KL and CE)"),
+       arg("--out", required=True, help="the JSON file to write"))
+def saebench_core(args: argparse.Namespace, settings: Settings) -> None:
+    from featint.saebench import core_eval
+
+    output = core_eval(settings, args.weights, args.activations, args.behaviour, args.run, args.out)
+    metrics = output["eval_result_metrics"]
+    log.info("SAEBench core eval of %s written to %s: explained variance %.4f, CE score %.4f, L0 %.1f", args.weights,
+             args.out, metrics["reconstruction_quality"]["explained_variance"],
+             metrics["model_performance_preservation"]["ce_loss_score"], metrics["sparsity"]["l0"])
 
 
 @stage("import-sae", "a SAELens (topk, standard, jumprelu) or sparsify SAE (sae.source, sae.path) as the run's "

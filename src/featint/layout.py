@@ -176,6 +176,11 @@ class ModelFolder(Folder):
         return SAELensFolder(self.file("saelens"))
 
     @property
+    def saebench_core(self) -> str:
+        """SAEBench's core eval output (JSON) of this SAE-only model."""
+        return self.file("saebench_core.json")
+
+    @property
     def codes(self) -> CodeCacheFolder:
         """The cached codes of this (standard) SAE, where kinds trained beside it read them."""
         return CodeCacheFolder(self.file("codes"))

@@ -89,3 +89,32 @@ rule gather_behaviour:
         "python -m featint gather-behaviour --config-json {params.config:q} --tables {input.tables}"
         " --reference {input.reference} --run {params.run} --out-summary {output.summary} --figures {params.figures}"
         " > {log} 2>&1"
+
+
+# SAEBench's core eval JSON of each SAE-only model (featint.saebench): its reconstruction metrics on the test split
+# and the behaviour stage's KL / CE against zero-ablation, as sae-bench's CoreEvalOutput writes them
+rule saebench_core:
+    input:
+        **ACTIVATION_FILES,
+        weights=RUN_MODEL.weights,
+        behaviour=LAYOUT.behaviour.summary,
+    output:
+        RUN_MODEL.saebench_core,
+    log:
+        f"{LOGS}/saebench_core_{{kind}}_seed~{{seed}}.log",
+    wildcard_constraints:
+        kind="|".join(featint_kinds.SAE_ONLY),
+        seed=r"\d+",
+    conda:
+        FEATINT_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        acts=activations_dir,
+        run=RUN,
+        config=stage_config("saebench-core"),
+    shell:
+        "python -m featint saebench-core --config-json {params.config:q} --weights {input.weights}"
+        " --activations {params.acts} --behaviour {input.behaviour} --run {params.run} --out {output} > {log} 2>&1"

@@ -248,7 +248,12 @@ BEHAVIOUR_FIGURES = featint_layout.BEHAVIOUR_FIGURES
 
 
 def behaviour_targets():
-    return [LAYOUT.behaviour.summary] + [LAYOUT.behaviour.figure(name) for name in BEHAVIOUR_FIGURES]
+    sae_only = [(kind, seed) for kind, seed in MODEL_INSTANCES if kind in featint_kinds.SAE_ONLY]
+    return (
+        [LAYOUT.behaviour.summary]
+        + [LAYOUT.behaviour.figure(name) for name in BEHAVIOUR_FIGURES]
+        + instance_paths(lambda kind, seed: LAYOUT.model(kind, seed).saebench_core, sae_only)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
