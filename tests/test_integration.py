@@ -136,6 +136,12 @@ def test_replication_matches_latents_across_seeds() -> None:
     first = rows[rows["seed"] == 0].iloc[0]
     assert first["matched"] == 1 and first["tested_there"] == 1 and first["replicated"] == 1
     assert first["base_rate"] == 0.5
+    # one seed: nothing to replicate against, and still the declared table (it was a bare column before)
+    from featint.tables import INTEGRATION_REPLICATION
+
+    alone = integration.replication({0: seed0}, {0: directions}, 0.9).assign(model="joint")
+    assert alone.empty and INTEGRATION_REPLICATION.validate(alone, "replication.parquet") is alone
+    assert INTEGRATION_REPLICATION.validate(rows.assign(model="joint"), "replication.parquet") is not None
 
 
 def test_the_context_table_shows_the_strongest_co_activating_tokens_as_text(tmp_path, embedded_lm_dir) -> None:

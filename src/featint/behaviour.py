@@ -34,13 +34,19 @@ from featint import stats
 from featint.activations import ActivationStore
 from featint.config import BehaviourSettings, Settings
 from featint.errors import FeatintError, ShardError
-from featint.io import read_parquet_metadata, write_parquet
+from featint.io import read_parquet_metadata
 from featint.layout import ActivationsFolder, BehaviourFigures, figures_in
 from featint.lm import HookPoint, load_bridge
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 from featint.splice import ModelContinuation, spliced_residual
-from featint.tables import BEHAVIOUR_SUMMARY, DOCUMENT_WINDOW_BOOTSTRAP, PAPER_UNPAIRED_T, write_table
+from featint.tables import (
+    BEHAVIOUR_SUMMARY,
+    BEHAVIOUR_TOKENS,
+    DOCUMENT_WINDOW_BOOTSTRAP,
+    PAPER_UNPAIRED_T,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +383,7 @@ def run_reference(settings: Settings, lm_dir: str | Path, activations_dir: str |
     frame.insert(0, "run", run)
     frame.insert(1, "model", "reference")
     frame.insert(2, "seed", np.int32(-1))
-    write_parquet(frame, out_path, metadata=_metadata(settings, windows))
+    write_table(frame, out_path, BEHAVIOUR_TOKENS, metadata=_metadata(settings, windows))
     return frame
 
 
@@ -402,7 +408,7 @@ def run_behaviour(settings: Settings, lm_dir: str | Path, weights_path: str | Pa
     frame.insert(0, "run", run)
     frame.insert(1, "model", model.kind)
     frame.insert(2, "seed", np.int32(seed))
-    write_parquet(frame, out_path, metadata=_metadata(settings, windows, weights=str(weights_path)))
+    write_table(frame, out_path, BEHAVIOUR_TOKENS, metadata=_metadata(settings, windows, weights=str(weights_path)))
     return frame
 
 

@@ -19,11 +19,12 @@ import pandas as pd
 
 from featint import kinds
 from featint.errors import FeatintError
-from featint.io import atomic_path, write_parquet
+from featint.io import atomic_path
 from featint.kinds import COMPARISONS
 from featint.layout import ReportFolder
 from featint.tables import (
     BEHAVIOUR_SUMMARY,
+    CLAIMS_TABLE,
     CLAMP_STATISTICS,
     COMPARISON_TABLE,
     CONVERGENCE_SUMMARY,
@@ -673,7 +674,7 @@ def run_claims(paper_claims: str | Path, tables: Mapping[str, str | Path | None]
 
     artefacts = Artefacts.load(tables)
     table = claims_table(read_paper_claims(paper_claims), artefacts)
-    write_parquet(table, out.table)
+    write_table(table, out.table, CLAIMS_TABLE)
     with atomic_path(out.markdown) as tmp:
         tmp.write_text(claims_markdown(table, run))
     if out.kinds is not None or out.kinds_figure is not None:

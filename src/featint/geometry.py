@@ -31,12 +31,11 @@ import torch
 from featint import stats
 from featint.activations import ActivationStore
 from featint.config import GeometrySettings
-from featint.io import write_parquet
 from featint.kinds import KINDS
 from featint.layout import ActivationsFolder, GeometryFigures, GeometryFolder, figures_in
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
-from featint.tables import GEOMETRY_SUMMARY, GEOMETRY_VERDICTS, write_table
+from featint.tables import GEOMETRY_FEATURES, GEOMETRY_PCA, GEOMETRY_SUMMARY, GEOMETRY_VERDICTS, write_table
 from featint.training import load_selected
 
 # ---------------------------------------------------------------------------------------------------------
@@ -318,9 +317,9 @@ def run_geometry(weights_path: str | Path, init_path: str | Path, activations_di
     for frame in (features, summary, curves):
         for position, (key, value) in enumerate(keys.items()):
             frame.insert(position, key, value)
-    write_parquet(features, out.features)
+    write_table(features, out.features, GEOMETRY_FEATURES)
     write_table(summary, out.summary, GEOMETRY_SUMMARY)
-    write_parquet(curves, out.pca)
+    write_table(curves, out.pca, GEOMETRY_PCA)
     return summary
 
 

@@ -62,7 +62,14 @@ from featint.io import write_parquet
 from featint.layout import ActivationsFolder, IntegrationFolder, SyntheticSettingFolder, SyntheticSummaryFolder
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
-from featint.tables import INTEGRATION_SUMMARY, write_table
+from featint.tables import (
+    INTEGRATION_CONTEXTS,
+    INTEGRATION_PAIRS,
+    INTEGRATION_REPLICATION,
+    INTEGRATION_SHOWN_CONTEXTS,
+    INTEGRATION_SUMMARY,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -359,10 +366,11 @@ def run_integration(weights_path: str | Path, activations_dir: str | Path, out_d
     result = run_test(model, normaliser, activations_dir, settings, seed)
     keys = {"run": run, "model": model.kind, "seed": seed}
     out = IntegrationFolder(out_dir)
-    for path, frame in ((out.pairs, result.pairs), (out.contexts, result.contexts)):
+    for path, frame, table in ((out.pairs, result.pairs, INTEGRATION_PAIRS),
+                               (out.contexts, result.contexts, INTEGRATION_CONTEXTS)):
         for position, (key, value) in enumerate(keys.items()):
             frame.insert(position, key, value)
-        write_parquet(frame, path)
+        write_table(frame, path, table)
     return result.pairs
 
 
@@ -462,7 +470,8 @@ def replication(tables: dict[int, pd.DataFrame], directions: dict[int, torch.Ten
                              "matched": matched, "tested_there": tested_there, "replicated": replicated,
                              "replication_rate": replicated / tested_there if tested_there else np.nan,
                              "base_rate": float(theirs["flagged"].mean()) if len(theirs) else np.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["seed", "other_seed", "target", "flagged", "matched", "tested_there",
+                                       "replicated", "replication_rate", "base_rate"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -580,7 +589,8 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
     replications = [replication({int(s): t for s, t in part.groupby("seed")}, directions[model],
                                 settings.match_cosine).assign(model=model)
                     for model, part in data.groupby("model", sort=True) if model in directions]
-    replicated = pd.concat(replications, ignore_index=True) if replications else pd.DataFrame()
+    replicated = pd.concat(replications, ignore_index=True) if replications else \
+        pd.DataFrame(columns=[column.name for column in INTEGRATION_REPLICATION.columns])
     top = (data[data["flagged"]].sort_values("z", ascending=False)
            .drop_duplicates(["model", "seed", "latent_a", "latent_b"])  # a pair's strongest target
            .groupby(["model", "seed"], sort=True).head(settings.top_pairs))
@@ -590,9 +600,9 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
     shown = context_text(shown, ActivationStore(activations.split("test")), tokenizer, settings.context_tokens)
     summary = lm_summary(pairs)
     write_table(summary, out.summary, INTEGRATION_SUMMARY)
-    write_parquet(pairs, out.pairs)
-    write_parquet(replicated, out.replication)
-    write_parquet(shown, out.contexts)
+    write_table(pairs, out.pairs, INTEGRATION_PAIRS)
+    write_table(replicated, out.replication, INTEGRATION_REPLICATION)
+    write_table(shown, out.contexts, INTEGRATION_SHOWN_CONTEXTS)
     plots.integration_z(pairs, out.figure("pair_z"))
     plots.integration_contexts(shown, out.figure("top_pairs"))
     return summary

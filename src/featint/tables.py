@@ -241,3 +241,100 @@ KINDS_BY_PARAMETERS = Table("kinds by parameters", (
 #: the layer sweep's final test FVU per layer, kind and seed
 LAYER_FVU = Table("layer sweep FVU", (
     _c("layer", "int"), _RUN, _MODEL, _SEED, _SPLIT, _TOKEN_SET, _c("fvu", "float", nullable=True)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-model tables of the behaviour, geometry, pair-test and intervention stages, and the claims table
+
+
+def _floats(*names: str, nullable: bool = True) -> tuple[Column, ...]:
+    return tuple(_c(name, "float", nullable=nullable) for name in names)
+
+
+#: one model's (or the clean reference's) per-token KL and CE on the test windows, per condition and draw
+BEHAVIOUR_TOKENS = Table("behaviour tokens", (
+    _RUN, _c("model", "str", (*MODEL_KINDS, CLEAN_REFERENCE_MODEL)), _SEED, _c("condition", "str"),
+    _c("condition_kind", "str", ("reconstruction", "epsilon_random", "reference")), _c("component", "str"),
+    _c("draw", "int"), _c("doc_id", "int"), _c("window", "int"), _c("position", "int"), _c("spliced", "bool"),
+    *_floats("kl", "ce", "error_norm")))
+#: one model's per-feature geometry: decoder norms, the paper's ratios, firing and activation-based contributions
+GEOMETRY_FEATURES = Table("geometry features", (
+    _RUN, _MODEL, _SEED, _c("feature", "int"),
+    *_floats("squared_norm", "init_squared_norm", "relative_move_from_init", "paper_residual_ratio",
+             "paper_linear_ratio", "paper_interaction_ratio"),
+    _c("fires", "int"), *_floats("firing_frequency", "mean_activation_when_active"), _c("contribution_tokens", "int"),
+    *_floats("activation_direct", "activation_linear", "activation_interaction", "activation_nfm_share"),
+    _c("cluster", "str", nullable=True), _c("paper_group", "str", nullable=True), _c("trained", "bool")))
+#: one model's decoder PCA: cumulative explained fraction per component, rows and definition
+GEOMETRY_PCA = Table("geometry PCA", (
+    _RUN, _MODEL, _SEED, _c("rows", "str", ("raw", "unit")), _c("definition", "str"), _c("component", "int"),
+    _c("cumulative_fraction", "float")))
+#: the pair product test: one row per tested pair, target and data (the activations, or a surrogate draw)
+INTEGRATION_PAIRS = Table("pair product tests", (
+    _RUN, _MODEL, _SEED, _c("latent_a", "int"), _c("latent_b", "int"),
+    _c("target", "str", ("residual", "activation")), _c("fit_tokens", "int"), _c("test_tokens", "int"),
+    _c("test_documents", "int"), *_floats("estimate", "se"), _c("df", "int", nullable=True),
+    *_floats("t", "p", "ci_low", "ci_high", "explained_ss", "explained_share", "p_t", "z", "p_empirical", "q"),
+    _c("flagged", "bool"), _c("data", "str", ("data", "surrogate")), _c("draw", "int")))
+_CONTEXT = (_RUN, _MODEL, _SEED, _c("latent_a", "int"), _c("latent_b", "int"), _c("rank", "int"), _c("row", "int"),
+            _c("doc_id", "int"), *_floats("f_a", "f_b", "product", nullable=False))
+#: one model's tokens where each tested pair's product is largest (what the gathered contexts show)
+INTEGRATION_CONTEXTS = Table("pair contexts", _CONTEXT)
+#: the flagged pairs' top contexts with their test and their text
+INTEGRATION_SHOWN_CONTEXTS = Table("flagged pair contexts", (
+    *_CONTEXT, _c("target", "str", ("residual", "activation")), *_floats("z", "estimate", "ci_low", "ci_high",
+                                                                        "explained_share"),
+    _c("before", "str"), _c("token", "str")))
+#: per ordered pair of seeds and target: how many pairs flagged in one seed are flagged again in the other
+INTEGRATION_REPLICATION = Table("pair replication", (
+    _SEED, _c("other_seed", "int"), _c("target", "str", ("residual", "activation")), _c("flagged", "int"),
+    _c("matched", "int"), _c("tested_there", "int"), _c("replicated", "int"),
+    *_floats("replication_rate", "base_rate"), _MODEL))
+#: the claims table: each claim of the paper, ours under its definition and the corrected one, and what it rests on
+CLAIMS_TABLE = Table("claims", (
+    _c("claim_id", "str"), _c("claim", "str"), _c("paper_value", "float", nullable=True), _c("unit", "str"),
+    _c("spec_section", "int"), _c("headline_row", "str"), _c("paper_measured", "str"),
+    *_floats("ours_paper_definition", "ours_corrected", "ci_low", "ci_high"), _c("interval", "str"),
+    _c("seeds", "int"), _c("rests_on", "str"), _c("corrected_definition", "str"), _c("note", "str")))
+
+_LABELS = (_RUN, _c("model", "str", MODEL_KINDS), _SEED)  # every intervention table starts with them
+_CELL = _c("cell", "str", ("formal-emotional", "formal-neutral", "informal-emotional", "informal-neutral"))
+_CLAMP = (_c("role", "str", (*CLAMP_ROLES, "unclamped_pipeline")), _c("space", "str", ("secondary", "linear", "none")),
+          _c("feature", "int"), _c("mode", "str", ("multiply", "set", "none")))
+#: the intervention stage's tables of one model and seed (gathered: the same columns over models and seeds,
+#: the clamp statistics with their BH-FDR columns, :data:`CLAMP_STATISTICS`)
+INTERVENTION_TABLES: dict[str, Table] = {
+    "lengths": Table("stimulus lengths", (
+        *_LABELS, _CELL, _c("split", "str", ("all", "select", "test")), *_floats("mean_tokens", "sd_tokens"),
+        _c("min", "int"), _c("max", "int"), _c("count", "int"))),
+    "word_tokens": Table("word-set tokens", (
+        *_LABELS, _c("word_id", "int"), _c("word", "str"), _c("formality", "str"), _c("emotion", "str"),
+        _c("token_id", "int"), _c("piece", "str"), _c("n_tokens", "int"))),
+    "primary_tests": Table("primary feature tests", (
+        *_LABELS, _c("factor", "str", ("formality", "emotion")), _c("feature", "int"), *_floats("t", "p", "q"),
+        _c("rank", "int"))),
+    "secondary_tests": Table("secondary feature tests", (
+        *_LABELS, _c("feature", "int"), _c("split", "str", ("select", "test")), _c("test", "str"),
+        _c("effect", "str"), *_floats("F", "p"), _c("rank", "int"),
+        *_floats("fires_fraction", "sum_sq", "df", "partial_eta_sq", "interaction_contrast", "q"),
+        _c("significant_fdr", "any", nullable=True))),
+    "sentence_activations": Table("pooled sentence activations", (
+        *_LABELS, _c("sentence_id", "int"), _c("text", "str"), _c("formality", "str"), _c("emotion", "str"),
+        _c("split", "str", ("select", "test")), _CELL, _c("space", "str", ("primary", "secondary")),
+        _c("feature", "int"), _c("activation", "float"), _c("tokens_used", "int"))),
+    "clamp_logits": Table("clamped word-set logits", (
+        *_LABELS, _c("prompt_id", "int"), _c("prompt", "str"), _c("word", "str"), _c("word_formality", "str"),
+        _c("word_emotion", "str"), _c("word_index", "int"), *_CLAMP, _c("value", "float", nullable=True),
+        _c("logit", "float"), *_floats(DELTA_VS_PIPELINE, DELTA_VS_CLEAN))),
+    "clamp_statistics": Table("clamp statistics of one model", CLAMP_STATISTICS.columns[:-2]),
+    "generations": Table("greedy generations", (
+        *_LABELS, _c("prompt_id", "int"), _c("prompt", "str"), _c("condition", "str"),
+        _c("value", "float", nullable=True), _c("continuation", "str"))),
+}
+#: the interventions' summary: one row per model, seed and quantity (the clamped feature, tests, selections)
+INTERVENTION_SUMMARY = Table("interventions summary", (
+    _c("model", "str", MODEL_KINDS), _SEED, _c("quantity", "str"), _c("factor", "str", nullable=True),
+    _c("value", "float", nullable=True), _c("feature", "float", nullable=True), _c("role", "str", nullable=True),
+    _c("sentences", "str", nullable=True), _c("p", "float", nullable=True), _c("effect", "str", nullable=True),
+    *_floats("q", "rank", "fires_fraction"), _c("reference", "str", nullable=True), _c("test", "str", nullable=True),
+    _c("clamp_value", "float", nullable=True)))

@@ -22,14 +22,13 @@ from featint.interventions.clamping import (
 )
 from featint.interventions.readout import Pipeline, primary_tests, secondary_tests, sentence_features, tokenize_batch
 from featint.interventions.secondary import require_interaction
-from featint.io import write_parquet
 from featint.layout import ActivationsFolder, InterventionFolder, ModelFolder
 from featint.lm import HookPoint, load_bridge
 from featint.models import load_model
 from featint.normaliser import Normaliser
 from featint.splice import ModelContinuation
 from featint.stimuli import Stimuli, check_length_match, length_report, load_stimuli, word_tokens
-from featint.tables import SELECTED_SECONDARY
+from featint.tables import INTERVENTION_TABLES, SELECTED_SECONDARY, write_table
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +107,6 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
         for i, (column, value) in enumerate(labels.items()):
             table.insert(i, column, value)
         tables[name] = table
-        write_parquet(table, InterventionFolder(out_dir).table(name),
-                      metadata={"interventions": settings.raw["interventions"]})
+        write_table(table, InterventionFolder(out_dir).table(name), INTERVENTION_TABLES[name],
+                    metadata={"interventions": settings.raw["interventions"]})
     return tables

@@ -10,7 +10,6 @@ import pandas as pd
 import featint.tables as featint_tables
 from featint import stats
 from featint.interventions.base import TABLES
-from featint.io import write_parquet
 from featint.layout import InterventionFigures, InterventionFolder, InterventionsFolder, figures_in
 from featint.tables import SELECTED_SECONDARY, SENTENCE_INTERACTION, WORD_INTERACTION
 
@@ -34,11 +33,11 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
         clamp.loc[idx, "q"] = stats.benjamini_hochberg(clamp.loc[idx, "p"].to_numpy())
     clamp["significant_fdr"] = clamp["q"] < alpha
     for name, table in tables.items():
-        if name == "clamp_statistics":
-            featint_tables.CLAMP_STATISTICS.validate(table, out.clamp_statistics)
-        write_parquet(table, out.table(name))
+        declared = featint_tables.CLAMP_STATISTICS if name == "clamp_statistics" else \
+            featint_tables.INTERVENTION_TABLES[name]
+        featint_tables.write_table(table, out.table(name), declared)
     summary = intervention_summary(tables, alpha)
-    write_parquet(summary, out.summary)
+    featint_tables.write_table(summary, out.summary, featint_tables.INTERVENTION_SUMMARY)
     figures = figures_in(InterventionFigures, figures_dir)
     plots.clamp_interaction_lines(tables["clamp_logits"], figures.clamp_interaction_lines)
     plots.clamp_heatmaps(tables["clamp_logits"], figures.clamp_heatmaps)
