@@ -73,6 +73,9 @@ def planted_instances(noise: float, draw: int, n_docs: int = 60,
 
 def test_without_noise_the_table_gives_the_planted_answers() -> None:
     table = budget_table(planted_instances(0.0, 0), (0.02, 3.0), n_boot=50, level=0.95, seed=0)
+    from featint.tables import BUDGET_SUMMARY
+
+    assert BUDGET_SUMMARY.validate(table, "budget/summary.parquet") is table  # what run_budget writes
     by = table.set_index(["quantity", "model", "reference", "factor"], drop=False)
     for model, (l_inf, a, alpha) in PLANTED.items():
         row = table[(table["quantity"] == "fvu") & (table["model"] == model) & (table["factor"] == 4.0)].iloc[0]

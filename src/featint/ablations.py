@@ -19,10 +19,9 @@ import pandas as pd
 
 from featint.config import Settings
 from featint.errors import ConfigError
-from featint.io import write_parquet
 from featint.kinds import FROM_STANDARD, MODEL_KINDS, lr_selection_kind
 from featint.layout import AblationFolder
-from featint.tables import RECONSTRUCTION, write_table
+from featint.tables import ABLATION_SUMMARY, RECONSTRUCTION, write_table
 
 #: Column -> (type, config path) of the ablation table.
 COLUMNS: dict[str, tuple[type, tuple[str, ...] | None]] = {
@@ -107,6 +106,6 @@ def gather(tables: list[str | Path], out_summary: str | Path, figure_path: str |
     summary = summary.merge(baseline[match + ["standard_fvu"]].drop_duplicates(match), on=match, how="left")
     summary.insert(0, "run", metrics["run"].iloc[0])
     summary["improvement_vs_standard_fvu"] = 1.0 - summary["fvu"] / summary["standard_fvu"]
-    write_parquet(summary, out_summary)
+    write_table(summary, out_summary, ABLATION_SUMMARY, extra=keys)
     plots.ablation_summary(summary, figure_path)
     return summary

@@ -29,7 +29,8 @@ import pandas as pd
 
 from featint import kinds
 from featint.errors import FeatintError
-from featint.io import read_parquet_metadata, write_parquet
+from featint.io import read_parquet_metadata
+from featint.tables import BUDGET_SUMMARY, write_table
 
 #: grid points of the coarse alpha profile (log-spaced over ``alpha_range``) and of the refinement around its best
 COARSE_POINTS, FINE_POINTS = 160, 41
@@ -267,6 +268,6 @@ def run_budget(documents: list[str | Path], logs: list[str | Path], alpha_range:
 
     instances = load_instances(documents, logs)
     table = budget_table(instances, alpha_range, n_boot, level, seed)
-    write_parquet(table, out_path)
+    write_table(table, out_path, BUDGET_SUMMARY)
     plots.budget_curves(table, figure_path)
     return table

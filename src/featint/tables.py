@@ -338,3 +338,17 @@ INTERVENTION_SUMMARY = Table("interventions summary", (
     _c("sentences", "str", nullable=True), _c("p", "float", nullable=True), _c("effect", "str", nullable=True),
     *_floats("q", "rank", "fires_fraction"), _c("reference", "str", nullable=True), _c("test", "str", nullable=True),
     _c("clamp_value", "float", nullable=True)))
+
+#: the verdict as the budget grows: one row per quantity, model, reference and budget factor (see
+#: :func:`featint.budget.budget_table` for each quantity)
+BUDGET_SUMMARY = Table("budget", (
+    _c("quantity", "str", ("fvu", "lr", "l_inf", "a", "alpha", "fvu_change_per_doubling", "improvement_mse",
+                           "improvement_moved", "l_inf_improvement", "l_inf_difference")),
+    _MODEL, _c("reference", "str", MODEL_KINDS, nullable=True), _c("factor", "float", nullable=True),
+    _c("tokens", "int", nullable=True), _c("n_seeds", "int"), _c("estimate", "float", nullable=True), *_INTERVAL,
+    _c("seed_sd", "float", nullable=True), _c("at_edge", "bool", nullable=True), _c("moved", "bool", nullable=True),
+    _c("n_documents", "int"), _c("n_bootstrap", "int")))
+#: the ablation sweep: each row's final test FVU, its improvement over its own SAE path and over the standard SAE
+#: of the same seed, k, width and decoder (the sweep's key columns ``ablation_*`` are declared extras)
+ABLATION_SUMMARY = Table("ablation sweep", (
+    _RUN, *_floats("fvu", "improvement_own_sae", "standard_fvu", "improvement_vs_standard_fvu")))
