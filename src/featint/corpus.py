@@ -21,7 +21,7 @@ import pandas as pd
 
 from featint.config import SPLITS, CorpusSettings, SplitSettings
 from featint.errors import CorpusError, SplitError
-from featint.io import write_parquet
+from featint.tables import DOCUMENTS, write_table
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,10 @@ def run_corpus(corpus: CorpusSettings, split: SplitSettings, documents_path: str
     """Stage entry point: write ``documents.parquet`` (one row per document, with its split)."""
     documents = build_documents(corpus, split)
     check_splits(documents)
-    write_parquet(
+    write_table(
         documents,
         documents_path,
+        DOCUMENTS,
         metadata={"source": corpus.source, "path": corpus.path, "salt": split.salt, "fractions": split.fractions},
     )
     return documents

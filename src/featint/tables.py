@@ -352,3 +352,12 @@ BUDGET_SUMMARY = Table("budget", (
 #: of the same seed, k, width and decoder (the sweep's key columns ``ablation_*`` are declared extras)
 ABLATION_SUMMARY = Table("ablation sweep", (
     _RUN, *_floats("fvu", "improvement_own_sae", "standard_fvu", "improvement_vs_standard_fvu")))
+
+#: the corpus: one row per document, with its split
+DOCUMENTS = Table("documents", (
+    _c("doc_id", "int"), _c("title", "str"), _c("text", "str"), _c("n_chars", "int"), _SPLIT))
+#: one training run's log: train rows every ``log_every`` steps, validation rows every ``validate_every`` (the
+#: train-only columns missing there)
+TRAIN_LOG = Table("training log", (
+    _c("model", "str"), _SEED, _c("step", "int"), _c("tokens", "int"), _c("split", "str", ("train", "validation")),
+    *_floats("loss", "mse", "auxk", "fvu", "l0", "dead_fraction", "lr", "grad_norm")))

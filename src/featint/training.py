@@ -32,12 +32,12 @@ from featint.activations import ActivationStore
 from featint.codes import CodeCache
 from featint.config import AuxKSettings, Settings, TrainingSettings
 from featint.errors import FeatintError
-from featint.io import atomic_path, write_parquet
+from featint.io import atomic_path
 from featint.layout import ActivationsFolder, KindsFolder, ModelFolder
 from featint.models import FeatureModel, SparseCode, TopKSAE, gather_sum
 from featint.normaliser import Normaliser
 from featint.runtime import native_bf16, seed_everything, step_autocast
-from featint.tables import LR_SELECTION, PARAMETERS, write_table
+from featint.tables import LR_SELECTION, PARAMETERS, TRAIN_LOG, write_table
 
 log = logging.getLogger(__name__)
 
@@ -545,7 +545,7 @@ def save_training_outputs(model: FeatureModel, result: TrainResult, out: ModelFo
 
     result.log.insert(0, "model", label)
     result.log.insert(1, "seed", seed)
-    write_parquet(result.log, out.train_log, metadata=log_metadata)
+    write_table(result.log, out.train_log, TRAIN_LOG, metadata=log_metadata)
     plots.training_curves(result.log, out.loss_figure, title=title)
     save_model(model, out.weights, extra)
     Path(out.checkpoint).unlink(missing_ok=True)
