@@ -502,6 +502,7 @@ def run_summary(
 ) -> pd.DataFrame:
     """Stage entry point: activation summary table, per-position norm table and figure."""
     from featint import plots
+    from featint.tables import ACTIVATION_SUMMARY, NORM_BY_POSITION, write_table
 
     normaliser = Normaliser.load(normaliser_path)
     summaries, positions = [], []
@@ -515,7 +516,7 @@ def run_summary(
         positions.append(by_position)
     summary = pd.DataFrame(summaries)
     by_pos = pd.concat(positions, ignore_index=True)
-    write_parquet(summary, table_path, metadata={"normaliser": normaliser.kind})
-    write_parquet(by_pos, by_position_path)
+    write_table(summary, table_path, ACTIVATION_SUMMARY, metadata={"normaliser": normaliser.kind})
+    write_table(by_pos, by_position_path, NORM_BY_POSITION)
     plots.norm_by_position(by_pos, figure_path)
     return summary

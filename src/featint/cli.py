@@ -350,11 +350,15 @@ def budget(args: argparse.Namespace, settings: Settings) -> None:
 @stage("geometry", "decoder geometry, norm clustering, contributions, PCA of one model", ("model", "geometry"),
        arg("--weights", required=True, help="trained weights.safetensors"),
        arg("--init", required=True, help="step-0 weights the decoder is compared with (init.safetensors)"),
-       arg("--activations", required=True), RUN, OUT)
+       arg("--activations", required=True), RUN,
+       arg("--out-features", required=True, help="the per-feature table"),
+       arg("--out-summary", required=True, help="the model's geometry summary"),
+       arg("--out-pca", required=True, help="the decoder PCA curves"))
 def geometry(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.geometry import run_geometry
+    from featint.geometry import GeometryOutputs, run_geometry
 
-    summary = run_geometry(args.weights, args.init, args.activations, args.out, run=args.run,
+    out = GeometryOutputs(args.out_features, args.out_summary, args.out_pca)
+    summary = run_geometry(args.weights, args.init, args.activations, out, run=args.run,
                            settings=settings.geometry, device=resolve_device(settings.model.device))
     verdict = summary[summary["metric"].str.startswith("verdict")]
     log.info("geometry verdicts:\n%s", verdict.to_string(index=False))
@@ -377,12 +381,14 @@ def gather_geometry(args: argparse.Namespace, settings: Settings) -> None:
 
 
 @stage("integration", "the held-out pair product test on one model's SAE latents (data and surrogates)",
-       ("model", "integration"), WEIGHTS, ACTIVATIONS, RUN, OUT)
+       ("model", "integration"), WEIGHTS, ACTIVATIONS, RUN,
+       arg("--out-pairs", required=True, help="every pair test, on the data and its surrogates"),
+       arg("--out-contexts", required=True, help="the tokens where each tested pair's product is largest"))
 def integration(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.integration import run_integration
+    from featint.integration import IntegrationOutputs, run_integration
 
-    pairs = run_integration(args.weights, args.activations, args.out, run=args.run, settings=settings.integration,
-                            device=resolve_device(settings.model.device))
+    pairs = run_integration(args.weights, args.activations, IntegrationOutputs(args.out_pairs, args.out_contexts),
+                            run=args.run, settings=settings.integration, device=resolve_device(settings.model.device))
     log.info("pairs flagged:\n%s", pairs.groupby(["data", "target"])["flagged"].sum().to_string())
 
 

@@ -23,6 +23,7 @@ Per model and seed (:func:`run_geometry`):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -292,15 +293,30 @@ def pca_curves(model: FeatureModel, settings: GeometrySettings) -> tuple[pd.Data
     return pd.concat(curves, ignore_index=True), rows
 
 
+class GeometryOutputs(NamedTuple):
+    """What :func:`run_geometry` writes for one model and seed (:meth:`in_folder` places them as the workflow
+    does)."""
+
+    features: str | Path  #: one row per feature: norms, the paper's ratios, firing, activation-based contributions
+    summary: str | Path  #: the model's geometry measures and verdicts under each definition
+    pca: str | Path  #: the decoder PCA's cumulative explained fraction per component
+
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> GeometryOutputs:
+        out = GeometryFolder(folder)
+        return cls(out.features, out.summary, out.pca)
+
+
 def run_geometry(weights_path: str | Path, init_path: str | Path, activations_dir: str | Path,
-                 out_dir: str | Path, run: str, settings: GeometrySettings,
+                 out: GeometryOutputs, run: str, settings: GeometrySettings,
                  device: torch.device | str = "cpu") -> pd.DataFrame:
-    """Stage entry point: ``features.parquet``, ``summary.parquet`` and ``pca.parquet`` of one model and seed.
+    """Stage entry point: the feature table, summary and PCA curves of one model and seed, to the files of
+    ``out``.
 
     ``init_path`` holds the step-0 weights the decoder is compared with: the model's own ``init.safetensors``,
     or, for models started from the trained standard SAE, that SAE's initialisation. The model runs on
     ``device`` (its codes and the Gram blocks); the tables are computed on the CPU."""
-    activations, out = ActivationsFolder(activations_dir), GeometryFolder(out_dir)
+    activations = ActivationsFolder(activations_dir)
     model, extra = load_model(weights_path, device)
     if model.kind in KINDS and not KINDS[model.kind].nfm_geometry:
         raise ValueError(f"{weights_path} is a {model.kind} model: geometry reads SAE-only and NFM models "

@@ -58,16 +58,18 @@ import torch
 from featint import stats
 from featint.activations import ActivationStore
 from featint.config import IntegrationSettings
-from featint.io import write_parquet
 from featint.layout import ActivationsFolder, IntegrationFolder, SyntheticSettingFolder, SyntheticSummaryFolder
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.tables import (
+    INTEGRATION_CALIBRATION,
     INTEGRATION_CONTEXTS,
     INTEGRATION_PAIRS,
+    INTEGRATION_POWER,
     INTEGRATION_REPLICATION,
     INTEGRATION_SHOWN_CONTEXTS,
     INTEGRATION_SUMMARY,
+    SYNTHETIC_INTEGRATION_PAIRS,
     write_table,
 )
 
@@ -356,16 +358,28 @@ def run_test(model: FeatureModel, normaliser: Normaliser, activations_dir: str |
                              top_contexts(data, test, n_features, settings.contexts_per_pair))
 
 
-def run_integration(weights_path: str | Path, activations_dir: str | Path, out_dir: str | Path, run: str,
+class IntegrationOutputs(NamedTuple):
+    """What :func:`run_integration` writes for one model and seed (:meth:`in_folder` places them as the
+    workflow does)."""
+
+    pairs: str | Path  #: every pair test, on the data and on each surrogate draw
+    contexts: str | Path  #: each tested pair's tokens of largest product
+
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> IntegrationOutputs:
+        out = IntegrationFolder(folder)
+        return cls(out.pairs, out.contexts)
+
+
+def run_integration(weights_path: str | Path, activations_dir: str | Path, out: IntegrationOutputs, run: str,
                     settings: IntegrationSettings, device: torch.device | str = "cpu") -> pd.DataFrame:
-    """Stage entry point: ``pairs.parquet`` and ``contexts.parquet`` of one model and seed in ``out_dir``;
+    """Stage entry point: the pair tests and contexts of one model and seed, to the files of ``out``;
     returns the pair table."""
     model, extra = load_model(weights_path, device)
     normaliser = Normaliser.load(ActivationsFolder(activations_dir).normaliser)
     seed = int(extra.get("seed", 0))
     result = run_test(model, normaliser, activations_dir, settings, seed)
     keys = {"run": run, "model": model.kind, "seed": seed}
-    out = IntegrationFolder(out_dir)
     for path, frame, table in ((out.pairs, result.pairs, INTEGRATION_PAIRS),
                                (out.contexts, result.contexts, INTEGRATION_CONTEXTS)):
         for position, (key, value) in enumerate(keys.items()):
@@ -503,10 +517,11 @@ def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path,
     keys = {"variant": variant, "strength": strength, "model": model.kind, "seed": seed}
     calibration = pd.DataFrame(rows)
     out = IntegrationFolder(out_dir)
-    for path, frame in ((out.pairs, result.pairs), (out.calibration, calibration)):
+    for path, frame, table in ((out.pairs, result.pairs, SYNTHETIC_INTEGRATION_PAIRS),
+                               (out.calibration, calibration, INTEGRATION_CALIBRATION)):
         for position, (key, value) in enumerate(keys.items()):
             frame.insert(position, key, value)
-        write_parquet(frame, path)
+        write_table(frame, path, table)
     return calibration
 
 
@@ -529,8 +544,8 @@ def gather_synthetic(calibration_tables: list[str | Path], out_dir: str | Path) 
     out = SyntheticSummaryFolder(out_dir)
     calibration = pd.concat([pd.read_parquet(p) for p in calibration_tables], ignore_index=True)
     summary = synthetic_summary(calibration)
-    write_parquet(calibration, out.integration_calibration)
-    write_parquet(summary, out.integration_power)
+    write_table(calibration, out.integration_calibration, INTEGRATION_CALIBRATION)
+    write_table(summary, out.integration_power, INTEGRATION_POWER)
     plots.integration_power(summary, out.figure("integration_power"))
     return summary
 

@@ -37,10 +37,20 @@ from scipy import stats as scipy_stats
 from featint import stats
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
-from featint.io import atomic_directory, write_parquet
+from featint.io import atomic_directory
 from featint.kinds import COMPARISONS, SAE_COMPONENT, WITH_INTERACTION, final_component
 from featint.layout import SyntheticModelsFolder, SyntheticSettingFolder, SyntheticSummaryFolder
 from featint.normaliser import Normaliser
+from featint.tables import (
+    SYNTHETIC_DETECTION,
+    SYNTHETIC_FVU,
+    SYNTHETIC_IDENTIFICATION,
+    SYNTHETIC_PAIRS,
+    SYNTHETIC_POWER,
+    SYNTHETIC_TEST_PAIRS,
+    SYNTHETIC_VARIANCE,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +158,10 @@ def write_synthetic_activations(spec: SyntheticSettings, strength: float, direct
                   metadata={"n_planted": str(truth.n_planted), "strength": json.dumps(strength),
                             "direction": direction})
         test_pairs = samples["test"].pair
-        write_parquet(pd.DataFrame({"row": np.arange(len(test_pairs)), "pair": test_pairs.numpy().astype(np.int32)}),
-                      setting.test_pairs)
+        write_table(pd.DataFrame({"row": np.arange(len(test_pairs)), "pair": test_pairs.numpy().astype(np.int32)}),
+                    setting.test_pairs, SYNTHETIC_TEST_PAIRS)
         variance = pd.DataFrame(rows)
-        write_parquet(variance, setting.variance, metadata={"spec": asdict(spec)})
+        write_table(variance, setting.variance, SYNTHETIC_VARIANCE, metadata={"spec": asdict(spec)})
     return variance
 
 
@@ -279,11 +289,12 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
                      "parameters": int(parameters.loc[parameters["component"] == "total", "parameters"].item()),
                      "steps": result.steps})
     frame = pd.DataFrame(rows)
-    write_parquet(frame, out.fvu)
+    write_table(frame, out.fvu, SYNTHETIC_FVU)
     identified = [pair_identification(out.model(kind).weights, setting_dir).assign(model=kind)
                   for kind in trained if kind in WITH_INTERACTION]
-    pairs = pd.concat(identified, ignore_index=True) if identified else pd.DataFrame()  # standard alone: none
-    write_parquet(pairs.assign(variant=variant_name, strength=strength, seed=seed), out.pairs)
+    pairs = pd.concat(identified, ignore_index=True) if identified else \
+        pd.DataFrame(columns=["pair", "planted", "tokens", "interaction_gain", "model"])  # standard alone: none
+    write_table(pairs.assign(variant=variant_name, strength=strength, seed=seed), out.pairs, SYNTHETIC_PAIRS)
     return frame
 
 
@@ -310,11 +321,11 @@ def gather(fvu_tables: list[str | Path], pair_tables: list[str | Path], variance
                                    "model": model, "seed": int(first["seed"]), **identification_summary(pairs)})
     ident = pd.DataFrame(identification).sort_values(["variant", "model", "strength", "seed"], ignore_index=True)
     detection = detection_thresholds(power)
-    write_parquet(fvu, out.fvu)
-    write_parquet(power, out.power)
-    write_parquet(detection, out.detection)
-    write_parquet(ident, out.identification)
-    write_parquet(variance, out.variance)
+    write_table(fvu, out.fvu, SYNTHETIC_FVU)
+    write_table(power, out.power, SYNTHETIC_POWER)
+    write_table(detection, out.detection, SYNTHETIC_DETECTION)
+    write_table(ident, out.identification, SYNTHETIC_IDENTIFICATION)
+    write_table(variance, out.variance, SYNTHETIC_VARIANCE, extra=["setting"])
     plots.synthetic_power(power, out.figure("power"))
     plots.synthetic_identification(ident, out.figure("identification"))
     return detection

@@ -361,3 +361,64 @@ DOCUMENTS = Table("documents", (
 TRAIN_LOG = Table("training log", (
     _c("model", "str"), _SEED, _c("step", "int"), _c("tokens", "int"), _c("split", "str", ("train", "validation")),
     *_floats("loss", "mse", "auxk", "fvu", "l0", "dead_fraction", "lr", "grad_norm")))
+
+# ---------------------------------------------------------------------------------------------------------
+# the planted-interaction positive control (featint.synthetic) and the pair test's calibration on it
+
+_SETTING = (_c("variant", "str"), _c("strength", "float"))
+_TARGET = _c("target", "str", ("residual", "activation"))
+_DATA = _c("data", "str", ("data", "surrogate"))
+#: which planted pair (or -1: none) each test token of a setting carries
+SYNTHETIC_TEST_PAIRS = Table("planted test pairs", (_c("row", "int"), _c("pair", "int")))
+#: a setting's planted and noise variance per split (gathered: with the setting's name, a declared extra)
+SYNTHETIC_VARIANCE = Table("planted variance", (
+    _c("split", "str", SPLITS), _c("strength", "float"), _c("direction", "str"), _c("tokens", "int"),
+    *_floats("planted_variance_fraction", "noise_variance_fraction", "pair_token_fraction", "mean_active",
+             nullable=False)))
+#: every kind's test FVU (and its SAE path's) per setting and seed
+SYNTHETIC_FVU = Table("planted-setting FVU", (
+    *_SETTING, _c("kind", "str", MODEL_KINDS), _SEED, *_floats("fvu", "sae_fvu", nullable=False),
+    _c("parameters", "int"), _c("steps", "int")))
+#: per planted and decoy pair, how much a model's interaction term lowers the squared error on its tokens
+SYNTHETIC_PAIRS = Table("planted pair identification", (
+    _c("pair", "int"), _c("planted", "bool"), _c("tokens", "int"), _c("interaction_gain", "float", nullable=True),
+    _MODEL, *_SETTING, _SEED))
+#: the joint model's gain over each reference per setting, with its interval over seeds and beyond the null gain
+SYNTHETIC_POWER = Table("planted power", (
+    *_SETTING, _MODEL, _c("reference", "str", MODEL_KINDS), *_floats("gain", "ci_low", "ci_high", "excess_over_null",
+                                                                      "excess_ci_low", "excess_ci_high"),
+    _c("interval", "str"), _c("n_seeds", "int"), _c("detected", "bool"), _c("setting", "str"),
+    _c("planted_variance_fraction", "float", nullable=True)))
+#: the smallest planted strength each comparison detects
+SYNTHETIC_DETECTION = Table("planted detection", (
+    _c("variant", "str"), _MODEL, _c("reference", "str", MODEL_KINDS),
+    _c("smallest_detected_strength", "float", nullable=True), _c("detected_strengths", "int"),
+    _c("planted_strengths", "int"), *_floats("null_gain", "null_ci_low", "null_ci_high")))
+#: pair identification's AUC (planted pairs above decoys) per setting, model and seed
+SYNTHETIC_IDENTIFICATION = Table("planted identification AUC", (
+    *_SETTING, _MODEL, _SEED, *_floats("auc", "p", "planted_gain", "decoy_gain")))
+#: the pair product test on a planted setting: every test, as on the LM, keyed by the setting
+SYNTHETIC_INTEGRATION_PAIRS = Table("planted pair product tests", (
+    *_SETTING, *(column for column in INTEGRATION_PAIRS.columns if column.name != "run")))
+#: the pair test's calibration per setting, model, seed, data and draw: planted pairs flagged, decoys flagged
+INTEGRATION_CALIBRATION = Table("pair test calibration", (
+    *_SETTING, _MODEL, _SEED, _DATA, _c("draw", "int"), _TARGET, _c("pairs_tested", "int"), _c("pairs_flagged", "int"),
+    _c("planted_tested", "int"), _c("planted_flagged", "int"), _c("planted_flagged_share", "float", nullable=True),
+    _c("decoy_tested", "int"), _c("decoy_flagged", "int"), _c("decoy_flagged_share", "float", nullable=True)))
+#: the pair test's power per setting, data and target, over runs
+INTEGRATION_POWER = Table("pair test power", (
+    *_SETTING, _DATA, _TARGET, _c("runs", "int"),
+    *_floats("power", "planted_tested", "decoy_flagged_share", "pairs_flagged", "pairs_tested", "any_flagged")))
+
+# ---------------------------------------------------------------------------------------------------------
+# the activations
+
+#: each split's stored, excluded and selected tokens, and its norms
+ACTIVATION_SUMMARY = Table("activation summary", (
+    _SPLIT, _c("documents", "int"), _c("windows", "int"), _c("tokens_stored", "int"),
+    _c("tokens_position_zero", "int"), _c("tokens_outlier", "int"), _c("tokens_selected", "int"),
+    *_floats("median_norm", "outlier_threshold", "outlier_share_of_sq_norm", "selected_mean_normalised_norm"),
+    _c("hook_name", "str"), _c("d_model", "int"), _c("shards", "int")))
+#: residual norms by position in the window, raw and normalised, per split
+NORM_BY_POSITION = Table("norm by position", (
+    _SPLIT, _c("space", "str"), _c("position", "int"), *_floats("median", "p99", "max"), _c("count", "int")))

@@ -27,11 +27,10 @@ rule geometry:
         acts=activations_dir,
         run=RUN,
         config=stage_config("geometry"),
-        out=parent_dir(1, "summary"),
     shell:
         "python -m featint geometry --config-json {params.config:q} --threads {threads}"
-        " --weights {input.weights} --init {input.init} --activations {params.acts} --run {params.run} --out {params.out}"
-        " > {log} 2>&1"
+        " --weights {input.weights} --init {input.init} --activations {params.acts} --run {params.run}"
+        " --out-features {output.features} --out-summary {output.summary} --out-pca {output.pca} > {log} 2>&1"
 
 
 rule gather_geometry:

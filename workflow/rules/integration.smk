@@ -25,10 +25,10 @@ rule integration:
         acts=activations_dir,
         run=RUN,
         config=stage_config("integration"),
-        out=parent_dir(1, "pairs"),
     shell:
         "python -m featint integration --config-json {params.config:q} --threads {threads}"
-        " --weights {input.weights} --activations {params.acts} --run {params.run} --out {params.out} > {log} 2>&1"
+        " --weights {input.weights} --activations {params.acts} --run {params.run}"
+        " --out-pairs {output.pairs} --out-contexts {output.contexts} > {log} 2>&1"
 
 
 rule gather_integration:
