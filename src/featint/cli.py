@@ -35,6 +35,7 @@ from featint.runtime import (
     seed_everything,
     set_threads,
 )
+from featint.tables import INTERVENTION_TABLES
 
 log = logging.getLogger("featint")
 
@@ -463,11 +464,14 @@ def secondary_sae(args: argparse.Namespace, settings: Settings) -> None:
 @stage("interventions", "2x2 stimuli, feature selection, ANOVAs, clamping, generations",
        ("seed", "model", "hook", "interventions"),
        LM, WEIGHTS, arg("--secondary", required=True, help="secondary SAE directory"),
-       arg("--activations", required=True), RUN, OUT)
+       arg("--activations", required=True), RUN,
+       *(arg(f"--out-{name.replace('_', '-')}", required=True, help=f"the {name} table")
+         for name in INTERVENTION_TABLES))
 def interventions(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.interventions import run_interventions
+    from featint.interventions import InterventionOutputs, run_interventions
 
-    tables = run_interventions(settings, args.lm, args.weights, args.secondary, args.activations, args.out,
+    out = InterventionOutputs(*(getattr(args, f"out_{name}") for name in INTERVENTION_TABLES))
+    tables = run_interventions(settings, args.lm, args.weights, args.secondary, args.activations, out,
                                run=args.run, device=resolve_device(settings.model.device))
     tests = tables["secondary_tests"]
     log.info("secondary two-way ANOVAs (test split):\n%s",

@@ -48,7 +48,7 @@ rule interventions:
         secondary=SECONDARY.weights,
         stimuli=[f"{config['interventions']['stimuli']}/{name}.tsv" for name in ("sentences", "prompts", "word_sets")],
     output:
-        [LAYOUT.interventions_of("{kind}", "{seed}").table(name) for name in INTERVENTION_TABLES],
+        **{name: LAYOUT.interventions_of("{kind}", "{seed}").table(name) for name in INTERVENTION_TABLES},
     log:
         f"{LOGS}/interventions_{{kind}}_seed~{{seed}}.log",
     benchmark:
@@ -67,12 +67,14 @@ rule interventions:
         acts=activations_dir,
         run=RUN,
         config=stage_config("interventions"),
-        out=parent_dir(1),
         secondary=parent_dir(1, "secondary", of="input"),
+        out=lambda wildcards, output: " ".join(
+            f"--out-{name.replace('_', '-')} {getattr(output, name)}" for name in INTERVENTION_TABLES
+        ),
     shell:
         "python -m featint interventions --config-json {params.config:q} --threads {threads}"
         " --lm {input.lm} --weights {input.weights} --secondary {params.secondary} --activations {params.acts}"
-        " --run {params.run} --out {params.out} > {log} 2>&1"
+        " --run {params.run} {params.out} > {log} 2>&1"
 
 
 rule gather_interventions:

@@ -22,7 +22,7 @@ unclamped logits exactly. Responses are next-token logits of the word sets at ea
 relative to the unclamped pipeline (the paper) and to the clean model.
 """
 
-from featint.interventions.base import TABLES, InterventionError
+from featint.interventions.base import TABLES, InterventionError, InterventionOutputs
 from featint.interventions.clamping import (
     Clamp,
     clamp_read_out,
@@ -48,8 +48,9 @@ from featint.interventions.stage import load_pipeline, run_interventions
 from featint.interventions.summary import gather, intervention_summary
 
 __all__ = [
-    "TABLES", "Clamp", "InterventionError", "Pipeline", "SentenceFeatures", "TokenBatch", "clamp_candidates",
-    "clamp_read_out", "clamp_specs", "clamp_statistics", "clamped_reconstruction", "gather", "greedy_generations",
-    "interaction_embeddings", "intervention_summary", "load_pipeline", "pool_per_sequence", "primary_tests",
-    "prompt_logits", "run_interventions", "run_secondary", "secondary_tests", "sentence_features", "tokenize_batch",
+    "TABLES", "Clamp", "InterventionError", "InterventionOutputs", "Pipeline", "SentenceFeatures", "TokenBatch",
+    "clamp_candidates", "clamp_read_out", "clamp_specs", "clamp_statistics", "clamped_reconstruction", "gather",
+    "greedy_generations", "interaction_embeddings", "intervention_summary", "load_pipeline", "pool_per_sequence",
+    "primary_tests", "prompt_logits", "run_interventions", "run_secondary", "secondary_tests", "sentence_features",
+    "tokenize_batch",
 ]

@@ -12,7 +12,7 @@ import torch
 
 from featint.activations import ActivationStore
 from featint.config import Settings
-from featint.interventions.base import TABLES, InterventionError
+from featint.interventions.base import TABLES, InterventionError, InterventionOutputs
 from featint.interventions.clamping import (
     Clamp,
     clamp_read_out,
@@ -22,7 +22,7 @@ from featint.interventions.clamping import (
 )
 from featint.interventions.readout import Pipeline, primary_tests, secondary_tests, sentence_features, tokenize_batch
 from featint.interventions.secondary import require_interaction
-from featint.layout import ActivationsFolder, InterventionFolder, ModelFolder
+from featint.layout import ActivationsFolder, ModelFolder
 from featint.lm import HookPoint, load_bridge
 from featint.models import load_model
 from featint.normaliser import Normaliser
@@ -55,12 +55,11 @@ def load_pipeline(weights_path: str | Path, secondary_dir: str | Path, activatio
 
 
 def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str | Path, secondary_dir: str | Path,
-                      activations_dir: str | Path, out_dir: str | Path, run: str,
+                      activations_dir: str | Path, out: InterventionOutputs, run: str,
                       device: torch.device | str = "cpu") -> dict[str, pd.DataFrame]:
     """Stage entry point: stimuli checks, sentence features, selection and ANOVAs, clamping read-out and its
-    statistics, greedy generations; every table to ``out_dir``."""
+    statistics, greedy generations; every table to its file of ``out``."""
     config = settings.interventions
-    out_dir = Path(out_dir)
     stimuli: Stimuli = load_stimuli(config.stimuli, config.min_sentences_per_cell, config.min_prompts,
                                     config.min_words_per_set)
     pipeline, extra, store = load_pipeline(weights_path, secondary_dir, activations_dir, device)
@@ -107,6 +106,6 @@ def run_interventions(settings: Settings, lm_dir: str | Path, weights_path: str 
         for i, (column, value) in enumerate(labels.items()):
             table.insert(i, column, value)
         tables[name] = table
-        write_table(table, InterventionFolder(out_dir).table(name), INTERVENTION_TABLES[name],
+        write_table(table, getattr(out, name), INTERVENTION_TABLES[name],
                     metadata={"interventions": settings.raw["interventions"]})
     return tables
