@@ -473,3 +473,19 @@ def test_a_threshold_sae_saves_loads_and_the_frozen_kinds_build_on_it(tmp_path: 
         assert not refit.sae.pre_encoder_bias and torch.equal(refit(x).code.dense(48) > 0,
                                                               standard(x).code.dense(48) > 0)
     assert standard.parameter_counts()["total"] == ThresholdSAE.n_parameters_for(12, 48)
+
+
+def test_a_threshold_sae_and_its_padded_codes_stay_on_the_device() -> None:
+    """On a (simulated) GPU a JumpReLU SAE encodes, pads, concatenates and decodes where it lives, and gives
+    the CPU's codes and reconstruction."""
+    results = []
+    for device in ("cpu", "cuda"):
+        with simulated_cuda() if device == "cuda" else contextlib.nullcontext():
+            sae = _jumprelu().to(device)
+            x = torch.randn(40, 12, generator=torch.Generator().manual_seed(3)).to(device)
+            with torch.no_grad():
+                code, _ = sae.encode(x)
+                padded = SparseCode.cat([code, sae.encode(x[:5], 2)[0]], 48).pad(code.width + 2, 48)
+                assert padded.indices.device.type == device and padded.values.device.type == device
+                results.append((code.dense(48).cpu(), sae.decode(padded).cpu()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
