@@ -395,12 +395,16 @@ def integration(args: argparse.Namespace, settings: Settings) -> None:
 
 @stage("gather-integration", "pair test summary, replication across seeds, contexts and figures",
        ("integration",), arg("--pairs", nargs="+", required=True), arg("--contexts", nargs="+", required=True),
-       arg("--weights", nargs="+", required=True), ACTIVATIONS, LM, OUT)
+       arg("--weights", nargs="+", required=True), ACTIVATIONS, LM,
+       arg("--out-summary", required=True), arg("--out-pairs", required=True),
+       arg("--out-replication", required=True), arg("--out-contexts", required=True),
+       arg("--figures", nargs=2, required=True, help="the pair_z and top_pairs figures (PNG)"))
 def gather_integration(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.integration import gather
+    from featint.integration import GatheredIntegrationOutputs, IntegrationFigures, gather
 
-    summary = gather(args.pairs, args.contexts, args.weights, args.activations, args.lm, settings.integration,
-                     args.out)
+    out = GatheredIntegrationOutputs(args.out_summary, args.out_pairs, args.out_replication, args.out_contexts,
+                                     IntegrationFigures(*args.figures))
+    summary = gather(args.pairs, args.contexts, args.weights, args.activations, args.lm, settings.integration, out)
     log.info("pair product test:\n%s", summary.to_string(index=False))
 
 

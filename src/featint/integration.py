@@ -58,7 +58,13 @@ import torch
 from featint import stats
 from featint.activations import ActivationStore
 from featint.config import IntegrationSettings
-from featint.layout import ActivationsFolder, IntegrationFolder, SyntheticSettingFolder, SyntheticSummaryFolder
+from featint.layout import (
+    ActivationsFolder,
+    IntegrationFigures,
+    IntegrationFolder,
+    SyntheticSettingFolder,
+    SyntheticSummaryFolder,
+)
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.tables import (
@@ -582,17 +588,33 @@ def context_text(contexts: pd.DataFrame, store: ActivationStore, tokenizer: obje
     return contexts.assign(before=texts, token=words)
 
 
+class GatheredIntegrationOutputs(NamedTuple):
+    """What :func:`gather` writes (:meth:`in_folder` places them as the workflow does)."""
+
+    summary: str | Path  #: per model, seed, data and target: pairs tested and flagged (:func:`lm_summary`)
+    pairs: str | Path  #: every test of every model and seed
+    replication: str | Path  #: per model and ordered pair of seeds, flagged pairs flagged again (:func:`replication`)
+    contexts: str | Path  #: the flagged pairs of largest z per model and seed, with their text
+    figures: IntegrationFigures  #: the z distribution and the top pairs' contexts
+
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> GatheredIntegrationOutputs:
+        out = IntegrationFolder(folder)
+        return cls(out.summary, out.pairs, out.replication, out.contexts,
+                   IntegrationFigures(*(out.figure(name) for name in IntegrationFigures._fields)))
+
+
 def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weights: list[str | Path],
            activations_dir: str | Path, lm_dir: str | Path, settings: IntegrationSettings,
-           out_dir: str | Path) -> pd.DataFrame:
-    """Stage entry point on the LM: ``summary.parquet`` (:func:`lm_summary`), ``pairs.parquet`` (every test),
-    ``replication.parquet`` (:func:`replication`, per model), ``contexts.parquet`` (the ``top_pairs`` flagged
-    pairs of largest z per model and seed, on either target, with their text) and two figures; returns the summary."""
+           out: GatheredIntegrationOutputs) -> pd.DataFrame:
+    """Stage entry point on the LM: the summary (:func:`lm_summary`), every test, the replication across seeds
+    (:func:`replication`, per model), the ``top_pairs`` flagged pairs of largest z per model and seed (on either
+    target, with their text) and two figures, to the files of ``out``; returns the summary."""
     from transformers import AutoTokenizer
 
     from featint import plots
 
-    out, activations = IntegrationFolder(out_dir), ActivationsFolder(activations_dir)
+    activations = ActivationsFolder(activations_dir)
     pairs = pd.concat([pd.read_parquet(p) for p in pair_tables], ignore_index=True)
     contexts = pd.concat([pd.read_parquet(p) for p in context_tables], ignore_index=True)
     normaliser = Normaliser.load(activations.normaliser)
@@ -618,6 +640,6 @@ def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weig
     write_table(pairs, out.pairs, INTEGRATION_PAIRS)
     write_table(replicated, out.replication, INTEGRATION_REPLICATION)
     write_table(shown, out.contexts, INTEGRATION_SHOWN_CONTEXTS)
-    plots.integration_z(pairs, out.figure("pair_z"))
-    plots.integration_contexts(shown, out.figure("top_pairs"))
+    plots.integration_z(pairs, out.figures.pair_z)
+    plots.integration_contexts(shown, out.figures.top_pairs)
     return summary

@@ -62,8 +62,8 @@ rule gather_integration:
     params:
         acts=activations_dir,
         config=stage_config("gather-integration"),
-        out=parent_dir(1, "summary"),
     shell:
         "python -m featint gather-integration --config-json {params.config:q} --pairs {input.pairs}"
         " --contexts {input.contexts} --weights {input.weights} --activations {params.acts} --lm {input.lm}"
-        " --out {params.out} > {log} 2>&1"
+        " --out-summary {output.summary} --out-pairs {output.pairs} --out-replication {output.replication}"
+        " --out-contexts {output.contexts} --figures {output.figures} > {log} 2>&1"
