@@ -483,12 +483,21 @@ def interventions(args: argparse.Namespace, settings: Settings) -> None:
 
 
 @stage("gather-interventions", "FDR over clamps, summary and figures", ("interventions",),
-       arg("--models", nargs="+", required=True, help="per-model intervention directories"), OUT,
-       arg("--figures", required=True))
+       *(arg(f"--{name.replace('_', '-')}", nargs="+", required=True, help=f"every model's {name} table")
+         for name in INTERVENTION_TABLES),
+       arg("--out-summary", required=True),
+       *(arg(f"--out-{name.replace('_', '-')}", required=True, help=f"the gathered {name} table")
+         for name in INTERVENTION_TABLES),
+       arg("--figures", nargs=3, required=True, help="the three figures (PNG), in InterventionFigures' order"))
 def gather_interventions(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.interventions import gather
+    from featint.interventions import GatheredInterventionOutputs, InterventionOutputs, gather
+    from featint.layout import InterventionFigures
 
-    summary = gather(args.models, args.out, args.figures, settings.interventions.fdr_alpha)
+    out = GatheredInterventionOutputs(
+        args.out_summary, InterventionOutputs(*(getattr(args, f"out_{name}") for name in INTERVENTION_TABLES)),
+        InterventionFigures(*args.figures))
+    summary = gather({name: getattr(args, name) for name in INTERVENTION_TABLES}, out,
+                     settings.interventions.fdr_alpha)
     log.info("intervention summary:\n%s", summary.to_string(index=False))
 
 

@@ -79,15 +79,13 @@ rule interventions:
 
 rule gather_interventions:
     input:
-        [
-            LAYOUT.interventions_of(kind, seed).table(name)
-            for kind in INTERVENTION_MODELS
-            for seed in SEEDS
+        **{
+            name: [LAYOUT.interventions_of(kind, seed).table(name) for kind in INTERVENTION_MODELS for seed in SEEDS]
             for name in INTERVENTION_TABLES
-        ],
+        },
     output:
+        **{name: LAYOUT.interventions.table(name) for name in INTERVENTION_TABLES},
         summary=LAYOUT.interventions.summary,
-        tables=[LAYOUT.interventions.table(name) for name in INTERVENTION_TABLES],
         figures=[
             report(
                 LAYOUT.interventions.figure(name),
@@ -105,10 +103,11 @@ rule gather_interventions:
         mem_mb=4000,
         runtime=10,
     params:
-        out=parent_dir(1, "summary"),
-        figures=parent_dir(1, "figures"),
         config=stage_config("gather-interventions"),
-        models=[str(LAYOUT.interventions_of(kind, seed)) for kind in INTERVENTION_MODELS for seed in SEEDS],
+        tables=lambda wildcards, input, output: " ".join(
+            f"--{name.replace('_', '-')} {' '.join(getattr(input, name))} --out-{name.replace('_', '-')} {getattr(output, name)}"
+            for name in INTERVENTION_TABLES
+        ),
     shell:
-        "python -m featint gather-interventions --config-json {params.config:q} --models {params.models}"
-        " --out {params.out} --figures {params.figures} > {log} 2>&1"
+        "python -m featint gather-interventions --config-json {params.config:q} {params.tables}"
+        " --out-summary {output.summary} --figures {output.figures} > {log} 2>&1"

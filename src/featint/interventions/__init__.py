@@ -45,12 +45,16 @@ from featint.interventions.readout import (
 )
 from featint.interventions.secondary import interaction_embeddings, run_secondary
 from featint.interventions.stage import load_pipeline, run_interventions
-from featint.interventions.summary import gather, intervention_summary
+from featint.interventions.summary import (
+    GatheredInterventionOutputs,
+    gather,
+    intervention_summary,
+)
 
 __all__ = [
-    "TABLES", "Clamp", "InterventionError", "InterventionOutputs", "Pipeline", "SentenceFeatures", "TokenBatch",
-    "clamp_candidates", "clamp_read_out", "clamp_specs", "clamp_statistics", "clamped_reconstruction", "gather",
-    "greedy_generations", "interaction_embeddings", "intervention_summary", "load_pipeline", "pool_per_sequence",
-    "primary_tests", "prompt_logits", "run_interventions", "run_secondary", "secondary_tests", "sentence_features",
-    "tokenize_batch",
+    "TABLES", "Clamp", "GatheredInterventionOutputs", "InterventionError", "InterventionOutputs", "Pipeline",
+    "SentenceFeatures", "TokenBatch", "clamp_candidates", "clamp_read_out", "clamp_specs", "clamp_statistics",
+    "clamped_reconstruction", "gather", "greedy_generations", "interaction_embeddings", "intervention_summary",
+    "load_pipeline", "pool_per_sequence", "primary_tests", "prompt_logits", "run_interventions", "run_secondary",
+    "secondary_tests", "sentence_features", "tokenize_batch",
 ]

@@ -3,28 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 import featint.tables as featint_tables
 from featint import stats
-from featint.interventions.base import TABLES
-from featint.layout import InterventionFigures, InterventionFolder, InterventionsFolder, figures_in
+from featint.interventions.base import TABLES, InterventionOutputs
+from featint.layout import InterventionFigures, InterventionsFolder, figures_in
 from featint.tables import SELECTED_SECONDARY, SENTENCE_INTERACTION, WORD_INTERACTION
 
 # ---------------------------------------------------------------------------------------------------------
 # Gathering
 
 
-def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str | Path, alpha: float) -> pd.DataFrame:
-    """Stage entry point: one table per kind over models and seeds; BH-FDR of the clamping interaction tests
-    across all features x clamp values of a model and seed (per reference); the summary and figures."""
+class GatheredInterventionOutputs(NamedTuple):
+    """What :func:`gather` writes (:meth:`in_folder` places them as the workflow does)."""
+
+    summary: str | Path  #: per model and seed: the selections, the ANOVAs and the clamping tests, tidy
+    tables: InterventionOutputs  #: every table over models and seeds (the clamp statistics with their BH-FDR q)
+    figures: InterventionFigures  #: the clamp interaction lines, the clamp heatmaps, the activations by cell
+
+    @classmethod
+    def in_folder(cls, folder: str | Path, figures_dir: str | Path) -> GatheredInterventionOutputs:
+        out = InterventionsFolder(folder)
+        return cls(out.summary, InterventionOutputs(*(out.table(name) for name in TABLES)),
+                   figures_in(InterventionFigures, figures_dir))
+
+
+def gather(model_tables: dict[str, list[str | Path]], out: GatheredInterventionOutputs,
+           alpha: float) -> pd.DataFrame:
+    """Stage entry point: one table per kind over models and seeds (``model_tables``: each table's files of
+    every model and seed, by the names of :data:`TABLES`); BH-FDR of the clamping interaction tests across all
+    features x clamp values of a model and seed (per reference); the summary and figures, to the files of
+    ``out``."""
     from featint import plots
 
-    out = InterventionsFolder(out_dir)
-    tables = {name: pd.concat([pd.read_parquet(InterventionFolder(d).table(name)) for d in model_dirs],
-                              ignore_index=True)
+    missing = sorted(set(TABLES) - set(model_tables))
+    if missing:
+        raise ValueError(f"gather needs every intervention table; {missing} not given")
+    tables = {name: pd.concat([pd.read_parquet(path) for path in model_tables[name]], ignore_index=True)
               for name in TABLES}
     clamp = tables["clamp_statistics"]
     clamp["q"] = np.nan
@@ -35,10 +54,10 @@ def gather(model_dirs: list[str | Path], out_dir: str | Path, figures_dir: str |
     for name, table in tables.items():
         declared = featint_tables.CLAMP_STATISTICS if name == "clamp_statistics" else \
             featint_tables.INTERVENTION_TABLES[name]
-        featint_tables.write_table(table, out.table(name), declared)
+        featint_tables.write_table(table, getattr(out.tables, name), declared)
     summary = intervention_summary(tables, alpha)
     featint_tables.write_table(summary, out.summary, featint_tables.INTERVENTION_SUMMARY)
-    figures = figures_in(InterventionFigures, figures_dir)
+    figures = out.figures
     plots.clamp_interaction_lines(tables["clamp_logits"], figures.clamp_interaction_lines)
     plots.clamp_heatmaps(tables["clamp_logits"], figures.clamp_heatmaps)
     plots.secondary_activation_by_cell(tables["sentence_activations"], tables["secondary_tests"],
