@@ -80,8 +80,9 @@ def write_code_cache(weights_path: str | Path, activations_dir: str | Path, out_
                     chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, chunk.shape[1])])
                 code, _ = sae.encode(chunk)
                 parts.append(_real_rows(code, n, sae.activation != "topk"))
+            empty_width = sae.k if sae.activation == "topk" else 1  # a threshold SAE's width comes from its tokens
             code = SparseCode.cat(parts, sae.n_features) if parts else \
-                SparseCode(torch.empty(0, sae.k, dtype=torch.long), torch.empty(0, sae.k))
+                SparseCode(torch.empty(0, empty_width, dtype=torch.long), torch.empty(0, empty_width))
             name = CodeCacheFolder.shard_name(index)
             rows.append({"shard": index, "file": name, "rows": int(x.shape[0])})
             _write_shard(code, partial / name, rows[-1])
