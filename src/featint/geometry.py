@@ -33,7 +33,7 @@ from featint import stats
 from featint.activations import ActivationStore
 from featint.config import GeometrySettings
 from featint.kinds import KINDS
-from featint.layout import ActivationsFolder, GeometryFigures, GeometryFolder, figures_in
+from featint.layout import ActivationsFolder, GeometryFigures, figures_in
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.tables import GEOMETRY_FEATURES, GEOMETRY_PCA, GEOMETRY_SUMMARY, GEOMETRY_VERDICTS, write_table
@@ -294,17 +294,11 @@ def pca_curves(model: FeatureModel, settings: GeometrySettings) -> tuple[pd.Data
 
 
 class GeometryOutputs(NamedTuple):
-    """What :func:`run_geometry` writes for one model and seed (:meth:`in_folder` places them as the workflow
-    does)."""
+    """What :func:`run_geometry` writes for one model and seed."""
 
     features: str | Path  #: one row per feature: norms, the paper's ratios, firing, activation-based contributions
     summary: str | Path  #: the model's geometry measures and verdicts under each definition
     pca: str | Path  #: the decoder PCA's cumulative explained fraction per component
-
-    @classmethod
-    def in_folder(cls, folder: str | Path) -> GeometryOutputs:
-        out = GeometryFolder(folder)
-        return cls(out.features, out.summary, out.pca)
 
 
 def run_geometry(weights_path: str | Path, init_path: str | Path, activations_dir: str | Path,

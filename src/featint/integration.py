@@ -365,16 +365,10 @@ def run_test(model: FeatureModel, normaliser: Normaliser, activations_dir: str |
 
 
 class IntegrationOutputs(NamedTuple):
-    """What :func:`run_integration` writes for one model and seed (:meth:`in_folder` places them as the
-    workflow does)."""
+    """What :func:`run_integration` writes for one model and seed."""
 
     pairs: str | Path  #: every pair test, on the data and on each surrogate draw
     contexts: str | Path  #: each tested pair's tokens of largest product
-
-    @classmethod
-    def in_folder(cls, folder: str | Path) -> IntegrationOutputs:
-        out = IntegrationFolder(folder)
-        return cls(out.pairs, out.contexts)
 
 
 def run_integration(weights_path: str | Path, activations_dir: str | Path, out: IntegrationOutputs, run: str,
@@ -490,8 +484,7 @@ def replication(tables: dict[int, pd.DataFrame], directions: dict[int, torch.Ten
                              "matched": matched, "tested_there": tested_there, "replicated": replicated,
                              "replication_rate": replicated / tested_there if tested_there else np.nan,
                              "base_rate": float(theirs["flagged"].mean()) if len(theirs) else np.nan})
-    return pd.DataFrame(rows, columns=["seed", "other_seed", "target", "flagged", "matched", "tested_there",
-                                       "replicated", "replication_rate", "base_rate"])
+    return pd.DataFrame(rows, columns=[c.name for c in INTEGRATION_REPLICATION.columns if c.name != "model"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -589,19 +582,13 @@ def context_text(contexts: pd.DataFrame, store: ActivationStore, tokenizer: obje
 
 
 class GatheredIntegrationOutputs(NamedTuple):
-    """What :func:`gather` writes (:meth:`in_folder` places them as the workflow does)."""
+    """What :func:`gather` writes."""
 
     summary: str | Path  #: per model, seed, data and target: pairs tested and flagged (:func:`lm_summary`)
     pairs: str | Path  #: every test of every model and seed
     replication: str | Path  #: per model and ordered pair of seeds, flagged pairs flagged again (:func:`replication`)
     contexts: str | Path  #: the flagged pairs of largest z per model and seed, with their text
     figures: IntegrationFigures  #: the z distribution and the top pairs' contexts
-
-    @classmethod
-    def in_folder(cls, folder: str | Path) -> GatheredIntegrationOutputs:
-        out = IntegrationFolder(folder)
-        return cls(out.summary, out.pairs, out.replication, out.contexts,
-                   IntegrationFigures(*(out.figure(name) for name in IntegrationFigures._fields)))
 
 
 def gather(pair_tables: list[str | Path], context_tables: list[str | Path], weights: list[str | Path],

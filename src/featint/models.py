@@ -235,6 +235,8 @@ class TopKSAE(nn.Module):
     optimiser step); ``'free'`` is the paper's unconstrained decoder (needed for the squared-norm analysis).
     """
 
+    activation = "topk"  #: the activation of :data:`ACTIVATIONS` (a :class:`ThresholdSAE` sets its own)
+
     def __init__(self, d_model: int, n_features: int, k: int, decoder_norm: str = "free",
                  pre_encoder_bias: bool = True, tied_init: bool = True) -> None:
         super().__init__()
@@ -313,7 +315,7 @@ class TopKSAE(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         """What :func:`sae_from_metadata` needs to rebuild this SAE (saved in the weights' metadata; a TopK
-        SAE's has no ``activation``, as before threshold SAEs existed, so its files stay byte for byte)."""
+        SAE's has no ``activation``, as before threshold SAEs existed, so its metadata is what it was)."""
         return {"d_model": self.d_model, "n_features": self.n_features, "k": self.k,
                 "decoder_norm": self.decoder_norm, "pre_encoder_bias": self.pre_encoder_bias}
 
@@ -333,8 +335,6 @@ class ThresholdSAE(TopKSAE):
     for a TopK SAE. ``k`` is the cap on a code's width (``n_features``: none); ``encode(x, k)`` with a smaller
     k keeps each token's k largest activations, as ``sequential_truncated`` asks of any SAE. featint never
     trains one (the threshold is frozen: it is imported, and the kinds built on it freeze the encoder)."""
-
-    activation: str
 
     def __init__(self, d_model: int, n_features: int, activation: str = "jumprelu", decoder_norm: str = "free",
                  pre_encoder_bias: bool = True) -> None:
@@ -374,9 +374,6 @@ class ThresholdSAE(TopKSAE):
     @staticmethod
     def n_parameters_for(d_model: int, n_features: int) -> int:
         return 2 * d_model * n_features + 2 * n_features + d_model
-
-
-TopKSAE.activation = "topk"  # type: ignore[attr-defined]
 
 
 def sae_from_metadata(meta: dict[str, Any]) -> TopKSAE:
@@ -864,8 +861,10 @@ def build_model(kind: str, d_model: int, sae: SAESettings, nfm: NFMSettings,
 
 
 def model_metadata(model: FeatureModel) -> dict[str, Any]:
+    sae = model.sae.metadata()
+    shape = {name: sae.pop(name) for name in ("d_model", "n_features", "k")}  # the key order earlier files have
     return {
-        "kind": model.kind, **model.sae.metadata(), "infer_k": model.infer_k,
+        "kind": model.kind, **shape, "infer_k": model.infer_k, **sae,
         "head": model.head.config() if model.head is not None else None,
     }
 

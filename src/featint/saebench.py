@@ -41,9 +41,9 @@ from featint.errors import FeatintError
 from featint.io import atomic_path, sha256_file
 from featint.kinds import SAE_ONLY, final_component
 from featint.layout import ActivationsFolder
-from featint.models import load_model
+from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
-from featint.saelens import SAELENS_VERSION, folded_weights
+from featint.saelens import SAELENS_VERSION, FoldedSAE, folded_weights
 from featint.tables import CLEAN_REFERENCE_MODEL, DOCUMENT_WINDOW_BOOTSTRAP
 
 #: The SAEBench release whose core eval output this file follows.
@@ -57,49 +57,39 @@ FEATURE_METRICS = ("feature_density", "consistent_activation_heuristic", "encode
 
 
 @torch.no_grad()
-def reconstruction_metrics(weights_path: str | Path, activations_dir: str | Path,
+def reconstruction_metrics(model: FeatureModel, normaliser: Normaliser, store: ActivationStore,
                            chunk: int = 4096) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], int]:
-    """(metric categories without the LM's behaviour, per-feature densities and consistency, tokens) of the SAE at
-    ``weights_path`` on the raw selected test activations (see the module docstring for each definition)."""
-    model, _ = load_model(weights_path)
-    activations = ActivationsFolder(activations_dir)
-    normaliser = Normaliser.load(activations.normaliser)
-    store = ActivationStore(activations.split("test"))
+    """(metric categories without the LM's behaviour, per-feature densities and consistency, tokens) of the
+    SAE-only ``model`` on the raw selected activations of ``store`` (see the module docstring for each
+    definition)."""
     mask = store.selected_mask()
     windows = store.tokens()["window"].to_numpy()
     n_features = model.sae.n_features
     sum_x = torch.zeros(store.meta.d_model, dtype=torch.float64)
     n = 0
-    for index in range(len(store.manifest)):  # pass 1: the split's mean (the legacy formula's batch mean)
-        _, raw = store.read_shard_rows(index, mask)
+    for _, raw in store.iter_shards(mask):  # pass 1: the split's mean (the legacy formula's batch mean)
         sum_x += raw.double().sum(0)
         n += raw.shape[0]
     if n == 0:
         raise FeatintError(f"{store.directory} has no selected test tokens to evaluate.")
     mean = sum_x / n
     per_token: dict[str, list[torch.Tensor]] = {name: [] for name in
-                                                ("sq_norm", "resid", "legacy", "cossim", "l2_in", "l2_out", "ratio",
-                                                 "x_hat_sq", "dot", "l0", "l1")}
+                                                ("sq_norm", "resid", "legacy", "dot", "l2_in", "l2_out", "l0", "l1")}
     fires = torch.zeros(n_features, dtype=torch.float64)
     window_fires: list[tuple[np.ndarray, np.ndarray]] = []
-    for index in range(len(store.manifest)):
-        rows, raw = store.read_shard_rows(index, mask)
+    for rows, raw in store.iter_shards(mask):
         for start in range(0, raw.shape[0], chunk):
             x = raw[start : start + chunk]
             rec = model(normaliser.apply(x))
             x_hat, code = normaliser.invert(rec.total).double(), rec.code
             x = x.double()
             resid = (x - x_hat).pow(2).sum(-1)
-            l2_in, l2_out = x.norm(dim=-1), x_hat.norm(dim=-1)
             per_token["sq_norm"].append(x.pow(2).sum(-1))
             per_token["resid"].append(resid)
             per_token["legacy"].append(1 - resid / (x - mean).pow(2).sum(-1))
-            per_token["cossim"].append((x * x_hat).sum(-1) / (l2_in * l2_out))
-            per_token["l2_in"].append(l2_in)
-            per_token["l2_out"].append(l2_out)
-            per_token["ratio"].append(l2_out / torch.where(l2_in.abs() < 1e-4, torch.ones_like(l2_in), l2_in))
-            per_token["x_hat_sq"].append(l2_out.pow(2))
             per_token["dot"].append((x * x_hat).sum(-1))
+            per_token["l2_in"].append(x.norm(dim=-1))
+            per_token["l2_out"].append(x_hat.norm(dim=-1))
             active = code.values > 0
             per_token["l0"].append(active.sum(-1).double())
             per_token["l1"].append(code.values.double().clamp_min(0).sum(-1))
@@ -107,6 +97,7 @@ def reconstruction_metrics(weights_path: str | Path, activations_dir: str | Path
             token_windows = np.repeat(windows[rows[start : start + chunk]], active.sum(-1).numpy())
             window_fires.append((token_windows, code.indices[active].numpy()))
     t = {name: torch.cat(values) for name, values in per_token.items()}
+    l2_in, l2_out = t["l2_in"], t["l2_out"]
     total_variance = float(t["sq_norm"].mean()) - float(mean.pow(2).sum())
     mse = float(t["resid"].mean())
     explained = (1.0 if mse < 1e-10 else 0.0) if total_variance < 1e-10 else 1.0 - mse / total_variance
@@ -120,10 +111,11 @@ def reconstruction_metrics(weights_path: str | Path, activations_dir: str | Path
     categories = {
         "reconstruction_quality": {"explained_variance": explained,
                                    "explained_variance_legacy": float(t["legacy"].mean()), "mse": mse,
-                                   "cossim": float(t["cossim"].mean())},
-        "shrinkage": {"l2_norm_in": float(t["l2_in"].mean()), "l2_norm_out": float(t["l2_out"].mean()),
-                      "l2_ratio": float(t["ratio"].mean()),
-                      "relative_reconstruction_bias": float(t["x_hat_sq"].mean() / t["dot"].mean())},
+                                   "cossim": float((t["dot"] / (l2_in * l2_out)).mean())},
+        "shrinkage": {"l2_norm_in": float(l2_in.mean()), "l2_norm_out": float(l2_out.mean()),
+                      "l2_ratio": float((l2_out / torch.where(l2_in.abs() < 1e-4, torch.ones_like(l2_in),
+                                                               l2_in)).mean()),
+                      "relative_reconstruction_bias": float(l2_out.pow(2).mean() / t["dot"].mean())},
         "sparsity": {"l0": float(t["l0"].mean()), "l1": float(t["l1"].mean())},
     }
     return categories, {"feature_density": density, "consistent_activation_heuristic": consistency}, n
@@ -141,9 +133,9 @@ def max_cosine_similarity(vectors: torch.Tensor, chunk: int = 1024) -> torch.Ten
     return out
 
 
-def weight_metrics(weights_path: str | Path, normaliser: Normaliser) -> dict[str, np.ndarray]:
+def weight_metrics(folded: FoldedSAE) -> dict[str, np.ndarray]:
     """SAEBench's per-feature weight metrics of the SAE as SAELens holds it (raw activation space)."""
-    state = folded_weights(weights_path, normaliser).state
+    state = folded.state
     W_enc, W_dec = state["W_enc"].double(), state["W_dec"].double()  # [d, F], [F, d]
     return {
         "encoder_bias": state["b_enc"].double().numpy(),
@@ -209,13 +201,14 @@ def core_eval(settings: Settings, weights_path: str | Path, activations_dir: str
     seed = int(extra["seed"])
     activations = ActivationsFolder(activations_dir)
     normaliser = Normaliser.load(activations.normaliser)
-    categories, features, n_tokens = reconstruction_metrics(weights_path, activations_dir)
-    features.update(weight_metrics(weights_path, normaliser))
+    store = ActivationStore(activations.split("test"))
+    categories, features, n_tokens = reconstruction_metrics(model, normaliser, store)
+    folded = folded_weights(weights_path, normaliser)
+    features.update(weight_metrics(folded))
     summary = pd.read_parquet(behaviour_summary)
     behaviour = behaviour_metrics(summary, model.kind, seed)
     spliced = summary[(summary["model"] == model.kind) & (summary["seed"] == seed)]["n_tokens"]
     model_name = settings.model.name or model_key(settings.model)
-    folded = folded_weights(weights_path, normaliser)
     sae_cfg = {**folded.fields, "dtype": "float32", "device": "cpu", "normalize_activations": "none",
                "reshape_activations": "none",
                "metadata": {"sae_lens_version": SAELENS_VERSION, "model_name": model_name,

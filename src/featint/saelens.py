@@ -344,7 +344,7 @@ def unfolded_sae(cfg: dict[str, Any], weights: dict[str, torch.Tensor], normalis
         sae.b_dec.copy_((b_dec - mean) * scale)
         sae.W_enc.copy_((W_enc / scale[:, None]).T)
         sae.b_enc.copy_(b_enc if apply_b_dec else b_enc + mean @ W_enc)
-        if isinstance(sae, ThresholdSAE) and activation == "jumprelu":
+        if activation == "jumprelu":
             sae.threshold.copy_(weights["threshold"])
     return sae
 
@@ -398,10 +398,8 @@ class ActiveLatents(NamedTuple):
 def active_latents(sae: TopKSAE, normaliser: Normaliser, store: ActivationStore,
                    chunk: int = 4096) -> ActiveLatents:
     """The L0 of ``sae`` on the selected tokens of ``store`` (an imported threshold SAE's sparsity)."""
-    mask = store.selected_mask()
     total, most, n = 0, 0, 0
-    for index in range(len(store.manifest)):
-        _, vectors = store.read_shard_rows(index, mask)
+    for _, vectors in store.iter_shards(store.selected_mask()):
         x = normaliser.apply(vectors)
         for start in range(0, x.shape[0], chunk):
             l0 = sae.encode(x[start : start + chunk])[0].l0
@@ -446,12 +444,17 @@ def import_sae(directory: str | Path, activations_dir: str | Path, out_dir: str 
                            f"{normaliser.hook_name!r}; set hook.layer / hook.site to the SAE's hook, import an SAE of "
                            "this hook, or set sae.hook_name if you know the SAE reads this one.")
     topk = cfg["architecture"] == "topk"
-    if int(cfg["d_sae"]) != n_features or (topk and int(cfg["k"]) != k):
-        raise FeatintError(f"{directory}: d_sae = {cfg['d_sae']}" + (f", k = {cfg['k']}" if topk else "") +
-                           f" but the config has sae.n_features = {n_features}" + (f", sae.k = {k}" if topk else "")
-                           + "; set " + ("them" if topk else "it") + " to the SAE's (the other kinds are sized by "
-                           + ("them)." if topk else "it)."))
+    if topk and (int(cfg["d_sae"]), int(cfg["k"])) != (n_features, k):
+        raise FeatintError(f"{directory}: d_sae = {cfg['d_sae']}, k = {cfg['k']} but the config has "
+                           f"sae.n_features = {n_features}, sae.k = {k}; set them to the SAE's (the other kinds are "
+                           "sized by them).")
+    if not topk and int(cfg["d_sae"]) != n_features:
+        raise FeatintError(f"{directory}: d_sae = {cfg['d_sae']} but the config has sae.n_features = {n_features}; "
+                           "set it to the SAE's (the other kinds are sized by it).")
     model = FeatureModel("standard", unfolded_sae(cfg, weights, normaliser)).eval()
+    extra = {"hook_name": normaliser.hook_name, "normaliser_kind": normaliser.kind, "seed": seed, "lr": None,
+             "tokens": 0, "imported_from": str(Path(directory).resolve()), "imported_source": source,
+             "saelens_cfg": cfg}
     if not topk:
         l0 = active_latents(model.sae, normaliser, store)
         log.info("%s: a %s SAE with %.1f active latents per test token on average (the most %d); the kinds "
@@ -460,10 +463,6 @@ def import_sae(directory: str | Path, activations_dir: str | Path, out_dir: str 
             log.warning("sae.k = %d is far from the imported SAE's mean L0 (%.1f): the SAEs trained beside it "
                         "(joint, param_matched, ...) will not be as sparse as it; set sae.k to about %d for a like "
                         "for like comparison.", k, l0.mean, round(l0.mean))
-    extra = {"hook_name": normaliser.hook_name, "normaliser_kind": normaliser.kind, "seed": seed, "lr": None,
-             "tokens": 0, "imported_from": str(Path(directory).resolve()), "imported_source": source,
-             "saelens_cfg": cfg}
-    if not topk:
         extra.update(test_l0_mean=l0.mean, test_l0_max=l0.max)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_model(model, out.init, extra)

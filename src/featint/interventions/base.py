@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from featint.errors import FeatintError
-from featint.layout import InterventionFolder
+from featint.tables import INTERVENTION_TABLES
 
-#: Tables each intervention job writes (``<name>.parquet``) and the gather concatenates over models and seeds.
-TABLES: tuple[str, ...] = ("lengths", "word_tokens", "primary_tests", "secondary_tests", "sentence_activations",
-                           "clamp_logits", "clamp_statistics", "generations")
+#: Tables each intervention job writes (``<name>.parquet``) and the gather concatenates over models and seeds:
+#: those :data:`featint.tables.INTERVENTION_TABLES` declares, in its order.
+TABLES: tuple[str, ...] = tuple(INTERVENTION_TABLES)
 
 
 class InterventionOutputs(NamedTuple):
-    """The files one intervention job writes, one per table of :data:`TABLES` (:meth:`in_folder` places them as
-    the workflow does)."""
+    """The files one intervention job writes, one per table of :data:`TABLES`."""
 
     lengths: str | Path  #: stimulus lengths in tokens per cell and split
     word_tokens: str | Path  #: each word of the word sets as the tokenizer splits it
@@ -25,11 +24,6 @@ class InterventionOutputs(NamedTuple):
     clamp_logits: str | Path  #: word-set logits at each prompt under each clamp
     clamp_statistics: str | Path  #: the clamping tests per clamp, value, reference and effect
     generations: str | Path  #: greedy continuations, clean, unclamped and clamped
-
-    @classmethod
-    def in_folder(cls, folder: str | Path) -> InterventionOutputs:
-        out = InterventionFolder(folder)
-        return cls(*(out.table(name) for name in TABLES))
 
 
 class InterventionError(FeatintError):

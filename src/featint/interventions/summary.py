@@ -11,7 +11,7 @@ import pandas as pd
 import featint.tables as featint_tables
 from featint import stats
 from featint.interventions.base import TABLES, InterventionOutputs
-from featint.layout import InterventionFigures, InterventionsFolder, figures_in
+from featint.layout import InterventionFigures
 from featint.tables import SELECTED_SECONDARY, SENTENCE_INTERACTION, WORD_INTERACTION
 
 # ---------------------------------------------------------------------------------------------------------
@@ -19,17 +19,11 @@ from featint.tables import SELECTED_SECONDARY, SENTENCE_INTERACTION, WORD_INTERA
 
 
 class GatheredInterventionOutputs(NamedTuple):
-    """What :func:`gather` writes (:meth:`in_folder` places them as the workflow does)."""
+    """What :func:`gather` writes."""
 
     summary: str | Path  #: per model and seed: the selections, the ANOVAs and the clamping tests, tidy
     tables: InterventionOutputs  #: every table over models and seeds (the clamp statistics with their BH-FDR q)
     figures: InterventionFigures  #: the clamp interaction lines, the clamp heatmaps, the activations by cell
-
-    @classmethod
-    def in_folder(cls, folder: str | Path, figures_dir: str | Path) -> GatheredInterventionOutputs:
-        out = InterventionsFolder(folder)
-        return cls(out.summary, InterventionOutputs(*(out.table(name) for name in TABLES)),
-                   figures_in(InterventionFigures, figures_dir))
 
 
 def gather(model_tables: dict[str, list[str | Path]], out: GatheredInterventionOutputs,
