@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featint.budget import BudgetError, BudgetInstance, budget_table, comparisons_of, load_instances, scaling_fit
+from featint.budget import BudgetError, BudgetInstance, budget_table, load_instances, scaling_fit
 from featint.io import write_parquet
 
 X = np.array([1.0, 2.0, 4.0, 8.0])
@@ -123,13 +123,6 @@ def test_the_intervals_cover_the_planted_values() -> None:
         hits["l_inf_improvement"] += lim["ci_low"] <= 0.05 <= lim["ci_high"]
     assert all(count >= 18 for count in hits.values()), hits
     assert 0 < np.mean(widths) < 0.05
-
-
-def test_comparisons_are_each_against_standard_then_the_kinds_pairs() -> None:
-    assert comparisons_of(["standard", "joint", "joint_no_interaction", "param_matched"]) == [
-        ("joint", "standard"), ("joint_no_interaction", "standard"), ("param_matched", "standard"),
-        ("joint", "joint_no_interaction"), ("joint", "param_matched")]
-    assert comparisons_of(["joint", "param_matched"]) == [("joint", "param_matched")]
 
 
 def test_mismatched_seeds_or_documents_stop_with_a_message() -> None:

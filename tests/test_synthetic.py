@@ -17,7 +17,7 @@ import yaml
 
 from featint.activations import ActivationStore
 from featint.config import Settings
-from featint.kinds import COMPARISONS, WITH_INTERACTION
+from featint.kinds import WITH_INTERACTION, comparisons
 from featint.normaliser import Normaliser
 from featint.synthetic import (
     detection_thresholds,
@@ -182,7 +182,7 @@ def test_synthetic_dag_reports_power_and_identification(tmp_path: Path) -> None:
     summary = work / "results" / "synthetic_tiny" / "synthetic" / "summary"
     power = pd.read_parquet(summary / "power.parquet")
     trained = set(config["synthetic"]["kinds"])
-    expected = {(m, r) for m, r in COMPARISONS if m in trained and r in trained}
+    expected = {(c.model, c.reference) for c in comparisons(trained, baseline=False)}
     assert set(zip(power["model"], power["reference"])) == expected and (power["n_seeds"] == 2).all()
     assert not power.loc[power["strength"] == 0, "detected"].any()
     assert (power.loc[power["strength"] == 0, "excess_over_null"] == 0).all()

@@ -20,7 +20,7 @@ from conftest import TINY_THREADS, TinyRun, snakemake, workflow_copy
 
 from featint.activations import ActivationStore
 from featint.config import load_settings
-from featint.kinds import COMPARISONS, KINDS, lr_selection_kind
+from featint.kinds import KINDS, comparisons, lr_selection_kind
 from featint.models import load_model
 from featint.normaliser import Normaliser
 
@@ -111,10 +111,10 @@ def test_training_lr_selection_and_reconstruction(tiny_run: TinyRun) -> None:
                              & (summary_rec["reference"] == "standard")
                              & (summary_rec["token_set"] == "selected")].iloc[0]
     assert joint_gain["ci_low"] <= joint_gain["mean"] <= joint_gain["ci_high"]
-    comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
-    pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
+    table = pd.read_parquet(results / "metrics" / "comparisons.parquet")
+    pooled = table[table["seed"].isna() & (table["token_set"] == "selected")]
     assert set(zip(pooled["model"], pooled["reference"])) == {
-        (m, r) for m, r in COMPARISONS if m in kinds and r in kinds}
+        (c.model, c.reference) for c in comparisons(kinds, baseline=False)}
     assert pooled[["estimate", "ci_low", "ci_high"]].notna().all().all()
     rival = pooled[(pooled["model"] == "sequential_poly")].iloc[0]
     assert rival["estimate"] == pytest.approx(1 - fvu_of(metrics, "sequential_poly") / fvu_of(
@@ -251,8 +251,8 @@ def test_claims_come_from_the_artefacts(tiny_run: TinyRun) -> None:
     unreported = ["budget_convergence", "budget_extrapolated", "nonlinear_vs_linear_control",
                   "dual_encoding"]  # no number in the paper
     assert claims.drop(index=unreported)["paper_value"].notna().all() and len(claims) >= 20
-    comparisons = pd.read_parquet(results / "metrics" / "comparisons.parquet")
-    pooled = comparisons[comparisons["seed"].isna() & (comparisons["token_set"] == "selected")]
+    table = pd.read_parquet(results / "metrics" / "comparisons.parquet")
+    pooled = table[table["seed"].isna() & (table["token_set"] == "selected")]
     best = pooled[(pooled["reference"] == "sequential_linear_input")]["estimate"].max()
     assert claims.loc["nonlinear_vs_linear_control", "ours_corrected"] == pytest.approx(best)
     by_parameters = pd.read_parquet(results / "report" / "kinds_by_parameters.parquet")
@@ -365,7 +365,7 @@ def test_layer_sweep(tiny_run: TinyRun) -> None:
     layer_comparisons = pd.read_parquet(results / "layers" / "comparisons.parquet")
     pooled_layers = layer_comparisons[layer_comparisons["seed"].isna() & (layer_comparisons["token_set"] == "selected")]
     assert set(zip(pooled_layers["layer"], pooled_layers["model"], pooled_layers["reference"])) == {
-        (layer, m, r) for layer in (1, 3) for m, r in COMPARISONS if m in sweep_kinds and r in sweep_kinds}
+        (layer, c.model, c.reference) for layer in (1, 3) for c in comparisons(sweep_kinds, baseline=False)}
     assert (results / "layers" / "figures" / "layers.png").stat().st_size > 10_000
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from featint import stats
 from featint.config import Settings
 from featint.errors import ConfigError
-from featint.kinds import FROM_STANDARD, MODEL_KINDS, lr_selection_kind
+from featint.kinds import BASELINE, FROM_STANDARD, MODEL_KINDS, lr_selection_kind
 from featint.layout import AblationFolder
 from featint.tables import ABLATION_SUMMARY, RECONSTRUCTION, write_table
 
@@ -75,7 +76,7 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     local = settings_for(settings, instance)
     out = AblationFolder(out_dir)
     kind = instance["kind"]
-    names = ["standard", kind] if kind in FROM_STANDARD else [kind]
+    names = [BASELINE, kind] if kind in FROM_STANDARD else [kind]
     for _ in train_kinds(local, names, instance["seed"], activations_dir, str(out),
                          lambda name: chosen_lr(local, name, tables.get(lr_selection_kind(name))),
                          resolve_device(local.model.device), cache_codes=local.training.cache_codes):
@@ -101,11 +102,11 @@ def gather(tables: list[str | Path], out_summary: str | Path, figure_path: str |
     fvu = fvu[fvu["metric"] == "fvu"].drop(columns="metric").rename(columns={"value": "fvu"})
     own = improvement_rows(selected, "own_sae")[keys + ["value"]]
     summary = fvu.merge(own.rename(columns={"value": "improvement_own_sae"}), on=keys, how="left")
-    baseline = summary[summary["ablation_kind"] == "standard"].rename(columns={"fvu": "standard_fvu"})
+    baseline = summary[summary["ablation_kind"] == BASELINE].rename(columns={"fvu": "standard_fvu"})
     match = ["ablation_seed", "ablation_k", "ablation_width", "ablation_decoder"]
     summary = summary.merge(baseline[match + ["standard_fvu"]].drop_duplicates(match), on=match, how="left")
     summary.insert(0, "run", metrics["run"].iloc[0])
-    summary["improvement_vs_standard_fvu"] = 1.0 - summary["fvu"] / summary["standard_fvu"]
+    summary["improvement_vs_standard_fvu"] = stats.improvement(summary["fvu"], summary["standard_fvu"])
     write_table(summary, out_summary, ABLATION_SUMMARY, extra=keys)
     plots.ablation_summary(summary, figure_path)
     return summary

@@ -35,6 +35,7 @@ from featint.activations import ActivationStore
 from featint.config import BehaviourSettings, Settings
 from featint.errors import FeatintError, ShardError
 from featint.io import read_parquet_metadata
+from featint.kinds import BASELINE, SAE_COMPONENT
 from featint.layout import ActivationsFolder, BehaviourFigures, figures_in
 from featint.lm import HookPoint, load_bridge
 from featint.models import FeatureModel, load_model
@@ -44,6 +45,7 @@ from featint.tables import (
     BEHAVIOUR_SUMMARY,
     BEHAVIOUR_TOKENS,
     DOCUMENT_WINDOW_BOOTSTRAP,
+    OWN_SAE,
     PAPER_UNPAIRED_T,
     write_table,
 )
@@ -518,14 +520,14 @@ def summarise(tokens: pd.DataFrame, run: str, n_boot: int, level: float, seed: i
                 values[("pathology_ratio", "epsilon_sae_norm")] = mean_kl[:, k] / mean_kl[:, eps_sae]
             own = sums.column(model, model_seed, "sae")
             if condition != "sae" and own is not None:
-                values[("improvement_kl", "own_sae")] = 1.0 - mean_kl[:, k] / mean_kl[:, own]
-                values[("improvement_ce", "own_sae")] = 1.0 - mean_ce[:, k] / mean_ce[:, own]
-            standard = sums.column("standard", model_seed, "sae")
-            if model != "standard" and standard is not None:
-                values[("improvement_kl", "standard")] = 1.0 - mean_kl[:, k] / mean_kl[:, standard]
-                values[("improvement_ce", "standard")] = 1.0 - mean_ce[:, k] / mean_ce[:, standard]
-                values[("improvement_delta_ce", "standard")] = 1.0 - (mean_ce[:, k] - clean_ce) / (
-                    mean_ce[:, standard] - clean_ce)
+                values[("improvement_kl", OWN_SAE)] = stats.improvement(mean_kl[:, k], mean_kl[:, own])
+                values[("improvement_ce", OWN_SAE)] = stats.improvement(mean_ce[:, k], mean_ce[:, own])
+            standard = sums.column(BASELINE, model_seed, SAE_COMPONENT)
+            if model != BASELINE and standard is not None:
+                values[("improvement_kl", BASELINE)] = stats.improvement(mean_kl[:, k], mean_kl[:, standard])
+                values[("improvement_ce", BASELINE)] = stats.improvement(mean_ce[:, k], mean_ce[:, standard])
+                values[("improvement_delta_ce", BASELINE)] = stats.improvement(mean_ce[:, k] - clean_ce,
+                                                                               mean_ce[:, standard] - clean_ce)
         for (metric, reference), replicates in values.items():
             per_seed[(model, model_seed, condition, metric, reference)] = replicates
 

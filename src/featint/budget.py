@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featint import kinds
+from featint import kinds, stats
 from featint.errors import FeatintError
 from featint.io import read_parquet_metadata
 from featint.tables import BUDGET_SUMMARY, write_table
@@ -175,7 +175,8 @@ class _Replicates:
 
     def improvement(self, model: str, reference: str, factor: float) -> np.ndarray:
         """1 - FVU(model) / FVU(reference), seed by seed, averaged over the (resampled) seeds."""
-        return self.seed_mean({s: 1.0 - self.per_seed[(model, factor, s)] / self.per_seed[(reference, factor, s)]
+        return self.seed_mean({s: stats.improvement(self.per_seed[(model, factor, s)],
+                                                    self.per_seed[(reference, factor, s)])
                                for s in self.seeds[factor]}, factor)
 
     def seed_sd(self, model: str, reference: str | None, factor: float) -> float:
@@ -184,17 +185,9 @@ class _Replicates:
         if len(seeds) < 2:
             return float("nan")
         values = [self.per_seed[(model, factor, s)][0] if reference is None else
-                  1.0 - self.per_seed[(model, factor, s)][0] / self.per_seed[(reference, factor, s)][0]
+                  stats.improvement(self.per_seed[(model, factor, s)][0], self.per_seed[(reference, factor, s)][0])
                   for s in seeds]
         return float(np.std(values, ddof=1))
-
-
-def comparisons_of(models: list[str]) -> list[tuple[str, str]]:
-    """Every kind against ``standard``, then the pairs of :data:`featint.kinds.COMPARISONS` among ``models``."""
-    from featint.kinds import COMPARISONS
-
-    pairs = [(m, "standard") for m in models if m != "standard"] if "standard" in models else []
-    return pairs + [(m, r) for m, r in COMPARISONS if m in models and r in models and (m, r) not in pairs]
 
 
 def budget_table(instances: list[BudgetInstance], alpha_range: tuple[float, float], n_boot: int, level: float,
@@ -237,7 +230,7 @@ def budget_table(instances: list[BudgetInstance], alpha_range: tuple[float, floa
         last = factors.max()
         pair = fit.predict(np.array([last, 2 * last]))
         add("fvu_change_per_doubling", model, None, None, pair[:, 1] / pair[:, 0] - 1.0, at_edge=edge)
-    for model, reference in comparisons_of(rep.models):
+    for model, reference, _term in kinds.comparisons(rep.models):
         for factor in rep.factors:
             add("improvement_mse", model, reference, factor, rep.improvement(model, reference, factor),
                 seed_sd=rep.seed_sd(model, reference, factor))
@@ -249,7 +242,7 @@ def budget_table(instances: list[BudgetInstance], alpha_range: tuple[float, floa
         edge = bool(fits[model].at_edge[0] or fits[reference].at_edge[0])
         # relative to the reference's asymptote; undefined (NaN) in replicates where that asymptote is ~0 (< 1e-4)
         ref_l_inf = fits[reference].l_inf
-        relative = 1.0 - fits[model].l_inf / np.where(ref_l_inf > 1e-4, ref_l_inf, np.nan)
+        relative = stats.improvement(fits[model].l_inf, np.where(ref_l_inf > 1e-4, ref_l_inf, np.nan))
         add("l_inf_improvement", model, reference, None, relative, at_edge=edge)
         add("l_inf_difference", model, reference, None, fits[reference].l_inf - fits[model].l_inf, at_edge=edge)
     frame = pd.DataFrame(rows)

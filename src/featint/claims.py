@@ -395,8 +395,8 @@ def _budget_extrapolated(r: Reader) -> Ours:
 
 
 #: code-based nonlinear models and the linear control they are compared with at equal parameters
-CODE_NONLINEAR = tuple(model for model, reference in COMPARISONS if reference == "sequential_linear_input")
 LINEAR_CONTROL = "sequential_linear_input"
+CODE_NONLINEAR = tuple(c.model for c in COMPARISONS if c.reference == LINEAR_CONTROL)
 
 
 @claim("nonlinear_vs_linear_control", ("comparisons",), "reconstruction")

@@ -4,14 +4,13 @@ Some kinds (``convergence.models``, first seed) are retrained at ``budget_factor
 the same LR, seed and schedule shape, and evaluated on the same test tokens. The check passes when
 
 * each model's test FVU changes by less than ``max_relative_fvu_change`` (relative), and
-* each model's improvement over the first kind (the reference, ``standard``) changes by less than its
-  standard deviation over the default run's seeds: a longer training would not move the comparison by more
-  than the seeds already do.
+* each comparison among them (:func:`featint.kinds.comparisons`: each against ``standard``, each term
+  against its control) changes by less than its standard deviation over the default run's seeds: a longer
+  training would not move the comparison by more than the seeds already do.
 
-One tidy row per quantity (``test_fvu`` of each model; ``improvement_mse`` of each other model against the
-``reference``),
-with both values, the change, the threshold and whether it passes; the figure shows the validation curves of
-both budgets.
+One tidy row per quantity (``test_fvu`` of each model; ``improvement_mse`` of each comparison, model against
+``reference``), with both values, the change, the threshold and whether it passes; the figure shows the
+validation curves of both budgets.
 """
 
 from __future__ import annotations
@@ -21,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featint import stats
 from featint.config import ConvergenceSettings
 from featint.errors import FeatintError
 from featint.evaluation import final_reconstruction
+from featint.kinds import comparisons
 from featint.tables import CONVERGENCE_SUMMARY, write_table
 
 
@@ -65,10 +66,10 @@ def convergence_table(settings: ConvergenceSettings, default: pd.DataFrame, long
                      "threshold": settings.max_relative_fvu_change,
                      "threshold_definition": "max_relative_fvu_change",
                      "passes": bool(abs(change) < settings.max_relative_fvu_change)})
-    reference = settings.models[0]
-    for model in settings.models[1:]:
-        def improvement(frame: pd.DataFrame, s: int, where: str, model: str = model) -> float:
-            return 1.0 - _lookup(frame, model, s, where) / _lookup(frame, reference, s, where)
+    for model, reference, _term in comparisons(settings.models):
+        def improvement(frame: pd.DataFrame, s: int, where: str, model: str = model, reference: str = reference
+                        ) -> float:
+            return stats.improvement(_lookup(frame, model, s, where), _lookup(frame, reference, s, where))
 
         before, after = improvement(default, seed, "default"), improvement(longer, seed, "longer")
         seeds = sorted(set(default.loc[default["model"] == model, "seed"])

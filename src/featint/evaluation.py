@@ -28,15 +28,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from featint import stats
 from featint.activations import TOKEN_SETS, ActivationStore
 from featint.config import EvaluationSettings
 from featint.errors import ShardError
-from featint.kinds import FULL_COMPONENT, SAE_COMPONENT, final_component
+from featint.kinds import BASELINE, FULL_COMPONENT, SAE_COMPONENT, comparisons, final_component
 from featint.layout import ActivationsFolder, MetricsFolder
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
 from featint.tables import (
     COMPARISON_TABLE,
+    MODEL_COMPONENT,
+    OWN_SAE,
     PARAMETERS,
     RECONSTRUCTION,
     RECONSTRUCTION_DOCUMENTS,
@@ -238,7 +241,7 @@ def _finish(model: FeatureModel, acc: _Accumulator, st: _ModelStats) -> dict[str
     per_component = acc.metrics()
     against: dict[str, float] = {}
     if "full" in per_component:
-        against["own_sae"] = 1.0 - per_component["full"]["mse"] / per_component["sae"]["mse"]
+        against[OWN_SAE] = stats.improvement(per_component[FULL_COMPONENT]["mse"], per_component[SAE_COMPONENT]["mse"])
     return {"components": per_component, "improvement_mse": against, **scalars}  # type: ignore[dict-item]
 
 
@@ -301,7 +304,7 @@ def final_reconstruction(metrics: pd.DataFrame, keys: tuple[str, ...] = FINAL_KE
 
 #: Reconstruction metrics given document-bootstrap intervals in the summary, with their reference.
 INTERVAL_METRICS: tuple[tuple[str, str | None], ...] = (("fvu", None), ("fvu_raw", None),
-                                                         ("improvement_mse", "standard"))
+                                                         ("improvement_mse", BASELINE))
 
 
 @dataclass(frozen=True)
@@ -328,8 +331,6 @@ class DocumentBootstrap:
 
 def document_bootstraps(documents: pd.DataFrame, n_boot: int, seed: int) -> list[DocumentBootstrap]:
     """A :class:`DocumentBootstrap` per (run, split, token set) of the per-document tables."""
-    from featint import stats
-
     out = []
     for (run, split, token_set), frame in documents.groupby(["run", "split", "token_set"]):
         doc_ids = np.sort(frame["doc_id"].unique())
@@ -344,26 +345,21 @@ def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed:
     """Percentile intervals of a bootstrap over test documents (one set of resampling rows for every model,
     seed and component, so improvements are paired), per seed and for the mean over seeds. Rows: run, model,
     seed (NA = mean over seeds), split, token_set, component, metric, reference, estimate, ci_low, ci_high,
-    n_documents, n_tokens. ``fvu`` and ``fvu_raw`` for every component; ``improvement_mse`` against
-    ``reference = standard`` (component ``model``) = 1 - SSE(final reconstruction) / SSE(standard SAE of the
-    same seed) on the same tokens."""
-    from featint import stats
-
+    n_documents, n_tokens. ``fvu`` and ``fvu_raw`` for every component; ``improvement_mse`` (component
+    ``model``) for each comparison of :data:`featint.kinds.COMPARISONS` against the baseline
+    (:func:`comparison_replicates`)."""
     out = []
     for boot in document_bootstraps(documents, n_boot, seed):
         series: dict[tuple[str, int, str, str, str | None], np.ndarray] = {}
-        finals: dict[tuple[str, int], np.ndarray] = {}
         for (model, model_seed), rows in boot.rows.groupby(["model", "seed"]):
             for component, part in rows.groupby("component"):
                 key = (str(model), int(model_seed), str(component))
                 series[(*key, "fvu", None)] = boot.replicates(part, "sse") / boot.replicates(part, "sst")
                 series[(*key, "fvu_raw", None)] = boot.replicates(part, "sse_raw") / boot.replicates(part, "sst_raw")
-            finals[(str(model), int(model_seed))] = series[(str(model), int(model_seed),
-                                                            final_component(str(model)), "fvu", None)]
-        for (model, model_seed), fvu in finals.items():
-            standard = ("standard", model_seed, SAE_COMPONENT, "fvu", None)
-            if model != "standard" and standard in series:
-                series[(model, model_seed, "model", "improvement_mse", "standard")] = 1.0 - fvu / series[standard]
+        finals = {(model, model_seed): series[(model, model_seed, final_component(model), "fvu", None)]
+                  for model, model_seed, _component, _metric, _reference in series}
+        for (model, model_seed, reference), values in comparison_replicates(finals, baseline=True).items():
+            series[(model, model_seed, MODEL_COMPONENT, "improvement_mse", reference)] = values
         for item in stats.per_seed_and_pooled(series, level):
             component, metric, reference = item.rest
             out.append({**boot.counts(), "model": item.model, "seed": pd.NA if item.seed is None else item.seed,
@@ -375,27 +371,35 @@ def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed:
     return frame
 
 
+def comparison_replicates(finals: dict[tuple[str, int], np.ndarray], *, baseline: bool
+                          ) -> dict[tuple[str, int, str], np.ndarray]:
+    """``improvement_mse`` = :func:`featint.stats.improvement` of the final FVU (the same test tokens, so
+    1 - SSE / SSE of the reference) for each comparison of :func:`featint.kinds.comparisons` among the kinds of
+    ``finals`` (keyed model, seed) whose reference has the same seed: those against the baseline when
+    ``baseline``, else the term controls. Keyed (model, seed, reference), in the comparisons' order."""
+    pairs = comparisons({model for model, _seed in finals}, baseline=baseline, terms=not baseline)
+    return {(c.model, model_seed, c.reference): stats.improvement(fvu, finals[(c.reference, model_seed)])
+            for c in pairs for (model, model_seed), fvu in finals.items()
+            if model == c.model and (c.reference, model_seed) in finals}
+
+
 def comparison_intervals(documents: pd.DataFrame, parameters: pd.DataFrame, n_boot: int, level: float,
                          seed: int) -> pd.DataFrame:
-    """Every comparison of :data:`featint.kinds.COMPARISONS` whose two kinds were trained with the same seed:
-    ``improvement_mse`` = 1 - SSE(model's final reconstruction) / SSE(reference's), on the same test tokens,
-    with the document bootstrap of :func:`document_intervals` (the same resampling rows, so paired), per seed
-    and for the mean over seeds; with both kinds' parameter counts. Rows: run, split, token_set, model,
-    reference, seed (NA = mean over seeds), n_seeds, metric, estimate, ci_low, ci_high, model_parameters,
-    reference_parameters, n_documents, n_tokens."""
-    from featint import stats
-    from featint.kinds import COMPARISONS
-
+    """Every term against its control (:data:`featint.kinds.COMPARISONS` not against the baseline) whose two
+    kinds were trained with the same seed: ``improvement_mse`` of :func:`comparison_replicates` with the
+    document bootstrap of :func:`document_intervals` (the same resampling rows, so paired), per seed and for the
+    mean over seeds; with both kinds' parameter counts. Rows: run, split, token_set, model, reference, seed
+    (NA = mean over seeds), n_seeds, metric, estimate, ci_low, ci_high, model_parameters, reference_parameters,
+    n_documents, n_tokens."""
     totals = (parameters[parameters["component"] == "total"].groupby("model")["parameters"].first().to_dict()
               if len(parameters) else {})
     out = []
     for boot in document_bootstraps(documents, n_boot, seed):
-        sse = {(str(model), int(model_seed)):
-               boot.replicates(rows[rows["component"] == final_component(str(model))], "sse")
-               for (model, model_seed), rows in boot.rows.groupby(["model", "seed"])}
-        series = {(model, model_seed, reference): 1.0 - sse[(model, model_seed)] / sse[(reference, model_seed)]
-                  for model, reference in COMPARISONS for (name, model_seed) in sse
-                  if name == model and (reference, model_seed) in sse}
+        finals = {}
+        for (model, model_seed), rows in boot.rows.groupby(["model", "seed"]):
+            final = rows[rows["component"] == final_component(str(model))]
+            finals[(str(model), int(model_seed))] = boot.replicates(final, "sse") / boot.replicates(final, "sst")
+        series = comparison_replicates(finals, baseline=False)
         for item in stats.per_seed_and_pooled(series, level):
             (reference,) = item.rest
             out.append({**boot.counts(), "model": item.model, "reference": reference,
@@ -408,6 +412,22 @@ def comparison_intervals(documents: pd.DataFrame, parameters: pd.DataFrame, n_bo
     frame = pd.DataFrame(out, columns=columns)
     frame["seed"] = frame["seed"].astype("Int32")
     return frame
+
+
+def baseline_improvements(final: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``improvement_<metric>`` (component ``model``, reference :data:`featint.kinds.BASELINE`) of each
+    comparison against the baseline among the models of ``final`` (:func:`final_reconstruction`'s rows):
+    :func:`featint.stats.improvement` of the final MSE and FVU over the baseline's of the same seed, split and
+    token set; the baseline's own rows (0 by definition) stay, as the figure's reference bar."""
+    compared = [BASELINE, *(c.model for c in comparisons(set(final["model"]), terms=False))]
+    reference = final[final["model"] == BASELINE].drop(columns="model").rename(columns={"value": "reference_value"})
+    merged = final[final["model"].isin(compared)].merge(
+        reference, on=[k for k in FINAL_KEYS if k != "model"], how="inner")
+    merged["value"] = stats.improvement(merged["value"], merged["reference_value"])
+    merged["metric"] = "improvement_" + merged["metric"]
+    merged["reference"] = BASELINE
+    merged["component"] = MODEL_COMPONENT
+    return merged.drop(columns="reference_value")
 
 
 def improvement_rows(metrics: pd.DataFrame, reference: str, metric: str = "improvement_mse") -> pd.DataFrame:
@@ -439,13 +459,7 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
 
     metrics = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
     final = final_reconstruction(metrics)
-    standard = final[final["model"] == "standard"].drop(columns="model").rename(columns={"value": "standard"})
-    merged = final.merge(standard, on=["run", "seed", "split", "token_set", "metric"], how="inner")
-    merged["value"] = 1.0 - merged["value"] / merged["standard"]
-    merged["metric"] = "improvement_" + merged["metric"]
-    merged["reference"] = "standard"
-    merged["component"] = "model"
-    metrics = pd.concat([metrics, merged.drop(columns="standard")], ignore_index=True)
+    metrics = pd.concat([metrics, baseline_improvements(final)], ignore_index=True)
     write_table(metrics, out.metrics, RECONSTRUCTION)
     keys = ["run", "model", "split", "token_set", "component", "metric", "reference"]
     summary = (metrics.groupby(keys, dropna=False)["value"]
@@ -466,6 +480,6 @@ def gather(tables: list[str | Path], document_tables: list[str | Path], paramete
     if out.comparisons is not None:
         write_table(comparison_intervals(documents, parameters, settings.bootstrap, settings.ci_level, seed),
                     out.comparisons, COMPARISON_TABLE)
-    plots.reconstruction_comparison(final[final["metric"] == "fvu"], improvement_rows(metrics, "standard"),
+    plots.reconstruction_comparison(final[final["metric"] == "fvu"], improvement_rows(metrics, BASELINE),
                                     out.figure)
     return summary

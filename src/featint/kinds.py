@@ -22,8 +22,9 @@ This module imports nothing heavy (config validation reads it before torch is ne
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Head = Literal["nfm", "poly", "mlp", "linear_input"]
 
@@ -124,17 +125,51 @@ WITH_EMBEDDING: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if 
 #: kinds whose SAE alone is the whole model (the ones the workflow exports to SAELens)
 SAE_ONLY: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if kind.sae_only)
 
-#: (model, reference): a term beside the SAE against the control that differs from it only in that term. The
-#: rivals' references are at equal parameters (each head's second pathway has the NFM interaction pathway's
-#: count); ``param_matched`` spends the joint model's parameters on SAE width instead.
-COMPARISONS: tuple[tuple[str, str], ...] = (
-    ("joint", "joint_no_interaction"),
-    ("joint", "param_matched"),
-    ("joint_poly", "joint_no_interaction"),
-    ("sequential", "sequential_linear_input"),
-    ("sequential_poly", "sequential_linear_input"),
-    ("sequential_mlp", "sequential_linear_input"),
+#: the kind every other kind is compared with as a whole model: the independently trained SAE alone, same seed
+BASELINE = "standard"
+#: the ``term`` of a comparison against :data:`BASELINE`: the whole model, not one term, differs
+WHOLE_MODEL = "whole model"
+
+
+class Comparison(NamedTuple):
+    """One comparison of the run: ``model``'s final reconstruction against ``reference``'s, on the same tokens,
+    seed and budget (the improvement is :func:`featint.stats.improvement` of their losses)."""
+
+    model: str  #: the kind compared
+    reference: str  #: the kind it is compared with
+    #: what the two differ in: :data:`WHOLE_MODEL` against :data:`BASELINE`, else the one term the model adds
+    term: str
+
+    @property
+    def against_baseline(self) -> bool:
+        """The whole model against the SAE alone (not a term against its control)."""
+        return self.term == WHOLE_MODEL
+
+
+#: every comparison the workflow reports, in report order: each kind against :data:`BASELINE`, then each term
+#: beside the SAE against the control that differs from it only in that term. The rivals' references are at
+#: equal parameters (each head's second pathway has the NFM interaction pathway's count); ``param_matched``
+#: spends the joint model's parameters on SAE width instead.
+COMPARISONS: tuple[Comparison, ...] = tuple(Comparison(name, BASELINE, WHOLE_MODEL) for name in KINDS
+                                            if name != BASELINE) + (
+    Comparison("joint", "joint_no_interaction", "NFM interaction pathway (trained jointly)"),
+    Comparison("joint", "param_matched", "NFM head against the same parameters spent on SAE width"),
+    Comparison("joint_poly", "joint_no_interaction", "low-rank quadratic on the codes (trained jointly)"),
+    Comparison("sequential", "sequential_linear_input", "NFM interaction pathway against a linear map of x"),
+    Comparison("sequential_poly", "sequential_linear_input", "low-rank quadratic against a linear map of x"),
+    Comparison("sequential_mlp", "sequential_linear_input", "one-hidden-layer MLP against a linear map of x"),
 )
+
+
+def comparisons(models: Iterable[str], *, baseline: bool = True, terms: bool = True) -> tuple[Comparison, ...]:
+    """The rows of :data:`COMPARISONS` whose two kinds are both in ``models`` (in :data:`COMPARISONS`' order):
+    those against :data:`BASELINE` when ``baseline``, the term controls when ``terms``. The one list every
+    comparison (reconstruction, its bootstrap, the layer sweep, the budget, the planted control) is read from."""
+    present = set(models)
+    return tuple(c for c in COMPARISONS if c.model in present and c.reference in present
+                 and (baseline if c.against_baseline else terms))
+
+
 #: kinds with a nonlinear term on the codes (the NFM's interaction pathway or a rival's)
 WITH_INTERACTION: tuple[str, ...] = tuple(name for name, kind in KINDS.items()
                                           if kind.head is not None and kind.interaction)

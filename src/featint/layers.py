@@ -3,8 +3,8 @@
 For every layer of ``layers.layers`` the workflow extracts activations at ``hook.layer = layer`` (the run's own
 layer reuses the run's activations) with the run's corpus, splits and extraction settings; :func:`run_layer`
 trains ``layers.kinds`` there (the one training loop, the run's budget, each kind at the LR chosen on the
-run's own layer) and evaluates them on the test split; :func:`gather` puts every comparison of
-:data:`featint.kinds.COMPARISONS` (paired document bootstrap, as in the main run) and every kind's test FVU
+run's own layer) and evaluates them on the test split; :func:`gather` puts each term against its control
+(:data:`featint.kinds.COMPARISONS`; paired document bootstrap, as in the main run) and every kind's test FVU
 side by side per layer.
 """
 

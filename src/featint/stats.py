@@ -1,5 +1,5 @@
-"""The one statistics module: mixtures and bimodality, rank correlations, partial correlations, PCA spectra,
-cluster bootstrap, t-tests and false-discovery control.
+"""The one statistics module: improvements over a reference, mixtures and bimodality, rank and partial
+correlations, PCA spectra, cluster bootstrap, t-tests and false-discovery control.
 
 Every consumer (reconstruction, geometry, behaviour and interventions) takes its statistics from here.
 """
@@ -10,10 +10,21 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+
+ArrayOrFloat = TypeVar("ArrayOrFloat", float, np.ndarray, pd.Series)
+
+
+def improvement(value: ArrayOrFloat, reference: ArrayOrFloat) -> ArrayOrFloat:
+    """``1 - value / reference``: the relative improvement of a loss (MSE, FVU, KL, CE) over a reference's on the
+    same tokens; positive = lower loss. The one definition every comparison uses (:data:`featint.kinds.COMPARISONS`,
+    the paper's ``own_sae`` improvements, the behaviour, budget, convergence, ablation and planted-control
+    tables)."""
+    return 1.0 - value / reference
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from featint import stats
 from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
 from featint.io import atomic_directory
-from featint.kinds import COMPARISONS, SAE_COMPONENT, WITH_INTERACTION, final_component
+from featint.kinds import SAE_COMPONENT, WITH_INTERACTION, comparisons, final_component
 from featint.layout import SyntheticModelsFolder, SyntheticSettingFolder, SyntheticSummaryFolder
 from featint.normaliser import Normaliser
 from featint.tables import (
@@ -206,19 +206,17 @@ def identification_summary(pairs: pd.DataFrame) -> dict[str, float]:
 
 
 def power_table(fvu: pd.DataFrame, level: float) -> pd.DataFrame:
-    """Per variant, strength and comparison (model, reference) of :data:`featint.kinds.COMPARISONS` whose two
-    kinds were trained: the relative test-FVU gain of the model over the reference
-    ((FVU_ref - FVU_model) / FVU_ref) with its t interval over seeds, and the **excess** of that gain over the
-    same variant's null setting (strength 0), paired by seed, with its t interval. A term can gain a little
-    without any planted interaction (it also fits the SAE's own nonlinear errors), so a strength is
-    ``detected`` when the excess interval lies above zero. ``fvu`` has columns variant, strength, kind, seed, fvu;
-    every variant needs strength 0."""
+    """Per variant, strength and term comparison (model against its control, :func:`featint.kinds.comparisons`)
+    whose two kinds were trained: the relative test-FVU gain of the model over the reference
+    (:func:`featint.stats.improvement`, 1 - FVU_model / FVU_ref) with its t interval over seeds, and the
+    **excess** of that gain over the same variant's null setting (strength 0), paired by seed, with its t
+    interval. A term can gain a little without any planted interaction (it also fits the SAE's own nonlinear
+    errors), so a strength is ``detected`` when the excess interval lies above zero. ``fvu`` has columns
+    variant, strength, kind, seed, fvu; every variant needs strength 0."""
     wide = fvu.pivot_table(index=["variant", "strength", "seed"], columns="kind", values="fvu").reset_index()
     rows = []
-    for model, reference in COMPARISONS:
-        if model not in wide or reference not in wide:
-            continue
-        wide["gain"] = (wide[reference] - wide[model]) / wide[reference]
+    for model, reference, _term in comparisons(fvu["kind"].unique(), baseline=False):
+        wide["gain"] = stats.improvement(wide[model], wide[reference])
         null = wide[wide["strength"] == 0].set_index(["variant", "seed"])["gain"]
         for (variant, strength), group in wide.groupby(["variant", "strength"]):
             if variant not in null.index.get_level_values("variant"):

@@ -21,7 +21,7 @@ import pandas as pd
 
 from featint.config import SPLITS
 from featint.errors import FeatintError
-from featint.kinds import FULL_COMPONENT, MODEL_KINDS, SAE_COMPONENT
+from featint.kinds import BASELINE, FULL_COMPONENT, MODEL_KINDS, SAE_COMPONENT
 
 # ---------------------------------------------------------------------------------------------------------
 # the vocabulary the tables join on
@@ -35,7 +35,7 @@ MODEL_COMPONENT = "model"
 #: the reference of the paper's improvements: the same model's own SAE path
 OWN_SAE = "own_sae"
 #: the reference of the corrected improvements: the independently trained standard SAE of the same seed
-STANDARD = "standard"
+STANDARD = BASELINE
 #: the reconstruction metrics of one model on one token set
 RECONSTRUCTION_METRICS: tuple[str, ...] = (
     "mse", "fvu", "mse_raw", "fvu_raw", "variance_explained_paper", "tokens", "l0", "dead_fraction",
