@@ -21,7 +21,7 @@ from featint.evaluation import reconstruction_metrics
 from featint.models import load_model
 from featint.normaliser import Normaliser
 from featint.runtime import set_threads
-from featint.training import run_train
+from featint.training import TrainOutputs, run_train
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     })
     activations = Path(args.activations)
     with tempfile.TemporaryDirectory() as tmp:
-        run_train(settings, "standard", 0, activations, tmp, args.lr)
+        run_train(settings, "standard", 0, activations, TrainOutputs.in_folder(tmp), args.lr)
         model, _ = load_model(Path(tmp) / "weights.safetensors")
     normaliser = Normaliser.load(activations / "normaliser.safetensors")
     test = ActivationStore(activations / "test")

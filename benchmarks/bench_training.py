@@ -260,7 +260,15 @@ def whole_loop(default: Settings, d: int, n_features: int, k: int) -> LoopTiming
     the same store right after, a bare step on the store's batches and the loop's parts outside the step: the
     batches (streaming + normalising), the validations and the checkpoints it made."""
     from featint.synthetic import write_synthetic_activations
-    from featint.training import Checkpoint, ShuffledBatches, TrainingData, evaluate_mse, load_selected, run_train
+    from featint.training import (
+        Checkpoint,
+        ShuffledBatches,
+        TrainingData,
+        TrainOutputs,
+        evaluate_mse,
+        load_selected,
+        run_train,
+    )
 
     training, train_tokens = default.training, default.extraction.max_tokens["train"]
     steps, batch = training.steps, training.batch_size
@@ -282,7 +290,7 @@ def whole_loop(default: Settings, d: int, n_features: int, k: int) -> LoopTiming
         # finish), then the whole budget
         for number, budget in enumerate((1 / steps, 1 / steps, 1.0)):
             started = time.perf_counter()
-            run_train(settings, "standard", 0, activations, Path(tmp) / f"model{number}", 3e-3,
+            run_train(settings, "standard", 0, activations, TrainOutputs.in_folder(Path(tmp) / f"model{number}"), 3e-3,
                       budget_factor=budget)
             loops.append(time.perf_counter() - started)
 

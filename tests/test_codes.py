@@ -15,7 +15,9 @@ from featint.codes import CodeCache, write_code_cache
 from featint.errors import ShardError
 from featint.models import load_model
 from featint.normaliser import Normaliser
-from featint.training import run_train
+from featint.training import TrainOutputs, run_train
+
+into = TrainOutputs.in_folder
 
 
 def settings(**training: object):  # type: ignore[no-untyped-def]
@@ -29,7 +31,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     """Toy activations, a trained standard SAE and its code cache."""
     root = tmp_path_factory.mktemp("codes")
     acts = _toy_activations(root)
-    run_train(settings(), "standard", 0, acts, root / "standard", 3e-3)
+    run_train(settings(), "standard", 0, acts, into(root / "standard"), 3e-3)
     weights = root / "standard" / "weights.safetensors"
     write_code_cache(weights, acts, root / "codes", settings().training.batch_size)
     return acts, weights, root / "codes"
@@ -56,8 +58,8 @@ def test_training_on_cached_codes_equals_training_on_re_encoded_codes(kind: str,
                                                                         tmp_path: Path) -> None:
     acts, weights, codes_dir = trained
     s = settings()
-    cached = run_train(s, kind, 1, acts, tmp_path / "cached", 3e-3, standard_weights=weights, codes_dir=codes_dir)
-    encoded = run_train(s, kind, 1, acts, tmp_path / "encoded", 3e-3, standard_weights=weights)
+    cached = run_train(s, kind, 1, acts, into(tmp_path / "cached"), 3e-3, standard_weights=weights, codes_dir=codes_dir)
+    encoded = run_train(s, kind, 1, acts, into(tmp_path / "encoded"), 3e-3, standard_weights=weights)
     a, _ = load_model(tmp_path / "cached" / "weights.safetensors")
     b, _ = load_model(tmp_path / "encoded" / "weights.safetensors")
     for (name, left), (_, right) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -77,9 +79,9 @@ def test_a_cache_of_another_sae_or_a_corrupt_shard_stops_with_the_fix(trained: t
                                                                      tmp_path: Path) -> None:
     acts, weights, codes_dir = trained
     other = tmp_path / "other"
-    run_train(settings(), "standard", 5, acts, other, 3e-3)
+    run_train(settings(), "standard", 5, acts, into(other), 3e-3)
     with pytest.raises(ShardError, match="computed by another SAE.*rerun the workflow"):
-        run_train(settings(), "sequential", 5, acts, tmp_path / "seq", 3e-3,
+        run_train(settings(), "sequential", 5, acts, into(tmp_path / "seq"), 3e-3,
                   standard_weights=other / "weights.safetensors", codes_dir=codes_dir)
     copy = tmp_path / "copy"
     write_code_cache(weights, acts, copy, settings().training.batch_size)
@@ -98,14 +100,14 @@ def test_under_bf16_autocast_the_cache_is_encoded_as_training_encodes(trained: t
     acts, weights, codes_dir = trained
     s = settings(bf16_autocast=True)
     with pytest.raises(ShardError, match="bf16 autocast off, but training.bf16_autocast is True"):
-        run_train(s, "sequential", 1, acts, tmp_path / "refused", 3e-3, standard_weights=weights,
+        run_train(s, "sequential", 1, acts, into(tmp_path / "refused"), 3e-3, standard_weights=weights,
                   codes_dir=codes_dir)
     bf16_codes = tmp_path / "codes_bf16"
     write_code_cache(weights, acts, bf16_codes, s.training.batch_size, bf16_autocast=True)
     assert CodeCache(bf16_codes).meta.bf16_autocast
-    cached = run_train(s, "sequential", 1, acts, tmp_path / "cached", 3e-3, standard_weights=weights,
+    cached = run_train(s, "sequential", 1, acts, into(tmp_path / "cached"), 3e-3, standard_weights=weights,
                        codes_dir=bf16_codes)
-    encoded = run_train(s, "sequential", 1, acts, tmp_path / "encoded", 3e-3, standard_weights=weights)
+    encoded = run_train(s, "sequential", 1, acts, into(tmp_path / "encoded"), 3e-3, standard_weights=weights)
     a, _ = load_model(tmp_path / "cached" / "weights.safetensors")
     b, _ = load_model(tmp_path / "encoded" / "weights.safetensors")
     for (name, left), (_, right) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -163,9 +165,9 @@ def test_a_threshold_sae_caches_every_active_latent_and_trains_as_on_re_encoding
         l0_max = max(l0_max, int((dense > 0).sum(1).max()))
     assert meta.k == l0_max and meta.activation == "jumprelu"
     cache.check(tmp_path / "jumprelu.safetensors", store, k=s.sae.k)  # holds every active latent: any k is covered
-    cached = run_train(s, "sequential", 1, acts, tmp_path / "cached", 3e-3,
+    cached = run_train(s, "sequential", 1, acts, into(tmp_path / "cached"), 3e-3,
                        standard_weights=tmp_path / "jumprelu.safetensors", codes_dir=tmp_path / "codes")
-    encoded = run_train(s, "sequential", 1, acts, tmp_path / "encoded", 3e-3,
+    encoded = run_train(s, "sequential", 1, acts, into(tmp_path / "encoded"), 3e-3,
                         standard_weights=tmp_path / "jumprelu.safetensors")
     a, _ = load_model(tmp_path / "cached" / "weights.safetensors")
     b, _ = load_model(tmp_path / "encoded" / "weights.safetensors")

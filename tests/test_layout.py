@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 
 from featint.layout import (
+    BEHAVIOUR_FIGURES,
     GEOMETRY_FIGURES,
     ActivationsFolder,
     BehaviourFigures,
     ModelFolder,
     RunLayout,
-    figures_in,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_run_paths_are_known_and_keep_snakemake_wildcards() -> None:
 
 
 def test_a_figure_set_names_every_figure_of_its_stage() -> None:
-    figures = figures_in(BehaviourFigures, "results/x/behaviour/figures")
+    figures = BehaviourFigures(*(RunLayout("results/x").behaviour.figure(name) for name in BEHAVIOUR_FIGURES))
     assert figures.pathology_ratios == "results/x/behaviour/figures/pathology_ratios.png"
     assert len(set(figures)) == len(BehaviourFigures._fields) == 3
     assert "pca_elbows" in GEOMETRY_FIGURES

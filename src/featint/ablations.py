@@ -21,7 +21,7 @@ from featint import stats
 from featint.config import Settings
 from featint.errors import ConfigError
 from featint.kinds import BASELINE, FROM_STANDARD, MODEL_KINDS, lr_selection_kind
-from featint.layout import AblationFolder
+from featint.layout import KindsFolder
 from featint.tables import ABLATION_SUMMARY, RECONSTRUCTION, write_table
 
 #: Column -> (type, config path) of the ablation table.
@@ -63,8 +63,9 @@ def settings_for(settings: Settings, instance: dict[str, Any]) -> Settings:
 
 
 def run_ablation(settings: Settings, instance_json: str, activations_dir: str | Path,
-                 lr_tables: list[str | Path], out_dir: str | Path, run: str) -> pd.DataFrame:
-    """Stage entry point: train and evaluate one ablation instance; reconstruction.parquet in ``out_dir``.
+                 lr_tables: list[str | Path], models_dir: str | Path, out_table: str | Path, run: str) -> pd.DataFrame:
+    """Stage entry point: train one ablation instance into ``models_dir`` (one model folder per kind, the
+    standard SAE first where the kind is built on it) and write its reconstruction table to ``out_table``.
     ``lr_tables`` are LR-selection tables (each names its kind); an instance uses its kind's choice, made
     with the run's default sizes."""
     from featint.evaluation import reconstruction_table
@@ -74,17 +75,17 @@ def run_ablation(settings: Settings, instance_json: str, activations_dir: str | 
     tables = lr_tables_by_kind(lr_tables)
     instance = parse_instance(json.loads(instance_json))
     local = settings_for(settings, instance)
-    out = AblationFolder(out_dir)
+    models = KindsFolder(str(models_dir))
     kind = instance["kind"]
     names = [BASELINE, kind] if kind in FROM_STANDARD else [kind]
-    for _ in train_kinds(local, names, instance["seed"], activations_dir, str(out),
+    for _ in train_kinds(local, names, instance["seed"], activations_dir, str(models),
                          lambda name: chosen_lr(local, name, tables.get(lr_selection_kind(name))),
                          resolve_device(local.model.device), cache_codes=local.training.cache_codes):
         pass
-    frame, _ = reconstruction_table(out.model(kind).weights, activations_dir, run=run)
+    frame, _ = reconstruction_table(models.model(kind).weights, activations_dir, run=run)
     for column, value in reversed(list(instance.items())):
         frame.insert(0, f"ablation_{column}", value)
-    write_table(frame, out.reconstruction, RECONSTRUCTION, metadata={"instance": instance},
+    write_table(frame, out_table, RECONSTRUCTION, metadata={"instance": instance},
                 extra=[f"ablation_{column}" for column in instance])
     return frame
 

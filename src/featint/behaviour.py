@@ -36,7 +36,7 @@ from featint.config import BehaviourSettings, Settings
 from featint.errors import FeatintError, ShardError
 from featint.io import read_parquet_metadata
 from featint.kinds import BASELINE, SAE_COMPONENT
-from featint.layout import ActivationsFolder, BehaviourFigures, figures_in
+from featint.layout import ActivationsFolder, BehaviourFigures
 from featint.lm import HookPoint, load_bridge
 from featint.models import FeatureModel, load_model
 from featint.normaliser import Normaliser
@@ -582,8 +582,8 @@ def _paper_t_tests(tokens: pd.DataFrame, run: str) -> list[dict[str, Any]]:
 
 
 def gather(token_tables: list[str | Path], reference_table: str | Path, out_summary: str | Path,
-           figures_dir: str | Path, run: str, settings: BehaviourSettings, seed: int) -> pd.DataFrame:
-    """Stage entry point: the summary table over every model and seed, and the behaviour figures."""
+           figures: BehaviourFigures, run: str, settings: BehaviourSettings, seed: int) -> pd.DataFrame:
+    """Stage entry point: the summary table over every model and seed, and the behaviour ``figures``."""
     from featint import plots
 
     frames = [pd.read_parquet(reference_table)] + [pd.read_parquet(p) for p in token_tables]
@@ -594,7 +594,6 @@ def gather(token_tables: list[str | Path], reference_table: str | Path, out_summ
     tokens = pd.concat(frames, ignore_index=True)
     summary = summarise(tokens, run, settings.bootstrap, settings.ci_level, seed)
     write_table(summary, out_summary, BEHAVIOUR_SUMMARY, metadata={"behaviour": settings.__dict__})
-    figures = figures_in(BehaviourFigures, figures_dir)
     plots.kl_distributions(tokens, figures.kl_distributions)
     plots.behaviour_ratios(summary, figures.pathology_ratios)
     plots.kl_vs_error_norm(tokens, figures.kl_vs_error_norm)

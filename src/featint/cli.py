@@ -27,6 +27,7 @@ from typing import Any
 
 from featint.config import SPLITS, Settings, load_settings
 from featint.errors import ConfigError, FeatintError
+from featint.layout import BEHAVIOUR_FIGURES, GEOMETRY_FIGURES, BehaviourFigures, GeometryFigures
 from featint.runtime import (
     CPU_SHARE_VARIABLE,
     configure_logging,
@@ -215,12 +216,18 @@ def gather_lr_selection(args: argparse.Namespace, settings: Settings) -> None:
        arg("--lr-table", help="lr-selection table the kind uses (when training.lr is null)"),
        arg("--standard", help="weights of the standard SAE (sequential kinds and the refit)"),
        arg("--budget-factor", type=float, default=1.0, help="multiple of training.tokens (convergence check)"),
-       CODES, arg("--out", required=True, help="model directory"))
+       CODES, arg("--out-weights", required=True), arg("--out-init", required=True, help="the initial weights"),
+       arg("--out-log", required=True, help="the training log table"),
+       arg("--out-parameters", required=True, help="the parameter counts table"),
+       arg("--out-figure", required=True, help="the training curves (PNG)"),
+       arg("--checkpoint", required=True, help="the resume point while it trains"))
 def train(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.training import chosen_lr, run_train
+    from featint.training import TrainOutputs, chosen_lr, run_train
 
     lr = chosen_lr(settings, args.kind, args.lr_table)
-    result = run_train(settings, args.kind, args.seed, args.activations, args.out, lr,
+    out = TrainOutputs(args.out_weights, args.out_init, args.out_log, args.out_parameters, args.out_figure,
+                       args.checkpoint)
+    result = run_train(settings, args.kind, args.seed, args.activations, out, lr,
                        device=resolve_device(settings.model.device), standard_weights=args.standard,
                        budget_factor=args.budget_factor, codes_dir=args.codes)
     final = result.log[result.log["split"] == "validation"].iloc[-1]
@@ -368,12 +375,14 @@ def geometry(args: argparse.Namespace, settings: Settings) -> None:
 @stage("gather-geometry", "geometry summary, verdicts and figures over models and seeds", ("geometry",),
        arg("--features", nargs="+", required=True), arg("--summaries", nargs="+", required=True),
        arg("--pca", nargs="+", required=True), arg("--out-summary", required=True),
-       arg("--out-verdicts", required=True), arg("--figures", required=True, help="figure directory"))
+       arg("--out-verdicts", required=True),
+       arg("--figures", nargs=len(GEOMETRY_FIGURES), required=True,
+           help="the figures (PNG), in GeometryFigures' order"))
 def gather_geometry(args: argparse.Namespace, settings: Settings) -> None:
     from featint.geometry import gather
 
-    verdicts = gather(args.features, args.summaries, args.pca, args.out_summary, args.out_verdicts, args.figures,
-                      settings.geometry.paper_threshold)
+    verdicts = gather(args.features, args.summaries, args.pca, args.out_summary, args.out_verdicts,
+                      GeometryFigures(*args.figures), settings.geometry.paper_threshold)
     log.info("geometry verdicts:\n%s", verdicts.to_string(index=False))
 
 
@@ -436,12 +445,14 @@ def behaviour(args: argparse.Namespace, settings: Settings) -> None:
 
 @stage("gather-behaviour", "bootstrap summary over models and seeds, and figures", ("seed", "behaviour"),
        arg("--tables", nargs="+", required=True), arg("--reference", required=True), RUN,
-       arg("--out-summary", required=True), arg("--figures", required=True, help="figure directory"))
+       arg("--out-summary", required=True),
+       arg("--figures", nargs=len(BEHAVIOUR_FIGURES), required=True,
+           help="the figures (PNG), in BehaviourFigures' order"))
 def gather_behaviour(args: argparse.Namespace, settings: Settings) -> None:
     from featint.behaviour import gather
 
-    summary = gather(args.tables, args.reference, args.out_summary, args.figures, args.run, settings.behaviour,
-                     settings.seed)
+    summary = gather(args.tables, args.reference, args.out_summary, BehaviourFigures(*args.figures), args.run,
+                     settings.behaviour, settings.seed)
     view = summary[summary["seed"].isna() & summary["metric"].isin(["pathology_ratio", "improvement_kl"])]
     log.info("behaviour (mean over seeds):\n%s",
              view[["model", "condition", "metric", "reference", "estimate", "ci_low", "ci_high"]]
@@ -558,11 +569,14 @@ def run_info(args: argparse.Namespace, settings: Settings) -> None:
        ("model", "sae", "nfm", "training"),
        arg("--instance", required=True, help="the row as JSON (column -> value)"), arg("--activations", required=True),
        arg("--lr-tables", nargs="*", help="lr-selection tables of the instance's kind and of standard "
-           "(when training.lr is null)"), RUN, OUT)
+           "(when training.lr is null)"), RUN,
+       arg("--models", required=True, help="the folder the instance's kinds are trained into"),
+       arg("--out-table", required=True, help="the instance's reconstruction table"))
 def ablation(args: argparse.Namespace, settings: Settings) -> None:
     from featint.ablations import run_ablation
 
-    frame = run_ablation(settings, args.instance, args.activations, args.lr_tables or [], args.out, run=args.run)
+    frame = run_ablation(settings, args.instance, args.activations, args.lr_tables or [], args.models, args.out_table,
+                         run=args.run)
     view = frame[(frame["metric"] == "fvu") & (frame["token_set"] == "selected")]
     log.info("ablation %s:\n%s", args.instance, view[["component", "value"]].to_string(index=False))
 
@@ -581,12 +595,16 @@ def gather_ablations(args: argparse.Namespace, settings: Settings) -> None:
        ("model", "hook", "sae", "nfm", "training", "layers"),
        arg("--layer", type=int, required=True), arg("--seed", type=int, required=True),
        arg("--activations", required=True, help="that layer's activations directory"),
-       arg("--lr-tables", nargs="*", help="the run's LR-selection tables (each names its kind)"), RUN, OUT)
+       arg("--lr-tables", nargs="*", help="the run's LR-selection tables (each names its kind)"), RUN,
+       arg("--models", required=True, help="the folder the kinds are trained into (one model folder each)"),
+       arg("--out-reconstruction", required=True), arg("--out-documents", required=True),
+       arg("--out-parameters", required=True))
 def layer_models(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.layers import run_layer
+    from featint.layers import LayerOutputs, run_layer
 
-    frame = run_layer(settings, args.layer, args.seed, args.activations, args.lr_tables or [], args.out, run=args.run,
-                      device=resolve_device(settings.model.device))
+    out = LayerOutputs(args.out_reconstruction, args.out_documents, args.out_parameters)
+    frame = run_layer(settings, args.layer, args.seed, args.activations, args.lr_tables or [], args.models, out,
+                      run=args.run, device=resolve_device(settings.model.device))
     view = frame[(frame["metric"] == "fvu") & (frame["token_set"] == "selected") & (frame["component"] == "full")]
     log.info("layer %d:\n%s", args.layer, view[["model", "value"]].to_string(index=False))
 
@@ -594,12 +612,15 @@ def layer_models(args: argparse.Namespace, settings: Settings) -> None:
 @stage("gather-layers", "every comparison and kind per layer: tables and figure", ("seed", "evaluation"),
        arg("--reconstruction", nargs="+", required=True, help="every layer-models job's reconstruction table"),
        arg("--documents", nargs="+", required=True, help="their per-document tables (any order)"),
-       arg("--parameters", nargs="+", required=True, help="their parameter tables (any order)"), OUT)
+       arg("--parameters", nargs="+", required=True, help="their parameter tables (any order)"),
+       arg("--out-comparisons", required=True), arg("--out-fvu", required=True),
+       arg("--out-figure", required=True))
 def gather_layers(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.layers import gather
+    from featint.layers import GatheredLayerOutputs, gather
 
+    out = GatheredLayerOutputs(args.out_comparisons, args.out_fvu, args.out_figure)
     pooled = gather(args.reconstruction, args.documents, args.parameters, settings.evaluation.bootstrap,
-                    settings.evaluation.ci_level, settings.seed, args.out)
+                    settings.evaluation.ci_level, settings.seed, out)
     log.info("layer sweep:\n%s", pooled[["layer", "model", "reference", "estimate", "ci_low", "ci_high"]]
              .to_string(index=False))
 
@@ -630,42 +651,55 @@ def synthetic_data(args: argparse.Namespace, settings: Settings) -> None:
        ("sae", "nfm", "training", "synthetic"),
        arg("--variant", required=True), arg("--strength", required=True, type=float),
        arg("--seed", required=True, type=int),
-       arg("--setting", required=True, help="the setting directory written by synthetic-data"), RUN, OUT)
+       arg("--setting", required=True, help="the setting directory written by synthetic-data"), RUN,
+       arg("--models", required=True, help="the folder the kinds are trained into (one model folder each)"),
+       arg("--out-fvu", required=True), arg("--out-pairs", required=True))
 def synthetic_models(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.synthetic import run_setting_models
+    from featint.synthetic import SettingModelsOutputs, run_setting_models
 
     _synthetic(settings)
-    frame = run_setting_models(settings, args.variant, args.strength, args.setting, args.seed, args.out, args.run)
+    out = SettingModelsOutputs(args.out_fvu, args.out_pairs)
+    frame = run_setting_models(settings, args.variant, args.strength, args.setting, args.seed, args.models, out,
+                               args.run)
     log.info("test FVU:\n%s", frame.to_string(index=False))
 
 
 @stage("synthetic-integration", "the pair product test on one planted setting and seed, read against the truth",
        ("integration",), arg("--variant", required=True), arg("--strength", required=True, type=float),
-       WEIGHTS, arg("--setting", required=True, help="the setting directory written by synthetic-data"), OUT)
+       WEIGHTS, arg("--setting", required=True, help="the setting directory written by synthetic-data"),
+       arg("--out-pairs", required=True), arg("--out-calibration", required=True))
 def synthetic_integration(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.integration import run_synthetic_integration
+    from featint.integration import SyntheticIntegrationOutputs, run_synthetic_integration
 
-    calibration = run_synthetic_integration(args.weights, args.setting, args.out, settings.integration, args.variant,
+    out = SyntheticIntegrationOutputs(args.out_pairs, args.out_calibration)
+    calibration = run_synthetic_integration(args.weights, args.setting, out, settings.integration, args.variant,
                                             args.strength)
     log.info("calibration:\n%s", calibration.to_string(index=False))
 
 
 @stage("gather-synthetic-integration", "the pair product test's calibration and power on the planted control",
-       ("integration",), arg("--calibration", nargs="+", required=True), OUT)
+       ("integration",), arg("--calibration", nargs="+", required=True), arg("--out-calibration", required=True),
+       arg("--out-power", required=True), arg("--out-figure", required=True))
 def gather_synthetic_integration(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.integration import gather_synthetic
+    from featint.integration import GatheredSyntheticIntegrationOutputs, gather_synthetic
 
-    summary = gather_synthetic(args.calibration, args.out)
+    out = GatheredSyntheticIntegrationOutputs(args.out_calibration, args.out_power, args.out_figure)
+    summary = gather_synthetic(args.calibration, out)
     log.info("power and calibration:\n%s", summary.to_string(index=False))
 
 
 @stage("gather-synthetic", "power curve, detection thresholds and pair identification", ("synthetic",),
        arg("--fvu", nargs="+", required=True), arg("--pairs", nargs="+", required=True),
-       arg("--variance", nargs="+", required=True), arg("--out", required=True, help="summary directory"))
+       arg("--variance", nargs="+", required=True),
+       arg("--out-fvu", required=True), arg("--out-power", required=True), arg("--out-detection", required=True),
+       arg("--out-identification", required=True), arg("--out-variance", required=True),
+       arg("--out-power-figure", required=True), arg("--out-identification-figure", required=True))
 def gather_synthetic(args: argparse.Namespace, settings: Settings) -> None:
-    from featint.synthetic import gather
+    from featint.synthetic import SyntheticSummaryOutputs, gather
 
-    detection = gather(args.fvu, args.pairs, args.variance, _synthetic(settings).ci_level, args.out)
+    out = SyntheticSummaryOutputs(args.out_fvu, args.out_power, args.out_detection, args.out_identification,
+                                  args.out_variance, args.out_power_figure, args.out_identification_figure)
+    detection = gather(args.fvu, args.pairs, args.variance, _synthetic(settings).ci_level, out)
     log.info("smallest detected strength:\n%s", detection.to_string(index=False))
 
 

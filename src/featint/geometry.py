@@ -33,7 +33,7 @@ from featint import stats
 from featint.activations import ActivationStore
 from featint.config import GeometrySettings
 from featint.kinds import KINDS
-from featint.layout import ActivationsFolder, GeometryFigures, figures_in
+from featint.layout import ActivationsFolder, GeometryFigures
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
 from featint.tables import GEOMETRY_FEATURES, GEOMETRY_PCA, GEOMETRY_SUMMARY, GEOMETRY_VERDICTS, write_table
@@ -334,9 +334,9 @@ def run_geometry(weights_path: str | Path, init_path: str | Path, activations_di
 
 
 def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], pca_tables: list[str | Path],
-           out_summary: str | Path, out_verdicts: str | Path, figure_dir: str | Path,
+           out_summary: str | Path, out_verdicts: str | Path, figures: GeometryFigures,
            paper_threshold: float) -> pd.DataFrame:
-    """Stage entry point: the summary over models and seeds, the verdict table, and the geometry figures."""
+    """Stage entry point: the summary over models and seeds, the verdict table, and the geometry ``figures``."""
     from featint import plots
 
     features = pd.concat([pd.read_parquet(p) for p in feature_tables], ignore_index=True)
@@ -355,7 +355,6 @@ def gather(feature_tables: list[str | Path], summary_tables: list[str | Path], p
     verdicts = chosen[["run", "model", "seed", "metric", "subset", "value"]].sort_values(
         ["model", "seed", "metric", "subset"], ignore_index=True)
     write_table(verdicts, out_verdicts, GEOMETRY_VERDICTS)
-    figures = figures_in(GeometryFigures, figure_dir)
     plots.squared_norm_histograms(features, figures.squared_norm_histograms, paper_threshold)
     plots.squared_norm_scatter(features, "firing_frequency", figures.squared_norm_vs_firing_frequency,
                                "Squared norm vs firing frequency (train tokens)")

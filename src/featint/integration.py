@@ -61,9 +61,7 @@ from featint.config import IntegrationSettings
 from featint.layout import (
     ActivationsFolder,
     IntegrationFigures,
-    IntegrationFolder,
     SyntheticSettingFolder,
-    SyntheticSummaryFolder,
 )
 from featint.models import FeatureModel, SparseCode, load_model
 from featint.normaliser import Normaliser
@@ -491,13 +489,27 @@ def replication(tables: dict[int, pd.DataFrame], directions: dict[int, torch.Ten
 # Stage entry points: the planted control and the gathers
 
 
-def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path, out_dir: str | Path,
+class SyntheticIntegrationOutputs(NamedTuple):
+    """What the pair product test writes on one planted setting and seed."""
+
+    pairs: str | Path  #: every tested pair as on the LM, with the setting's keys (SYNTHETIC_INTEGRATION_PAIRS)
+    calibration: str | Path  #: the flags read against the planted truth, per data / draw and target
+
+
+class GatheredSyntheticIntegrationOutputs(NamedTuple):
+    """What the planted control's pair-test gather writes."""
+
+    calibration: str | Path  #: every setting's and seed's calibration rows in one table
+    power: str | Path  #: power and decoy share per variant, strength, data and target (:func:`synthetic_summary`)
+    figure: str | Path  #: power against the planted strength (PNG)
+
+
+def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path, out: SyntheticIntegrationOutputs,
                               settings: IntegrationSettings, variant: str, strength: float) -> pd.DataFrame:
     """Stage entry point on one planted setting and seed: the test exactly as on the LM (:func:`run_test`), then,
     and only then, its flags read against the truth: each latent given to the true pairs whose span it matches
-    (:func:`pair_membership` at ``match_cosine``, with the setting's planted directions). Writes ``pairs.parquet``
-    and ``calibration.parquet`` (per data / draw and target: :func:`calibration_rows`); returns the
-    calibration."""
+    (:func:`pair_membership` at ``match_cosine``, with the setting's planted directions). Writes the files of
+    ``out`` (the calibration per data / draw and target: :func:`calibration_rows`); returns the calibration."""
     from safetensors.torch import load_file
 
     setting = SyntheticSettingFolder(setting_dir)
@@ -515,7 +527,6 @@ def run_synthetic_integration(weights_path: str | Path, setting_dir: str | Path,
         rows += [{"data": data, "draw": int(draw), **row} for row in calibration_rows(table, scored)]
     keys = {"variant": variant, "strength": strength, "model": model.kind, "seed": seed}
     calibration = pd.DataFrame(rows)
-    out = IntegrationFolder(out_dir)
     for path, frame, table in ((out.pairs, result.pairs, SYNTHETIC_INTEGRATION_PAIRS),
                                (out.calibration, calibration, INTEGRATION_CALIBRATION)):
         for position, (key, value) in enumerate(keys.items()):
@@ -535,17 +546,16 @@ def synthetic_summary(calibration: pd.DataFrame) -> pd.DataFrame:
                        any_flagged=("pairs_flagged", lambda v: float((v > 0).mean()))).reset_index()
 
 
-def gather_synthetic(calibration_tables: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
-    """Stage entry point: ``integration_calibration.parquet`` (every run), ``integration_power.parquet``
-    (:func:`synthetic_summary`) and the power figure in ``out_dir``."""
+def gather_synthetic(calibration_tables: list[str | Path], out: GatheredSyntheticIntegrationOutputs) -> pd.DataFrame:
+    """Stage entry point: the files of ``out``: every run's calibration, the summary (:func:`synthetic_summary`)
+    and the power figure; returns the summary."""
     from featint import plots
 
-    out = SyntheticSummaryFolder(out_dir)
     calibration = pd.concat([pd.read_parquet(p) for p in calibration_tables], ignore_index=True)
     summary = synthetic_summary(calibration)
-    write_table(calibration, out.integration_calibration, INTEGRATION_CALIBRATION)
-    write_table(summary, out.integration_power, INTEGRATION_POWER)
-    plots.integration_power(summary, out.figure("integration_power"))
+    write_table(calibration, out.calibration, INTEGRATION_CALIBRATION)
+    write_table(summary, out.power, INTEGRATION_POWER)
+    plots.integration_power(summary, out.figure)
     return summary
 
 

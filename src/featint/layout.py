@@ -13,8 +13,7 @@ Renaming a file is one line here: the rule that writes it, the rules that read i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 # ---------------------------------------------------------------------------------------------------------
 # folders: the files inside one folder
@@ -265,7 +264,7 @@ class GeometryFolder(SummaryFolder):
 
 
 class GeometryFigures(NamedTuple):
-    """The gathered geometry figures (``figures_in(GeometryFigures, folder)``)."""
+    """The gathered geometry figures (the rule's figure outputs, in this order)."""
 
     squared_norm_histograms: str
     squared_norm_vs_firing_frequency: str
@@ -296,14 +295,6 @@ class IntegrationFigures(NamedTuple):
 
     pair_z: str
     top_pairs: str
-
-
-F = TypeVar("F", GeometryFigures, BehaviourFigures, InterventionFigures, IntegrationFigures)
-
-
-def figures_in(figures: type[F], folder: str | Path) -> F:
-    """Every figure of the set ``figures`` in ``folder`` (a stage's ``figures/`` folder): ``<name>.png``."""
-    return figures(*(f"{folder}/{name}.png" for name in figures._fields))
 
 
 #: the names of each figure set (the rules' targets)

@@ -31,7 +31,7 @@ from torch import nn
 from featint.config import NFMSettings, SAESettings
 from featint.errors import ShardError
 from featint.io import atomic_path
-from featint.kinds import KINDS, MODEL_KINDS, SECONDARY_KIND
+from featint.kinds import FROM_STANDARD, KINDS, MODEL_KINDS, SECONDARY_KIND
 from featint.kinds import kind as kind_entry
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -754,11 +754,6 @@ class FeatureModel(nn.Module):
         """The head when it is the paper's NFM (its geometry and interventions read V and the embedding)."""
         return self.head if isinstance(self.head, NFM) else None
 
-    @property
-    def encoder_frozen(self) -> bool:
-        """The kind never changes its encoder (nor the encoder's input): its codes can be cached."""
-        return self.kind in KINDS and KINDS[self.kind].from_standard
-
     def forward(self, x: torch.Tensor, aux_mask: torch.Tensor | None = None, k_aux: int = 0,
                 code: SparseCode | None = None) -> Reconstruction:
         """Reconstruct ``x``; ``code`` (frozen-encoder kinds: the cached code of ``x``, at least ``infer_k``
@@ -766,7 +761,7 @@ class FeatureModel(nn.Module):
         if code is None:
             code, aux_code = self.sae.encode(x, self.infer_k, aux_mask, k_aux)
         else:
-            if not self.encoder_frozen:
+            if self.kind not in FROM_STANDARD:  # these never change their encoder: their codes can be cached
                 raise ValueError(f"{self.kind} trains its encoder: its codes cannot be supplied")
             code, aux_code = code.top(self.infer_k), None
         sae_out = self.sae.decode(code)

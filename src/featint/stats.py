@@ -10,11 +10,24 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
+
+
+class _ScipyStats:
+    """``scipy.stats``, imported on its first use: the import takes about a second, and most processes that
+    import this module (a stage's command line, every parse of the Snakefile, which each SLURM job repeats)
+    never call it."""
+
+    def __getattr__(self, name: str) -> object:
+        from scipy import stats
+
+        return getattr(stats, name)
+
+
+scipy_stats: Any = _ScipyStats()
 
 ArrayOrFloat = TypeVar("ArrayOrFloat", float, np.ndarray, pd.Series)
 

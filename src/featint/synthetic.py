@@ -39,7 +39,7 @@ from featint.activations import ActivationStore, write_store_from_tensor
 from featint.config import SPLITS, Settings, SyntheticSettings, SyntheticVariant
 from featint.io import atomic_directory
 from featint.kinds import SAE_COMPONENT, WITH_INTERACTION, comparisons, final_component
-from featint.layout import SyntheticModelsFolder, SyntheticSettingFolder, SyntheticSummaryFolder
+from featint.layout import KindsFolder, SyntheticSettingFolder
 from featint.normaliser import Normaliser
 from featint.tables import (
     SYNTHETIC_DETECTION,
@@ -260,27 +260,34 @@ def find_variant(spec: SyntheticSettings, name: str) -> SyntheticVariant:
     raise ValueError(f"no synthetic variant named {name!r}; expected one of {[v.name for v in spec.variants]}")
 
 
+class SettingModelsOutputs(NamedTuple):
+    """What one planted setting and seed's models job writes, beside the model folders it trains."""
+
+    fvu: str | Path  #: every kind's test FVU (final and SAE component) and parameter count (SYNTHETIC_FVU)
+    pairs: str | Path  #: each interaction model's pair identification against the planted pairs (SYNTHETIC_PAIRS)
+
+
 def run_setting_models(settings: Settings, variant_name: str, strength: float, setting_dir: str | Path, seed: int,
-                       out_dir: str | Path, run: str) -> pd.DataFrame:
-    """Stage entry point: train every kind of ``synthetic.kinds`` on one setting for one seed (the one training
-    loop, the run's fixed LR; ``standard`` first, the kinds built on it from its weights), evaluate each on the
-    setting's test split, and identify pairs with every model that has an interaction term. Writes
-    ``fvu.parquet`` and ``pairs.parquet`` to ``out_dir``; returns the FVU table."""
+                       models_dir: str | Path, out: SettingModelsOutputs, run: str) -> pd.DataFrame:
+    """Stage entry point: train every kind of ``synthetic.kinds`` on one setting for one seed into
+    ``models_dir`` (one model folder per kind; the one training loop, the run's fixed LR; ``standard`` first,
+    the kinds built on it from its weights), evaluate each on the setting's test split, and identify pairs with
+    every model that has an interaction term. Writes the files of ``out``; returns the FVU table."""
     from featint.evaluation import reconstruction_table
     from featint.training import chosen_lr, train_kinds
 
     assert settings.synthetic is not None
     local = setting_settings(settings, find_variant(settings.synthetic, variant_name))
-    out = SyntheticModelsFolder(out_dir)
+    models = KindsFolder(str(models_dir))
     activations = str(SyntheticSettingFolder(setting_dir).activations)
     rows = []
     trained = []
-    for kind, result in train_kinds(local, settings.synthetic.kinds, seed, activations, out_dir,
+    for kind, result in train_kinds(local, settings.synthetic.kinds, seed, activations, models_dir,
                                     lambda name: chosen_lr(local, name, None)):
         trained.append(kind)
-        table, _ = reconstruction_table(out.model(kind).weights, activations, run=run)
+        table, _ = reconstruction_table(models.model(kind).weights, activations, run=run)
         fvu = table[(table["token_set"] == "selected") & (table["metric"] == "fvu")].set_index("component")["value"]
-        parameters = pd.read_parquet(out.model(kind).parameters)
+        parameters = pd.read_parquet(models.model(kind).parameters)
         rows.append({"variant": variant_name, "strength": strength, "kind": kind, "seed": seed,
                      "fvu": float(fvu[final_component(kind)]),
                      "sae_fvu": float(fvu[SAE_COMPONENT]),
@@ -288,7 +295,7 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
                      "steps": result.steps})
     frame = pd.DataFrame(rows)
     write_table(frame, out.fvu, SYNTHETIC_FVU)
-    identified = [pair_identification(out.model(kind).weights, setting_dir).assign(model=kind)
+    identified = [pair_identification(models.model(kind).weights, setting_dir).assign(model=kind)
                   for kind in trained if kind in WITH_INTERACTION]
     pairs = pd.concat(identified, ignore_index=True) if identified else \
         pd.DataFrame(columns=["pair", "planted", "tokens", "interaction_gain", "model"])  # standard alone: none
@@ -296,14 +303,25 @@ def run_setting_models(settings: Settings, variant_name: str, strength: float, s
     return frame
 
 
+class SyntheticSummaryOutputs(NamedTuple):
+    """What the planted control's gather writes."""
+
+    fvu: str | Path  #: every kind's test FVU per setting and seed, in one table (SYNTHETIC_FVU)
+    power: str | Path  #: each comparison's gain per variant x strength with its t interval over seeds
+    detection: str | Path  #: the smallest planted strength each comparison detects
+    identification: str | Path  #: pair identification (AUC) per setting, model and seed
+    variance: str | Path  #: the planted interaction's share of the variance per setting and split
+    power_figure: str | Path  #: the power curves (PNG)
+    identification_figure: str | Path  #: pair identification against the strength (PNG)
+
+
 def gather(fvu_tables: list[str | Path], pair_tables: list[str | Path], variance_tables: list[str | Path],
-           level: float, out_dir: str | Path) -> pd.DataFrame:
+           level: float, out: SyntheticSummaryOutputs) -> pd.DataFrame:
     """Stage entry point: the power table (gain of joint over each reference per variant x strength, t interval
     over seeds), the detection thresholds, pair identification (AUC per setting and seed) and the planted
-    variance, as tables and figures in ``out_dir``; returns the detection thresholds."""
+    variance, as the tables and figures of ``out``; returns the detection thresholds."""
     from featint import plots
 
-    out = SyntheticSummaryFolder(out_dir)
     fvu = pd.concat([pd.read_parquet(p) for p in fvu_tables], ignore_index=True)
     power = power_table(fvu, level)
     variance = pd.concat([pd.read_parquet(p).assign(setting=Path(p).parent.name) for p in variance_tables],
@@ -324,8 +342,8 @@ def gather(fvu_tables: list[str | Path], pair_tables: list[str | Path], variance
     write_table(detection, out.detection, SYNTHETIC_DETECTION)
     write_table(ident, out.identification, SYNTHETIC_IDENTIFICATION)
     write_table(variance, out.variance, SYNTHETIC_VARIANCE, extra=["setting"])
-    plots.synthetic_power(power, out.figure("power"))
-    plots.synthetic_identification(ident, out.figure("identification"))
+    plots.synthetic_power(power, out.power_figure)
+    plots.synthetic_identification(ident, out.identification_figure)
     return detection
 
 

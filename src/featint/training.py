@@ -209,6 +209,23 @@ class TrainResult:
     lr: float
 
 
+class TrainOutputs(NamedTuple):
+    """The files one training job writes (the ``train`` rule's outputs, the secondary SAE's), and its checkpoint."""
+
+    weights: str | Path  #: the trained model (safetensors; written last, so a model with weights is complete)
+    init: str | Path  #: the model as initialised, before its first step (the geometry's "before training")
+    train_log: str | Path  #: the loss and the validation metrics during training (TRAIN_LOG)
+    parameters: str | Path  #: parameter counts per component (PARAMETERS)
+    loss_figure: str | Path  #: the training curves (PNG)
+    checkpoint: str | Path  #: the resume point while training runs (removed once the weights are written)
+
+    @classmethod
+    def in_folder(cls, folder: ModelFolder | str | Path) -> TrainOutputs:
+        """The outputs where the workflow puts them in a model folder (:class:`featint.layout.ModelFolder`)."""
+        model = folder if isinstance(folder, ModelFolder) else ModelFolder(str(folder))
+        return cls(model.weights, model.init, model.train_log, model.parameters, model.loss_figure, model.checkpoint)
+
+
 def _rng_state(device: torch.device) -> dict[str, Any]:
     """Every RNG a training run draws from: the CPU's (the batch order, dropout on the CPU), NumPy's, Python's
     and, on a GPU, that device's own (dropout there). CPU tensors, so a checkpoint loads on any machine."""
@@ -344,7 +361,7 @@ def train(
         if isinstance(module, TopKSAE):
             module.kernels = training.kernels
     # a frozen encoder's validation codes never change: encode the validation tokens once
-    validation_codes = encode_chunks(model, validation) if model.encoder_frozen else None
+    validation_codes = encode_chunks(model, validation) if model.kind in kinds.FROM_STANDARD else None
     model.train()
     batches = data.iterate(start_step)
     progress = tqdm(range(start_step, total_steps), desc=f"train {name}", unit="step", mininterval=10,
@@ -463,18 +480,19 @@ def _standard_start(kind: str, settings: Settings, data: TrainingData, standard_
     return standard, cache
 
 
-def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | Path, out_dir: str | Path,
+def run_train(settings: Settings, kind: str, seed: int, activations_dir: str | Path, out: TrainOutputs,
               lr: float, device: torch.device | str = "cpu", standard_weights: str | Path | None = None,
               budget_factor: float = 1.0,
               codes_dir: str | Path | None = None) -> TrainResult:
-    """Stage entry point: train one model kind for one seed; write weights, init weights, log, parameters, figure.
+    """Stage entry point: train one model kind for one seed into the files ``out`` names (weights, init weights,
+    log, parameters, figure; the checkpoint while it runs).
     ``budget_factor`` multiplies the budget (``training.tokens``; the convergence check), the LR schedule
     keeping its shape over the longer run. Frozen-encoder kinds read the standard SAE's cached codes from
     ``codes_dir`` when given (:mod:`featint.codes`) instead of encoding every batch."""
     from featint.models import save_model
 
-    out = ModelFolder(out_dir)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for path in out:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     data = TrainingData.open(activations_dir)
     training = settings.training
     standard, codes = _standard_start(kind, settings, data, standard_weights, codes_dir, device)
@@ -523,7 +541,8 @@ def train_kinds(settings: Settings, names: list[str], seed: int, activations_dir
     for kind in ordered:
         from_standard = kinds.kind(kind).from_standard
         seed_everything(seed)
-        yield kind, run_train(settings, kind, seed, activations_dir, str(out.model(kind)), lr_for(kind), device=device,
+        yield kind, run_train(settings, kind, seed, activations_dir, TrainOutputs.in_folder(out.model(kind)),
+                              lr_for(kind), device=device,
                               standard_weights=standard_weights if from_standard else None,
                               codes_dir=codes_dir if from_standard else None)
         if kind == "standard" and codes_dir is not None:
@@ -536,10 +555,10 @@ def lr_tables_by_kind(paths: list[str | Path]) -> dict[str, str]:
     return {str(pd.read_parquet(path)["model"].iloc[0]): str(path) for path in paths}
 
 
-def save_training_outputs(model: FeatureModel, result: TrainResult, out: ModelFolder, label: str, seed: int,
+def save_training_outputs(model: FeatureModel, result: TrainResult, out: TrainOutputs, label: str, seed: int,
                           extra: dict[str, Any], log_metadata: dict[str, Any], title: str) -> None:
-    """What every training stage leaves in its model folder: the log (labelled), its figure, the weights; the
-    checkpoint goes once the weights are written."""
+    """What every training stage leaves: the log (labelled), its figure, the weights; the checkpoint goes once
+    the weights are written."""
     from featint import plots
     from featint.models import save_model
 
@@ -578,7 +597,8 @@ def run_lr_selection(settings: Settings, kind: str, activations_dir: str | Path,
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 result = train(model, batches, validation.to(batches.device), training, settings.sae.auxk, lr,
-                               ModelFolder(tmp).checkpoint, name=f"lr-selection {kind} lr={lr:g}", steps=steps)
+                               TrainOutputs.in_folder(tmp).checkpoint, name=f"lr-selection {kind} lr={lr:g}",
+                               steps=steps)
             except TrainingError as error:
                 log.warning("lr selection %s: lr %g diverged (%s)", kind, lr, error)
                 row.update(diverged=True, validation_fvu=float("inf"), validation_mse=float("inf"))

@@ -26,11 +26,11 @@ rule ablation:
         config=stage_config("ablation"),
         instance=lambda wc: json.dumps(ABLATIONS.instance(wc), default=str),
         lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
-        out=parent_dir(1),
+        models=parent_dir(1),  # the instance folder: its models beside its table
     shell:
         "python -m featint ablation --config-json {params.config:q} --threads {threads}"
-        " --instance {params.instance:q} --activations {params.acts} {params.lr} --run {params.run} --out {params.out}"
-        " > {log} 2>&1"
+        " --instance {params.instance:q} --activations {params.acts} {params.lr} --run {params.run}"
+        " --models {params.models} --out-table {output} > {log} 2>&1"
 
 
 rule gather_ablations:

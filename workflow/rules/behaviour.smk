@@ -84,10 +84,9 @@ rule gather_behaviour:
     params:
         run=RUN,
         config=stage_config("gather-behaviour"),
-        figures=parent_dir(1, "figures"),
     shell:
         "python -m featint gather-behaviour --config-json {params.config:q} --tables {input.tables}"
-        " --reference {input.reference} --run {params.run} --out-summary {output.summary} --figures {params.figures}"
+        " --reference {input.reference} --run {params.run} --out-summary {output.summary} --figures {output.figures}"
         " > {log} 2>&1"
 
 

@@ -59,8 +59,7 @@ rule gather_geometry:
         runtime=10,
     params:
         config=stage_config("gather-geometry"),
-        figures=parent_dir(1, "figures"),
     shell:
         "python -m featint gather-geometry --config-json {params.config:q} --features {input.features}"
         " --summaries {input.summaries} --pca {input.pca} --out-summary {output.summary}"
-        " --out-verdicts {output.verdicts} --figures {params.figures} > {log} 2>&1"
+        " --out-verdicts {output.verdicts} --figures {output.figures} > {log} 2>&1"

@@ -84,11 +84,12 @@ rule layer_models:
         config=lambda wc: layer_config("layer-models", wc.layer),
         activations=lambda wc: str(layer_acts(wc.layer)),
         lr=lambda wc, input: f"--lr-tables {' '.join(input.lr_tables)}" if input.lr_tables else "",
-        out=parent_dir(1, "reconstruction"),
+        models=parent_dir(1, "reconstruction"),  # the layer-and-seed folder: its models beside its tables
     shell:
         "python -m featint layer-models --config-json {params.config:q} --threads {threads}"
         " --layer {wildcards.layer} --seed {wildcards.seed} --activations {params.activations} {params.lr}"
-        " --run {params.run} --out {params.out} > {log} 2>&1"
+        " --run {params.run} --models {params.models} --out-reconstruction {output.reconstruction}"
+        " --out-documents {output.documents} --out-parameters {output.parameters} > {log} 2>&1"
 
 
 rule gather_layers:
@@ -106,12 +107,11 @@ rule gather_layers:
         FEATINT_ENV
     threads: 1
     params:
-        out=parent_dir(1, "comparisons"),
         config=stage_config("gather-layers"),
     shell:
         "python -m featint gather-layers --config-json {params.config:q} --reconstruction {input.reconstruction}"
-        " --documents {input.documents} --parameters {input.parameters}"
-        " --out {params.out} > {log} 2>&1"
+        " --documents {input.documents} --parameters {input.parameters} --out-comparisons {output.comparisons}"
+        " --out-fvu {output.fvu} --out-figure {output.figure} > {log} 2>&1"
 
 
 rule layers:

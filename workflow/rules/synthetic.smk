@@ -54,11 +54,12 @@ rule synthetic_models:
         run=RUN,
         config=stage_config("synthetic-models"),
         setting=lambda wc: str(LAYOUT.synthetic_setting(wc.variant, wc.strength)),
-        out=parent_dir(1, "fvu"),
+        models=parent_dir(1, "fvu"),  # the setting-and-seed folder: its models beside its tables
     shell:
         "python -m featint synthetic-models --config-json {params.config:q} --threads {threads}"
         " --variant {wildcards.variant} --strength {wildcards.strength}"
-        " --seed {wildcards.seed} --setting {params.setting} --run {params.run} --out {params.out} > {log} 2>&1"
+        " --seed {wildcards.seed} --setting {params.setting} --run {params.run} --models {params.models}"
+        " --out-fvu {output.fvu} --out-pairs {output.pairs} > {log} 2>&1"
 
 
 rule gather_synthetic:
@@ -67,9 +68,11 @@ rule gather_synthetic:
         pairs=[LAYOUT.synthetic_models(v, c, s).pairs for v, c in synthetic_settings() for s in SEEDS],
         variance=[LAYOUT.synthetic_setting(v, c).variance for v, c in synthetic_settings()],
     output:
+        fvu=LAYOUT.synthetic_summary.fvu,
         power=LAYOUT.synthetic_summary.power,
         detection=LAYOUT.synthetic_summary.detection,
         identification=LAYOUT.synthetic_summary.identification,
+        variance=LAYOUT.synthetic_summary.variance,
         power_figure=report(
             LAYOUT.synthetic_summary.figure("power"),
             caption="../report/synthetic_power.rst",
@@ -87,10 +90,12 @@ rule gather_synthetic:
     threads: 1
     params:
         config=stage_config("gather-synthetic"),
-        out=parent_dir(1, "power"),
     shell:
         "python -m featint gather-synthetic --config-json {params.config:q} --fvu {input.fvu}"
-        " --pairs {input.pairs} --variance {input.variance} --out {params.out} > {log} 2>&1"
+        " --pairs {input.pairs} --variance {input.variance} --out-fvu {output.fvu} --out-power {output.power}"
+        " --out-detection {output.detection} --out-identification {output.identification}"
+        " --out-variance {output.variance} --out-power-figure {output.power_figure}"
+        " --out-identification-figure {output.identification_figure} > {log} 2>&1"
 
 
 # The pair product test (featint.integration) on the standard SAE of every setting and seed, exactly as on the LM,
@@ -119,11 +124,10 @@ rule synthetic_integration:
     params:
         config=stage_config("synthetic-integration"),
         setting=lambda wc: str(LAYOUT.synthetic_setting(wc.variant, wc.strength)),
-        out=parent_dir(1, "pairs"),
     shell:
         "python -m featint synthetic-integration --config-json {params.config:q} --threads {threads}"
         " --variant {wildcards.variant} --strength {wildcards.strength} --weights {input.weights}"
-        " --setting {params.setting} --out {params.out} > {log} 2>&1"
+        " --setting {params.setting} --out-pairs {output.pairs} --out-calibration {output.calibration} > {log} 2>&1"
 
 
 rule gather_synthetic_integration:
@@ -144,7 +148,7 @@ rule gather_synthetic_integration:
     threads: 1
     params:
         config=stage_config("gather-synthetic-integration"),
-        out=parent_dir(1, "power"),
     shell:
         "python -m featint gather-synthetic-integration --config-json {params.config:q}"
-        " --calibration {input.calibration} --out {params.out} > {log} 2>&1"
+        " --calibration {input.calibration} --out-calibration {output.calibration} --out-power {output.power}"
+        " --out-figure {output.figure} > {log} 2>&1"

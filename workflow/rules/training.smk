@@ -149,11 +149,13 @@ rule train:
         codes=lambda wc, input: f"--codes {input.codes}" if input.codes else "",
         # the convergence check and the budget target train the same model at a multiple of the budget
         budget=lambda wc: group_budget_factor(wc.group),
-        out=parent_dir(1, "weights"),
+        checkpoint=MODEL.checkpoint,
     shell:
         "python -m featint train --config-json {params.config:q} --threads {threads} --kind {wildcards.kind}"
         " --seed {wildcards.seed} --activations {params.acts} {params.lr_table} {params.standard} {params.codes}"
-        " --budget-factor {params.budget} --out {params.out} > {log} 2>&1"
+        " --budget-factor {params.budget} --out-weights {output.weights} --out-init {output.init}"
+        " --out-log {output.log} --out-parameters {output.parameters} --out-figure {output.figure}"
+        " --checkpoint {params.checkpoint} > {log} 2>&1"
 
 
 if SAE_IMPORTED:

@@ -50,7 +50,7 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
                   device: torch.device | str = "cpu") -> pd.DataFrame:
     """Stage entry point: embeddings of train / validation tokens, their normaliser, and the secondary TopK SAE
     trained by the one training loop; returns the training log."""
-    from featint.training import ShuffledBatches, TrainingData, save_training_outputs, train
+    from featint.training import ShuffledBatches, TrainingData, TrainOutputs, save_training_outputs, train
 
     out = ModelFolder(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def run_secondary(settings: Settings, weights_path: str | Path, activations_dir:
     result = train(feature_model, batches, validation, training, auxk, secondary.lr, out.checkpoint,
                    name=f"secondary {model.kind}/seed~{seed}")
     embedding_normaliser.save(out.normaliser)
-    save_training_outputs(feature_model, result, out, model.kind, seed,
+    save_training_outputs(feature_model, result, TrainOutputs.in_folder(out), model.kind, seed,
                           {"hook_name": hook_name, "seed": seed, "lr": secondary.lr,
                            "source_weights": str(weights_path)},
                           {"lr": secondary.lr, "n_features": n_features, "k": k, "embed_dim": embed_dim},
