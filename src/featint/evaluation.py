@@ -351,13 +351,14 @@ def document_intervals(documents: pd.DataFrame, n_boot: int, level: float, seed:
     out = []
     for boot in document_bootstraps(documents, n_boot, seed):
         series: dict[tuple[str, int, str, str, str | None], np.ndarray] = {}
+        finals: dict[tuple[str, int], np.ndarray] = {}
         for (model, model_seed), rows in boot.rows.groupby(["model", "seed"]):
             for component, part in rows.groupby("component"):
                 key = (str(model), int(model_seed), str(component))
                 series[(*key, "fvu", None)] = boot.replicates(part, "sse") / boot.replicates(part, "sst")
                 series[(*key, "fvu_raw", None)] = boot.replicates(part, "sse_raw") / boot.replicates(part, "sst_raw")
-        finals = {(model, model_seed): series[(model, model_seed, final_component(model), "fvu", None)]
-                  for model, model_seed, _component, _metric, _reference in series}
+            finals[(str(model), int(model_seed))] = series[(str(model), int(model_seed), final_component(str(model)),
+                                                            "fvu", None)]
         for (model, model_seed, reference), values in comparison_replicates(finals, baseline=True).items():
             series[(model, model_seed, MODEL_COMPONENT, "improvement_mse", reference)] = values
         for item in stats.per_seed_and_pooled(series, level):

@@ -34,8 +34,6 @@ COMPONENTS: tuple[str, ...] = (SAE_COMPONENT, "sae+linear", "sae+interaction", F
 MODEL_COMPONENT = "model"
 #: the reference of the paper's improvements: the same model's own SAE path
 OWN_SAE = "own_sae"
-#: the reference of the corrected improvements: the independently trained standard SAE of the same seed
-STANDARD = BASELINE
 #: the reconstruction metrics of one model on one token set
 RECONSTRUCTION_METRICS: tuple[str, ...] = (
     "mse", "fvu", "mse_raw", "fvu_raw", "variance_explained_paper", "tokens", "l0", "dead_fraction",
@@ -45,7 +43,7 @@ RECONSTRUCTION_METRICS: tuple[str, ...] = (
 DOCUMENT_WINDOW_BOOTSTRAP = "document_window_bootstrap"
 PAPER_UNPAIRED_T = "paper_unpaired_t"
 #: the behaviour references: the model's own SAE path, the standard SAE, epsilon-random errors at either norm
-BEHAVIOUR_REFERENCES: tuple[str, ...] = (OWN_SAE, STANDARD, "epsilon_own_norm", "epsilon_sae_norm")
+BEHAVIOUR_REFERENCES: tuple[str, ...] = (OWN_SAE, BASELINE, "epsilon_own_norm", "epsilon_sae_norm")
 BEHAVIOUR_METRICS: tuple[str, ...] = (
     "mean_kl", "mean_ce", "delta_ce", "ce_loss_recovered", "pathology_ratio", "improvement_kl", "improvement_ce",
     "improvement_delta_ce", "paper_t")
@@ -150,7 +148,7 @@ _INTERVAL = (_c("ci_low", "float", nullable=True), _c("ci_high", "float", nullab
 #: one model's reconstruction metrics per split, token set and component (and gathered over models and seeds)
 RECONSTRUCTION = Table("reconstruction", (
     _RUN, _MODEL, _SEED, _SPLIT, _TOKEN_SET, _c("component", "str", (*COMPONENTS, MODEL_COMPONENT)),
-    _c("metric", "str", RECONSTRUCTION_METRICS), _c("reference", "str", (OWN_SAE, STANDARD), nullable=True),
+    _c("metric", "str", RECONSTRUCTION_METRICS), _c("reference", "str", (OWN_SAE, BASELINE), nullable=True),
     _c("value", "float", nullable=True)))
 #: one model's per-document sums of squares (what the document bootstrap resamples)
 RECONSTRUCTION_DOCUMENTS = Table("per-document reconstruction", (
@@ -162,7 +160,7 @@ PARAMETERS = Table("parameters", (
 #: the reconstruction metrics over seeds, with the document-bootstrap interval where one is computed
 RECONSTRUCTION_SUMMARY = Table("reconstruction summary", (
     _RUN, _MODEL, _SPLIT, _TOKEN_SET, _c("component", "str", (*COMPONENTS, MODEL_COMPONENT)),
-    _c("metric", "str", RECONSTRUCTION_METRICS), _c("reference", "str", (OWN_SAE, STANDARD), nullable=True),
+    _c("metric", "str", RECONSTRUCTION_METRICS), _c("reference", "str", (OWN_SAE, BASELINE), nullable=True),
     _c("mean", "float", nullable=True), _c("sd", "float", nullable=True), _c("n_seeds", "int"),
     _c("minimum", "float", nullable=True), _c("maximum", "float", nullable=True), *_INTERVAL,
     _c("interval", "str"), _c("n_documents", "int"), _c("n_tokens", "int")))
